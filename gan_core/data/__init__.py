@@ -1,0 +1,1 @@
+"""Data: NIfTI/DICOM I/O, the phantom cohort, intensity normalisation, packed shards."""
