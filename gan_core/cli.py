@@ -1,0 +1,223 @@
+"""``medgan`` command line: phantom, pack, train, evaluate, translate, demo.
+
+    medgan phantom --out cohort --subjects 12 --seed 0
+    medgan pack --cohort cohort --out shards
+    medgan train --framework pix2pix --preset demo --data shards --out runs/pix2pix
+    medgan evaluate --model runs/pix2pix --data shards --out eval/
+    medgan translate --model runs/pix2pix --input cohort/phantom_000/mr.nii.gz --output sct.nii.gz
+    medgan demo --workdir demo_out
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from gan_core.config import PRESETS, apply_overrides, load_config, parse_set, preset, save_config
+
+
+def _frameworks() -> list[str]:
+    from gan_core.frameworks import available
+
+    return available()
+
+
+def cmd_phantom(args: argparse.Namespace) -> int:
+    from gan_core.data.phantom import run_phantom_cli
+
+    paths = run_phantom_cli(args)
+    print(f"wrote {len(paths)} subjects to {args.out}")
+    return 0
+
+
+def pack_cohort(cohort: str | Path, out: str | Path, *, split: tuple[float, float, float] = (0.6, 0.2, 0.2),
+                seed: int = 0) -> dict:
+    """Split a SynthRAD-layout cohort by subject and pack ``<out>/{train,val,test}`` shards."""
+    from gan_core.data.shards import cohort_subjects, pack_shards, split_subjects
+
+    subs = {s.id: s for s in cohort_subjects(cohort)}
+    splits = split_subjects(list(subs), split, seed)
+    out = Path(out)
+    for name, ids in splits.items():
+        if ids:
+            pack_shards([subs[i] for i in ids], out / name)
+    (out / "splits.json").write_text(json.dumps(splits, indent=2))
+    return splits
+
+
+def cmd_pack(args: argparse.Namespace) -> int:
+    splits = pack_cohort(args.cohort, args.out, split=tuple(float(x) for x in args.split.split(",")),
+                         seed=args.seed)
+    print(json.dumps({k: len(v) for k, v in splits.items()}))
+    return 0
+
+
+def build_config(args: argparse.Namespace):
+    cfg = load_config(args.config) if args.config else preset(args.preset, args.framework)
+    overrides = parse_set(args.set)
+    if args.steps is not None:
+        half = max(args.steps // 2, 0)
+        overrides.update({"optim.steps_constant": args.steps - half, "optim.steps_decay": half})
+    return apply_overrides(cfg, overrides) if overrides else cfg
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from gan_core.train import train
+
+    cfg = build_config(args)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    save_config(cfg, Path(args.out) / "config.yaml")
+    res = train(cfg, args.data, args.out, device=args.device, progress=not args.quiet)
+    print(json.dumps({"model": str(res.model_path), "steps": res.steps, "seconds": round(res.seconds, 1),
+                      "images_per_s": round(res.images_per_s, 2), "val_mae_hu": res.val_mae_hu}))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from gan_core.data.shards import Shards, SubjectFiles
+    from gan_core.evaluation import evaluate_subjects, fit_baseline, results_table
+    from gan_core.train import load_model
+
+    models = {}
+    for spec in args.model:
+        name, _, path = spec.rpartition("=")
+        fw = load_model(path, args.device)
+        models[name or fw.name] = fw
+    data = Path(args.data)
+    baseline = fit_baseline(data / "train") if not args.no_baseline else None
+    if baseline is not None:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        baseline.save(Path(args.out) / "baseline.json")
+    subjects = [SubjectFiles(**s["source"]) for s in Shards(data / args.split).subjects]
+    report = evaluate_subjects(models, subjects, baseline, args.out)
+    print(results_table(report))
+    if report["failed"]:
+        print(f"{len(report['failed'])} subject(s) failed: {report['failed']}", file=sys.stderr)
+    return 0
+
+
+def cmd_translate(args: argparse.Namespace) -> int:
+    from gan_core.translate import translate_file
+
+    out = translate_file(args.model, args.input, args.output, mask_path=args.mask,
+                         batch_size=args.batch_size, device=args.device or "cpu")
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Phantom cohort -> shards -> pix2pix + CycleGAN on CPU -> evaluation vs baseline -> translate."""
+    from gan_core.data.phantom import write_cohort
+    from gan_core.data.shards import Shards, SubjectFiles
+    from gan_core.evaluation import evaluate_subjects, fit_baseline, results_table
+    from gan_core.train import train
+    from gan_core.translate import translate_file
+
+    t0 = time.perf_counter()
+    work = Path(args.workdir)
+    cohort, shards = work / "cohort", work / "shards"
+    print(f"[1/5] phantom cohort: {args.subjects} subjects -> {cohort}")
+    write_cohort(cohort, subjects=args.subjects, seed=args.seed, shape=(64, 64, 32),
+                 spacing=(3.0, 3.0, 5.0), lesion_prevalence=0.4)
+    print(f"[2/5] pack shards by subject -> {shards}")
+    splits = pack_cohort(cohort, shards, seed=args.seed)
+    print("      " + json.dumps({k: len(v) for k, v in splits.items()}))
+    models = {}
+    for i, fw_name in enumerate(("pix2pix", "cyclegan")):
+        cfg = preset("demo", fw_name)
+        if args.steps:
+            cfg = apply_overrides(cfg, {"optim.steps_constant": args.steps - args.steps // 2,
+                                        "optim.steps_decay": args.steps // 2})
+        print(f"[3/5] train {fw_name} ({cfg.total_steps} steps, batch {cfg.data.batch_size}, "
+              f"{cfg.data.image_size}px)")
+        res = train(cfg, shards, work / "runs" / fw_name, device=args.device)
+        print(f"      {res.seconds:.0f}s, {res.images_per_s:.1f} img/s, val MAE {res.val_mae_hu:.1f} HU")
+        from gan_core.train import load_model
+
+        models[fw_name] = load_model(res.model_path)
+    print("[4/5] evaluate on the held-out test subjects (SynthRAD metrics, HU, body mask)")
+    baseline = fit_baseline(shards / "train")
+    test = [SubjectFiles(**s["source"]) for s in Shards(shards / "test").subjects]
+    report = evaluate_subjects(models, test, baseline, work / "eval")
+    first = test[0]
+    out = translate_file(work / "runs" / "pix2pix", first.mr, work / "sct_pix2pix.nii.gz", mask_path=first.mask)
+    print(f"[5/5] translated {first.mr} -> {out}")
+    print()
+    print(results_table(report))
+    print(f"\nfigures: {work / 'eval' / 'figures'}   metrics: {work / 'eval' / 'metrics.json'}")
+    print(f"demo wall time: {time.perf_counter() - t0:.0f}s")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="medgan", description="GANs for medical images (MR -> synthetic CT and more).")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    from gan_core.data.phantom import add_phantom_args
+
+    sp = sub.add_parser("phantom", help="write the built-in paired MR/CT phantom cohort (NIfTI)")
+    add_phantom_args(sp)
+    sp.set_defaults(func=cmd_phantom)
+
+    sp = sub.add_parser("pack", help="split a cohort by subject and pack memory-mappable shards")
+    sp.add_argument("--cohort", required=True, help="folder of <subject>/{mr,ct,mask}.nii.gz")
+    sp.add_argument("--out", required=True, help="shard folder to write (train/ val/ test/)")
+    sp.add_argument("--split", default="0.6,0.2,0.2", help="train,val,test fractions (by subject)")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.set_defaults(func=cmd_pack)
+
+    sp = sub.add_parser("train", help="train a framework on packed shards")
+    sp.add_argument("--framework", default="cyclegan", choices=_frameworks())
+    sp.add_argument("--preset", default="demo", choices=PRESETS)
+    sp.add_argument("--config", help="YAML config (overrides --framework/--preset)")
+    sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. loss.l1=50 (repeatable)")
+    sp.add_argument("--steps", type=int, help="total iterations (half constant, half linear decay)")
+    sp.add_argument("--data", required=True, help="shard folder (with train/ and optionally val/)")
+    sp.add_argument("--out", required=True, help="run folder: checkpoint.pt, model.pt, history.jsonl")
+    sp.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    sp.add_argument("--quiet", action="store_true", help="no progress bar")
+    sp.set_defaults(func=cmd_train)
+
+    sp = sub.add_parser("evaluate", help="SynthRAD metrics + baseline + lesion audit + figures")
+    sp.add_argument("--model", required=True, action="append", metavar="[NAME=]PATH",
+                    help="model.pt / run folder (repeatable)")
+    sp.add_argument("--data", required=True, help="shard folder (baseline fitted on train/)")
+    sp.add_argument("--split", default="test", choices=("train", "val", "test"))
+    sp.add_argument("--out", required=True, help="folder for metrics.json and figures/")
+    sp.add_argument("--no-baseline", action="store_true")
+    sp.add_argument("--device", default="cpu")
+    sp.set_defaults(func=cmd_evaluate)
+
+    sp = sub.add_parser("translate", help="MR NIfTI -> synthetic CT NIfTI in HU")
+    sp.add_argument("--model", required=True, help="model.pt or run folder")
+    sp.add_argument("--input", required=True, help="MR NIfTI")
+    sp.add_argument("--output", required=True, help="synthetic CT NIfTI to write")
+    sp.add_argument("--mask", help="body mask NIfTI (default: computed from the MR)")
+    sp.add_argument("--batch-size", type=int, default=16)
+    sp.add_argument("--device", default="cpu")
+    sp.set_defaults(func=cmd_translate)
+
+    sp = sub.add_parser("demo", help="the whole CPU demo: phantom, train pix2pix + CycleGAN, evaluate")
+    sp.add_argument("--workdir", default="demo_out")
+    sp.add_argument("--subjects", type=int, default=10)
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--steps", type=int, help="override the demo preset's iterations")
+    sp.add_argument("--device", default="auto")
+    sp.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (FileNotFoundError, ValueError, KeyError) as exc:
+        print(f"medgan {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

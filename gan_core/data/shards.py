@@ -1,0 +1,308 @@
+"""Packed, memory-mappable training shards and the datasets that sample them.
+
+A shard directory holds one split of a cohort, already normalised, as three ``.npy`` arrays of
+axial slices stacked along the first axis (volumes ``(X, Y, Z)`` -> ``(Z, X, Y)``) and an index:
+
+    mr.npy   float32 (N, H, W) in [-1, 1]      ct.npy  float32 (N, H, W) in [-1, 1]
+    mask.npy uint8   (N, H, W)                 index.json  subjects, offsets, affines, sources
+
+Samples are read through ``np.load(mmap_mode="r")``: no NIfTI decompression per sample. Every
+subject is padded/cropped in-plane to the same ``(H, W)``; depths may differ. 2D samples are
+slices, 3D samples are patches cut from one subject's slab.
+
+>>> # pack_shards([SubjectFiles("s0", "s0/mr.nii.gz", "s0/ct.nii.gz", "s0/mask.nii.gz")], "shards/train")
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from gan_core.data.nifti import check_same_grid, load_volume
+from gan_core.data.normalize import ct_to_unit, mr_percentiles, mr_to_unit
+
+SHARD_VERSION = 1
+
+
+@dataclass
+class SubjectFiles:
+    """One subject of a cohort on disk (SynthRAD layout: mr, ct, mask; lesion optional)."""
+
+    id: str
+    mr: str
+    ct: str
+    mask: str
+    lesion: str | None = None
+
+    @classmethod
+    def from_dir(cls, d: str | Path) -> "SubjectFiles":
+        d = Path(d)
+        missing = [n for n in ("mr.nii.gz", "ct.nii.gz", "mask.nii.gz") if not (d / n).exists()]
+        if missing:
+            raise FileNotFoundError(f"subject {d}: missing {', '.join(missing)} "
+                                    "(expected mr.nii.gz, ct.nii.gz, mask.nii.gz)")
+        lesion = d / "lesion.nii.gz"
+        return cls(d.name, str(d / "mr.nii.gz"), str(d / "ct.nii.gz"), str(d / "mask.nii.gz"),
+                   str(lesion) if lesion.exists() else None)
+
+
+def cohort_subjects(root: str | Path) -> list[SubjectFiles]:
+    """All subject folders under ``root`` (each with mr/ct/mask NIfTI), sorted by name."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"cohort folder not found: {root}")
+    subs = [SubjectFiles.from_dir(d) for d in sorted(root.iterdir())
+            if d.is_dir() and (d / "mr.nii.gz").exists()]
+    if not subs:
+        raise FileNotFoundError(f"no subjects under {root} (expected <subject>/mr.nii.gz, ct.nii.gz, mask.nii.gz)")
+    return subs
+
+
+def split_subjects(ids: Sequence[str], fractions: Sequence[float] = (0.6, 0.2, 0.2),
+                   seed: int = 0) -> dict[str, list[str]]:
+    """Split subject ids (never slices) into train/val/test with a seeded shuffle.
+
+    Every split with a positive fraction gets at least one subject when there are enough.
+    """
+    if len(fractions) != 3 or any(f < 0 for f in fractions) or sum(fractions) <= 0:
+        raise ValueError(f"split fractions must be 3 non-negative numbers, got {fractions}")
+    ids = sorted(ids)
+    order = np.random.default_rng(seed).permutation(len(ids))
+    total = sum(fractions)
+    n = len(ids)
+    n_val = max(1, round(n * fractions[1] / total)) if fractions[1] > 0 and n >= 3 else 0
+    n_test = max(1, round(n * fractions[2] / total)) if fractions[2] > 0 and n >= 2 else 0
+    n_train = n - n_val - n_test
+    if n_train < 1:
+        raise ValueError(f"{n} subjects are too few for splits {fractions}")
+    shuffled = [ids[i] for i in order]
+    return {"train": sorted(shuffled[:n_train]), "val": sorted(shuffled[n_train:n_train + n_val]),
+            "test": sorted(shuffled[n_train + n_val:])}
+
+
+def _fit_inplane(a: np.ndarray, size: tuple[int, int], fill: float) -> tuple[np.ndarray, list[int]]:
+    """Centre-crop/pad the first two axes of ``a`` to ``size``; returns the array and the offsets
+    (pad_x, pad_y) — negative for a crop — so the original grid can be recovered."""
+    out = np.full((size[0], size[1]) + a.shape[2:], fill, dtype=a.dtype)
+    offs = []
+    src, dst = [], []
+    for ax in range(2):
+        n, m = a.shape[ax], size[ax]
+        off = (m - n) // 2
+        offs.append(off)
+        s0, d0 = max(0, -off), max(0, off)
+        k = min(n - s0, m - d0)
+        src.append(slice(s0, s0 + k))
+        dst.append(slice(d0, d0 + k))
+    out[dst[0], dst[1]] = a[src[0], src[1]]
+    return out, offs
+
+
+def pack_shards(subjects: Sequence[SubjectFiles], out_dir: str | Path, *,
+                inplane: tuple[int, int] | None = None) -> dict:
+    """Normalise and pack subjects into one shard directory (written to a temp dir, then renamed).
+
+    ``inplane``: common slice size (default: the largest subject's). Returns the index dict.
+    """
+    out_dir = Path(out_dir)
+    if not subjects:
+        raise ValueError(f"pack_shards({out_dir}): no subjects given")
+    shapes = []
+    for s in subjects:
+        import nibabel as nib
+        try:
+            shp = nib.load(s.mr).shape
+        except Exception as exc:  # noqa: BLE001 - reported with the file name
+            raise ValueError(f"subject {s.id}: cannot read {s.mr}: {exc}") from exc
+        shapes.append(shp[:3])
+    if inplane is None:
+        inplane = (max(s[0] for s in shapes), max(s[1] for s in shapes))
+    total = sum(s[2] for s in shapes)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        mr_arr = np.lib.format.open_memmap(tmp / "mr.npy", "w+", np.float32, (total, *inplane))
+        ct_arr = np.lib.format.open_memmap(tmp / "ct.npy", "w+", np.float32, (total, *inplane))
+        mk_arr = np.lib.format.open_memmap(tmp / "mask.npy", "w+", np.uint8, (total, *inplane))
+        entries, off = [], 0
+        for s in subjects:
+            mr, ct, mask = load_volume(s.mr), load_volume(s.ct), load_volume(s.mask)
+            check_same_grid(mr, ct, names=(f"{s.id} MR", f"{s.id} CT"))
+            check_same_grid(ct, mask, names=(f"{s.id} CT", f"{s.id} mask"))
+            m = (mask.array > 0).astype(np.uint8)
+            lo, hi = mr_percentiles(mr.array, m)
+            mr_u, pads = _fit_inplane(mr_to_unit(mr.array, m), inplane, -1.0)
+            ct_u, _ = _fit_inplane(ct_to_unit(ct.array), inplane, -1.0)
+            m_u, _ = _fit_inplane(m, inplane, 0)
+            z = mr.array.shape[2]
+            mr_arr[off:off + z] = np.moveaxis(mr_u, 2, 0)
+            ct_arr[off:off + z] = np.moveaxis(ct_u, 2, 0)
+            mk_arr[off:off + z] = np.moveaxis(m_u, 2, 0)
+            entries.append({"id": s.id, "offset": off, "depth": z, "shape": list(mr.array.shape),
+                            "pad": pads, "affine": ct.affine.tolist(), "spacing": list(ct.spacing),
+                            "mr_percentiles": [lo, hi], "source": asdict(s)})
+            off += z
+        for a in (mr_arr, ct_arr, mk_arr):
+            a.flush()
+        del mr_arr, ct_arr, mk_arr
+        index = {"version": SHARD_VERSION, "n_slices": total, "inplane": list(inplane),
+                 "subjects": entries}
+        (tmp / "index.json").write_text(json.dumps(index, indent=2, sort_keys=True))
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return index
+
+
+class Shards:
+    """Read side of a shard directory (arrays opened lazily, memory-mapped)."""
+
+    def __init__(self, shard_dir: str | Path) -> None:
+        self.dir = Path(shard_dir)
+        idx_path = self.dir / "index.json"
+        if not idx_path.exists():
+            raise FileNotFoundError(f"not a shard directory (no index.json): {self.dir}")
+        self.index = json.loads(idx_path.read_text())
+        if self.index.get("version") != SHARD_VERSION:
+            raise ValueError(f"{idx_path}: shard version {self.index.get('version')!r}, "
+                             f"expected {SHARD_VERSION}")
+        self.subjects: list[dict] = self.index["subjects"]
+        self._arrays: dict[str, np.ndarray] | None = None
+
+    @property
+    def arrays(self) -> dict[str, np.ndarray]:
+        if self._arrays is None:  # opened per process (DataLoader workers)
+            self._arrays = {k: np.load(self.dir / f"{k}.npy", mmap_mode="r") for k in ("mr", "ct", "mask")}
+            n = self.index["n_slices"]
+            for k, a in self._arrays.items():
+                if a.shape[0] != n:
+                    raise ValueError(f"{self.dir / (k + '.npy')}: {a.shape[0]} slices, index says {n}")
+        return self._arrays
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_arrays": None}
+
+    def subject_slab(self, i: int) -> dict[str, np.ndarray]:
+        s = self.subjects[i]
+        sl = slice(s["offset"], s["offset"] + s["depth"])
+        return {k: np.asarray(a[sl]) for k, a in self.arrays.items()}
+
+
+class InfiniteSampler(Sampler):
+    """Endless, seeded, resumable stream of ``(epoch, a, b)`` keys, sharded across ranks.
+
+    Each epoch is a fresh permutation (seed, epoch); unpaired sampling draws ``b`` from an
+    independent permutation. ``start`` skips that many keys of this rank's stream (exact resume).
+    """
+
+    def __init__(self, n: int, *, paired: bool, seed: int = 0, rank: int = 0, world_size: int = 1,
+                 start: int = 0) -> None:
+        if n < world_size:
+            raise ValueError(f"{n} samples cannot be sharded over {world_size} workers")
+        self.n, self.paired, self.seed = n, paired, seed
+        self.rank, self.world, self.start = rank, world_size, start
+        self.per_epoch = n // world_size
+
+    def _epoch(self, e: int) -> list[tuple[int, int, int]]:
+        g = torch.Generator().manual_seed(self.seed * 100_003 + e)
+        pa = torch.randperm(self.n, generator=g)[self.rank::self.world][:self.per_epoch]
+        pb = pa if self.paired else torch.randperm(self.n, generator=g)[self.rank::self.world][:self.per_epoch]
+        return [(e, int(a), int(b)) for a, b in zip(pa, pb)]
+
+    def __iter__(self) -> Iterator[tuple[int, int, int]]:
+        e, skip = divmod(self.start, self.per_epoch)
+        while True:
+            yield from self._epoch(e)[skip:]
+            e, skip = e + 1, 0
+
+
+class SliceDataset(Dataset):
+    """2D samples: ``{"A": MR (1,H,W), "B": CT (1,H,W), "mask": (1,H,W)}`` in [-1, 1].
+
+    Keys are ``(epoch, a, b)`` from ``InfiniteSampler`` or a plain int (paired, no augmentation).
+    Paired: A and B from the same slice. Unpaired: B from slice ``b``. Random crop to
+    ``image_size`` and a left-right flip, drawn from an RNG keyed on the sample key (resumable).
+    """
+
+    def __init__(self, shards: Shards | str | Path, *, image_size: int | None = None,
+                 flip: bool = False, min_body_fraction: float = 0.0, seed: int = 0) -> None:
+        self.shards = shards if isinstance(shards, Shards) else Shards(shards)
+        self.image_size, self.flip, self.seed = image_size, flip, seed
+        frac = self.shards.arrays["mask"].reshape(self.shards.index["n_slices"], -1).mean(1)
+        self.slices = np.flatnonzero(frac >= min_body_fraction)
+        if self.slices.size == 0:
+            raise ValueError(f"{self.shards.dir}: no slice has a body fraction >= {min_body_fraction}")
+
+    def __len__(self) -> int:
+        return int(self.slices.size)
+
+    def _crop(self, arrs: list[np.ndarray], rng: np.random.Generator | None) -> list[np.ndarray]:
+        h, w = arrs[0].shape
+        s = self.image_size
+        if s is None or (s == h and s == w):
+            return arrs
+        if s > h or s > w:
+            raise ValueError(f"image_size {s} is larger than the shard slices {h}x{w} in {self.shards.dir}")
+        y = int(rng.integers(0, h - s + 1)) if rng is not None else (h - s) // 2
+        x = int(rng.integers(0, w - s + 1)) if rng is not None else (w - s) // 2
+        return [a[y:y + s, x:x + s] for a in arrs]
+
+    def __getitem__(self, key) -> dict[str, torch.Tensor]:
+        if isinstance(key, (int, np.integer)):
+            epoch, a, b, rng = 0, int(key), int(key), None
+        else:
+            epoch, a, b = key
+            rng = np.random.default_rng([self.seed, epoch, a, b])
+        arr = self.shards.arrays
+        ia, ib = self.slices[a], self.slices[b]
+        mr, ct, mask = self._crop([arr["mr"][ia], arr["ct"][ib], arr["mask"][ia]], rng)
+        if rng is not None and self.flip and rng.random() < 0.5:
+            mr, ct, mask = mr[:, ::-1], ct[:, ::-1], mask[:, ::-1]
+        t = lambda x: torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[None]  # noqa: E731
+        return {"A": t(mr), "B": t(ct), "mask": t(mask)}
+
+
+class PatchDataset(Dataset):
+    """3D samples: ``{"A","B","mask"}`` of shape (1, D, H, W) cut from one subject's slab."""
+
+    def __init__(self, shards: Shards | str | Path, *, patch: tuple[int, int, int],
+                 flip: bool = False, seed: int = 0) -> None:
+        self.shards = shards if isinstance(shards, Shards) else Shards(shards)
+        self.patch, self.flip, self.seed = patch, flip, seed
+        d, (h, w) = patch[0], self.shards.index["inplane"]
+        too_small = [s["id"] for s in self.shards.subjects if s["depth"] < d]
+        if too_small or patch[1] > h or patch[2] > w:
+            raise ValueError(f"patch {patch} does not fit subjects {too_small or ''} "
+                             f"(in-plane {h}x{w}) in {self.shards.dir}")
+
+    def __len__(self) -> int:
+        return len(self.shards.subjects)
+
+    def _cut(self, i: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        s = self.shards.subjects[i]
+        d, h, w = self.patch
+        H, W = self.shards.index["inplane"]
+        z0 = s["offset"] + int(rng.integers(0, s["depth"] - d + 1))
+        y0, x0 = int(rng.integers(0, H - h + 1)), int(rng.integers(0, W - w + 1))
+        return {k: a[z0:z0 + d, y0:y0 + h, x0:x0 + w] for k, a in self.shards.arrays.items()}
+
+    def __getitem__(self, key) -> dict[str, torch.Tensor]:
+        epoch, a, b = (0, int(key), int(key)) if isinstance(key, (int, np.integer)) else key
+        rng = np.random.default_rng([self.seed, epoch, a, b])
+        pa = self._cut(a, rng)
+        pb = pa if a == b else self._cut(b, rng)
+        flip = self.flip and rng.random() < 0.5
+        t = lambda x: torch.from_numpy(np.ascontiguousarray(x[..., ::-1] if flip else x, dtype=np.float32))[None]  # noqa: E731
+        return {"A": t(pa["mr"]), "B": t(pb["ct"]), "mask": t(pa["mask"])}

@@ -1,0 +1,232 @@
+"""The framework protocol, a shared base class and the CycleGAN image pool.
+
+A framework owns its networks, optimizers and LR schedulers; the training loop (``gan_core.train``)
+only feeds batches, steps schedulers and checkpoints ``state_dict()``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import TYPE_CHECKING, Any, Callable, Protocol, runtime_checkable
+
+import torch
+from torch import Tensor, nn
+
+from gan_core.models import init_weights
+
+if TYPE_CHECKING:
+    from gan_core.config import TrainConfig
+
+
+@runtime_checkable
+class Framework(Protocol):
+    """What the training loop, translate and the Ray workers rely on."""
+
+    name: str
+    paired: bool
+
+    def networks(self) -> dict[str, nn.Module]: ...
+    def train_step(self, batch: dict[str, Tensor]) -> dict[str, float]: ...
+    def generate(self, x: Tensor) -> Tensor: ...
+    def state_dict(self) -> dict[str, Any]: ...
+    def load_state_dict(self, sd: dict[str, Any]) -> None: ...
+
+
+def linear_decay(steps_constant: int, steps_decay: int) -> Callable[[int], float]:
+    """LR multiplier: 1 for ``steps_constant`` steps, then linear to ~0 over ``steps_decay``."""
+
+    def fn(step: int) -> float:
+        return 1.0 - max(0, step - steps_constant) / float(steps_decay + 1)
+
+    return fn
+
+
+class GANFramework:
+    """Base class: builds nets (``build_networks``), Adam optimizers per group, schedulers.
+
+    Subclasses define ``build_networks() -> dict``, ``optimizer_groups() -> dict[str, list[str]]``,
+    ``train_step`` and ``generate``; optionally ``configure(cfg, preset)`` to set their recipe.
+    """
+
+    name: str = "base"
+    paired: bool = True
+
+    def __init__(self, cfg: "TrainConfig", device: str | torch.device = "cpu") -> None:
+        self.cfg = cfg
+        self.device = torch.device(device)
+        self.nets: dict[str, nn.Module] = self.build_networks()
+        for net in self.nets.values():
+            init_weights(net, "normal", cfg.model.init_gain)
+            net.to(self.device)
+            if self._channels_last:
+                net.to(memory_format=torch.channels_last)
+        # ``fwd``: what trains (DDP/compiled); ``frozen``: used where no gradient sync is wanted
+        # (a discriminator judging the generator's output during the generator update).
+        self.fwd: dict[str, Callable[..., Any]] = dict(self.nets)
+        self.frozen: dict[str, Callable[..., Any]] = dict(self.nets)
+        o = cfg.optim
+        self.opts = {
+            group: torch.optim.Adam([p for n in names for p in self.nets[n].parameters()],
+                                    lr=o.lr, betas=(o.beta1, o.beta2))
+            for group, names in self.optimizer_groups().items()
+        }
+        self.scheds = {
+            group: torch.optim.lr_scheduler.LambdaLR(opt, linear_decay(o.steps_constant, o.steps_decay))
+            for group, opt in self.opts.items()
+        }
+        if cfg.amp == "bf16" or (cfg.amp == "auto" and self.device.type == "cuda"):
+            self.amp_dtype: torch.dtype | None = torch.bfloat16
+        elif cfg.amp in ("auto", "off"):
+            self.amp_dtype = None
+        else:
+            raise ValueError(f"config field amp: expected auto | bf16 | off, got {cfg.amp!r}")
+        if cfg.compile:
+            self.fwd = {k: torch.compile(v) for k, v in self.fwd.items()}
+            self.frozen = {k: torch.compile(v) for k, v in self.frozen.items()}
+
+    # -- to be defined by subclasses ---------------------------------------------------------
+    @classmethod
+    def configure(cls, cfg: "TrainConfig", preset: str) -> None:
+        """Set the framework's published recipe on a preset config (in place)."""
+
+    def build_networks(self) -> dict[str, nn.Module]:
+        raise NotImplementedError
+
+    def optimizer_groups(self) -> dict[str, list[str]]:
+        raise NotImplementedError
+
+    def train_step(self, batch: dict[str, Tensor]) -> dict[str, float]:
+        raise NotImplementedError
+
+    def generate(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def extra_state(self) -> dict[str, Any]:
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        pass
+
+    # -- shared machinery --------------------------------------------------------------------
+    @property
+    def _channels_last(self) -> bool:
+        return self.cfg.channels_last and self.cfg.model.spatial_dims == 2
+
+    def networks(self) -> dict[str, nn.Module]:
+        return self.nets
+
+    def wrap_networks(self, fn: Callable[[nn.Module], Any], names: list[str] | None = None) -> None:
+        """Wrap trainable nets, e.g. with DDP (``ray.train.torch.prepare_model``)."""
+        for k in names or list(self.nets):
+            wrapped = fn(self.nets[k])
+            self.fwd[k] = torch.compile(wrapped) if self.cfg.compile else wrapped
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    def to_device(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        fmt = torch.channels_last if self._channels_last else torch.contiguous_format
+        out = {}
+        for k, v in batch.items():
+            if isinstance(v, Tensor):
+                v = v.to(self.device, non_blocking=True)
+                if v.dim() == 4:
+                    v = v.contiguous(memory_format=fmt)
+            out[k] = v
+        return out
+
+    @staticmethod
+    def set_requires_grad(nets: list[nn.Module], flag: bool) -> None:
+        for net in nets:
+            for p in net.parameters():
+                p.requires_grad_(flag)
+
+    def step_schedulers(self) -> None:
+        for s in self.scheds.values():
+            s.step()
+
+    def lr(self) -> float:
+        return next(iter(self.opts.values())).param_groups[0]["lr"]
+
+    def train(self, mode: bool = True) -> None:
+        for net in self.nets.values():
+            net.train(mode)
+
+    @torch.no_grad()
+    def infer(self, net_name: str, x: Tensor) -> Tensor:
+        """Eval-mode forward of one net (autocast as configured), output in float32."""
+        net = self.nets[net_name]
+        was_training = net.training
+        net.eval()
+        try:
+            x = x.to(self.device)
+            if self._channels_last and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with self.autocast():
+                y = net(x)
+            return y.float().contiguous()
+        finally:
+            net.train(was_training)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "framework": self.name,
+            "nets": {k: v.state_dict() for k, v in self.nets.items()},
+            "opts": {k: v.state_dict() for k, v in self.opts.items()},
+            "scheds": {k: v.state_dict() for k, v in self.scheds.items()},
+            "extra": self.extra_state(),
+        }
+
+    def load_state_dict(self, sd: dict[str, Any], *, weights_only: bool = False) -> None:
+        if sd.get("framework") != self.name:
+            raise ValueError(f"checkpoint is for framework {sd.get('framework')!r}, not {self.name!r}")
+        for k, net in self.nets.items():
+            net.load_state_dict(sd["nets"][k])
+        if weights_only:
+            return
+        for k, opt in self.opts.items():
+            opt.load_state_dict(sd["opts"][k])
+        for k, s in self.scheds.items():
+            s.load_state_dict(sd["scheds"][k])
+        self.load_extra_state(sd.get("extra", {}))
+
+
+class ImagePool:
+    """History of generated images (Shrivastava et al.), as in Zhu et al.'s CycleGAN.
+
+    With ``size`` 0 it returns its input. Once full, each image is, with probability 1/2,
+    swapped for a random stored one. Its RNG is its own, so checkpoints resume it exactly.
+    """
+
+    def __init__(self, size: int = 50, seed: int = 0) -> None:
+        self.size = size
+        self.images: list[Tensor] = []
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def query(self, images: Tensor) -> Tensor:
+        if self.size == 0:
+            return images
+        out = []
+        for img in images.detach():
+            img = img.unsqueeze(0)
+            if len(self.images) < self.size:
+                self.images.append(img.clone())
+                out.append(img)
+            elif torch.rand(1, generator=self.gen).item() > 0.5:
+                idx = int(torch.randint(0, self.size, (1,), generator=self.gen).item())
+                out.append(self.images[idx].clone())
+                self.images[idx] = img.clone()
+            else:
+                out.append(img)
+        return torch.cat(out, 0)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"size": self.size, "images": [t.cpu() for t in self.images],
+                "gen": self.gen.get_state()}
+
+    def load_state_dict(self, sd: dict[str, Any], device: torch.device | str = "cpu") -> None:
+        self.size = sd["size"]
+        self.images = [t.to(device) for t in sd["images"]]
+        self.gen.set_state(sd["gen"])

@@ -1,0 +1,121 @@
+"""CycleGAN (Zhu et al., 2017): two generators, two discriminators, cycle + identity losses.
+
+L = L_GAN(G_A, D_A) + L_GAN(G_B, D_B) + lambda_cycle * (||G_B(G_A(a)) - a||_1 + ||G_A(G_B(b)) - b||_1)
+    + lambda_identity * lambda_cycle * (||G_A(b) - b||_1 + ||G_B(a) - a||_1)          (survey eqs. 7-9)
+
+Update order as the authors' code: both generators first (discriminators frozen), then D_A and
+D_B on images drawn from a pool of 50 past fakes. D_A judges domain B (the output of G_A).
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from gan_core.frameworks import register
+from gan_core.frameworks.base import GANFramework, ImagePool
+from gan_core.losses import GANLoss, gradient_penalty
+from gan_core.models import build_discriminator, build_generator
+
+
+@register("cyclegan")
+class CycleGAN(GANFramework):
+    paired = False
+
+    @classmethod
+    def configure(cls, cfg, preset: str) -> None:
+        m = cfg.model
+        m.generator, m.discriminator, m.norm, m.dropout = "resnet", "patchgan", "instance", False
+        cfg.gan_mode = "lsgan"
+        cfg.pool_size = 50
+        if preset == "full":
+            m.n_blocks = 9  # resnet_9blocks
+            cfg.data.batch_size = 1
+
+    def build_networks(self) -> dict[str, nn.Module]:
+        m = self.cfg.model
+
+        def gen(cin: int, cout: int) -> nn.Module:
+            kw = dict(in_channels=cin, out_channels=cout, spatial_dims=m.spatial_dims,
+                      base_filters=m.g_filters, norm=m.norm, dropout=m.dropout)
+            kw.update(num_downs=m.num_downs) if m.generator.startswith("unet") else kw.update(n_blocks=m.n_blocks)
+            return build_generator(m.generator, **kw)
+
+        def disc(cin: int) -> nn.Module:
+            return build_discriminator(m.discriminator, in_channels=cin, spatial_dims=m.spatial_dims,
+                                       base_filters=m.d_filters, n_layers=m.d_layers, norm=m.norm)
+
+        return {"G_A": gen(m.in_channels, m.out_channels), "G_B": gen(m.out_channels, m.in_channels),
+                "D_A": disc(m.out_channels), "D_B": disc(m.in_channels)}
+
+    def optimizer_groups(self) -> dict[str, list[str]]:
+        return {"G": ["G_A", "G_B"], "D": ["D_A", "D_B"]}
+
+    def __init__(self, cfg, device="cpu") -> None:
+        super().__init__(cfg, device)
+        self.crit = GANLoss(cfg.gan_mode)
+        self.pool_A = ImagePool(cfg.pool_size, seed=cfg.seed * 2 + 1)
+        self.pool_B = ImagePool(cfg.pool_size, seed=cfg.seed * 2 + 2)
+
+    def train_step(self, batch: dict[str, Tensor]) -> dict[str, float]:
+        b = self.to_device(batch)
+        real_A, real_B = b["A"], b["B"]
+        w = self.cfg.loss
+        G_A, G_B = self.fwd["G_A"], self.fwd["G_B"]
+        D_nets = [self.nets["D_A"], self.nets["D_B"]]
+
+        # generators (D frozen)
+        self.set_requires_grad(D_nets, False)
+        self.opts["G"].zero_grad(set_to_none=True)
+        with self.autocast():
+            fake_B = G_A(real_A)
+            rec_A = G_B(fake_B)
+            fake_A = G_B(real_B)
+            rec_B = G_A(fake_A)
+            loss_G_A = self.crit(self.frozen["D_A"](fake_B), True, for_discriminator=False) * w.gan
+            loss_G_B = self.crit(self.frozen["D_B"](fake_A), True, for_discriminator=False) * w.gan
+            loss_cyc_A = F.l1_loss(rec_A.float(), real_A.float()) * w.cycle
+            loss_cyc_B = F.l1_loss(rec_B.float(), real_B.float()) * w.cycle
+            loss_idt_A = loss_idt_B = rec_A.new_zeros((), dtype=real_A.dtype).float()
+            if w.identity > 0:
+                loss_idt_A = F.l1_loss(G_A(real_B).float(), real_B.float()) * w.cycle * w.identity
+                loss_idt_B = F.l1_loss(G_B(real_A).float(), real_A.float()) * w.cycle * w.identity
+        loss_G = loss_G_A + loss_G_B + loss_cyc_A + loss_cyc_B + loss_idt_A + loss_idt_B
+        loss_G.backward()
+        self.opts["G"].step()
+
+        # discriminators, on pooled fakes
+        self.set_requires_grad(D_nets, True)
+        self.opts["D"].zero_grad(set_to_none=True)
+        loss_D_A = self._backward_D("D_A", real_B, self.pool_B.query(fake_B))
+        loss_D_B = self._backward_D("D_B", real_A, self.pool_A.query(fake_A))
+        self.opts["D"].step()
+        return {"G_A": loss_G_A.item(), "G_B": loss_G_B.item(), "cycle_A": loss_cyc_A.item(),
+                "cycle_B": loss_cyc_B.item(), "idt_A": loss_idt_A.item(), "idt_B": loss_idt_B.item(),
+                "G": loss_G.item(), "D_A": loss_D_A.item(), "D_B": loss_D_B.item()}
+
+    def _backward_D(self, name: str, real: Tensor, fake: Tensor) -> Tensor:
+        with self.autocast():
+            pred_real = self.fwd[name](real)
+            pred_fake = self.fwd[name](fake.detach())
+        loss = 0.5 * (self.crit(pred_real, True) + self.crit(pred_fake, False))
+        if self.cfg.gan_mode == "wgangp":
+            loss = loss + gradient_penalty(self.fwd[name], real, fake)
+        loss.backward()
+        return loss
+
+    def generate(self, x: Tensor) -> Tensor:
+        """Domain A (MR) in [-1, 1] -> domain B (CT) in [-1, 1] through G_A."""
+        return self.infer("G_A", x)
+
+    def generate_inverse(self, x: Tensor) -> Tensor:
+        """Domain B -> domain A through G_B (CT -> MR)."""
+        return self.infer("G_B", x)
+
+    def extra_state(self) -> dict:
+        return {"pool_A": self.pool_A.state_dict(), "pool_B": self.pool_B.state_dict()}
+
+    def load_extra_state(self, state: dict) -> None:
+        if state:
+            self.pool_A.load_state_dict(state["pool_A"], self.device)
+            self.pool_B.load_state_dict(state["pool_B"], self.device)

@@ -1,0 +1,92 @@
+"""pix2pix (Isola et al., 2017): conditional GAN + lambda_L1 * L1, U-Net G and PatchGAN D.
+
+L = E[log D(x, y)] + E[log(1 - D(x, G(x)))] + lambda_L1 * ||y - G(x)||_1   (survey eqs. 5-6)
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from gan_core.frameworks import register
+from gan_core.frameworks.base import GANFramework
+from gan_core.losses import GANLoss, gradient_penalty
+from gan_core.models import build_discriminator, build_generator
+
+
+@register("pix2pix")
+class Pix2Pix(GANFramework):
+    paired = True
+
+    @classmethod
+    def configure(cls, cfg, preset: str) -> None:
+        m = cfg.model
+        m.generator, m.discriminator, m.norm, m.dropout = "unet", "patchgan", "batch", True
+        cfg.gan_mode = "vanilla"
+        cfg.pool_size = 0
+        if preset == "full":
+            m.num_downs = 8  # unet_256
+            cfg.data.batch_size = 1
+
+    def build_networks(self) -> dict[str, nn.Module]:
+        m = self.cfg.model
+        g_kwargs = dict(in_channels=m.in_channels, out_channels=m.out_channels,
+                        spatial_dims=m.spatial_dims, base_filters=m.g_filters, norm=m.norm)
+        if m.generator.startswith("unet"):
+            g_kwargs.update(num_downs=m.num_downs, dropout=m.dropout)
+        else:
+            g_kwargs.update(n_blocks=m.n_blocks, dropout=m.dropout)
+        return {
+            "G": build_generator(m.generator, **g_kwargs),
+            "D": build_discriminator(m.discriminator, in_channels=m.in_channels + m.out_channels,
+                                     spatial_dims=m.spatial_dims, base_filters=m.d_filters,
+                                     n_layers=m.d_layers, norm=m.norm),
+        }
+
+    def optimizer_groups(self) -> dict[str, list[str]]:
+        return {"G": ["G"], "D": ["D"]}
+
+    def __init__(self, cfg, device="cpu") -> None:
+        super().__init__(cfg, device)
+        self.crit = GANLoss(cfg.gan_mode)
+
+    def train_step(self, batch: dict[str, Tensor]) -> dict[str, float]:
+        b = self.to_device(batch)
+        real_A, real_B = b["A"], b["B"]
+        w = self.cfg.loss
+        with self.autocast():
+            fake_B = self.fwd["G"](real_A)
+
+        # D: real pairs -> 1, generated pairs -> 0
+        self.set_requires_grad([self.nets["D"]], True)
+        self.opts["D"].zero_grad(set_to_none=True)
+        with self.autocast():
+            pred_fake = self.fwd["D"](torch.cat([real_A, fake_B.detach()], 1))
+            pred_real = self.fwd["D"](torch.cat([real_A, real_B], 1))
+        loss_D_fake = self.crit(pred_fake, False)
+        loss_D_real = self.crit(pred_real, True)
+        loss_D = 0.5 * (loss_D_fake + loss_D_real)
+        if self.cfg.gan_mode == "wgangp":
+            loss_D = loss_D + gradient_penalty(
+                self.fwd["D"], torch.cat([real_A, real_B], 1), torch.cat([real_A, fake_B], 1))
+        loss_D.backward()
+        self.opts["D"].step()
+
+        # G: fool D, stay close to the target in L1
+        self.set_requires_grad([self.nets["D"]], False)
+        self.opts["G"].zero_grad(set_to_none=True)
+        with self.autocast():
+            pred = self.frozen["D"](torch.cat([real_A, fake_B], 1))
+        loss_G_GAN = self.crit(pred, True, for_discriminator=False) * w.gan
+        loss_G_L1 = F.l1_loss(fake_B.float(), real_B.float()) * w.l1
+        loss_G = loss_G_GAN + loss_G_L1
+        loss_G.backward()
+        self.opts["G"].step()
+        self.set_requires_grad([self.nets["D"]], True)
+        return {"G_GAN": loss_G_GAN.item(), "G_L1": loss_G_L1.item(), "G": loss_G.item(),
+                "D_real": loss_D_real.item(), "D_fake": loss_D_fake.item(), "D": loss_D.item()}
+
+    def generate(self, x: Tensor) -> Tensor:
+        """MR (or any source A) in [-1, 1] -> target B in [-1, 1]."""
+        return self.infer("G", x)
