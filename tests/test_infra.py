@@ -1,0 +1,537 @@
+"""Static checks of infra/: KubeRay manifests against the KubeRay CRD schemas, Kubernetes
+manifests against the Kubernetes schemas, secrets hygiene, GPU requests, Dockerfiles.
+
+The CRD schemas live in ../shared/crds (beside the repo); the Kubernetes schemas come from the
+`kubernetes-validate` package. Nothing here talks to a cluster.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import shlex
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+INFRA = REPO / "infra"
+CRD_DIR = REPO.parent / "shared" / "crds"
+NAMESPACE = "medgan"
+K8S_VERSION = "1.33"
+EXAMPLE_SECRETS = INFRA / "mlflow" / "secrets.example.yaml"
+PLACEHOLDER = "CHANGE-ME"
+
+Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def load_docs(path: Path) -> list[dict[str, Any]]:
+    with open(path) as f:
+        return [d for d in yaml.load_all(f, Loader=Loader) if d is not None]
+
+
+def yaml_files() -> list[Path]:
+    return sorted(p for p in INFRA.rglob("*") if p.suffix in {".yaml", ".yml"})
+
+
+def all_docs() -> list[tuple[Path, dict[str, Any]]]:
+    return [(p, d) for p in yaml_files() for d in load_docs(p)]
+
+
+def manifests() -> list[tuple[Path, dict[str, Any]]]:
+    """Kubernetes objects (kustomization files are not)."""
+    return [(p, d) for p, d in all_docs() if p.name != "kustomization.yaml"]
+
+
+def walk(node: Any, path: str = "") -> Iterator[tuple[str, Any]]:
+    yield path, node
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from walk(v, f"{path}.{k}")
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from walk(v, f"{path}[{i}]")
+
+
+# ------------------------------------------------------------------- CRD schema -> JSON Schema
+
+_SCHEMA_MAPS = {"properties", "patternProperties", "definitions", "$defs"}
+_SCHEMA_ONE = {"items", "additionalProperties", "not", "additionalItems"}
+_SCHEMA_LISTS = {"anyOf", "allOf", "oneOf"}
+
+
+def k8s_to_jsonschema(node: dict[str, Any], strict: bool = True) -> dict[str, Any]:
+    """Translate a structural OpenAPI v3 schema (as in a CRD) into a JSON Schema.
+
+    - ``x-kubernetes-int-or-string: true`` -> ``anyOf: [integer, string]``;
+    - ``nullable: true`` -> null is also accepted;
+    - other ``x-kubernetes-*`` keys (list types, CEL validations, ...) are dropped;
+    - strict (like ``kubectl --validate=strict`` / kubeconform -strict): objects with
+      ``properties`` reject unknown fields unless ``x-kubernetes-preserve-unknown-fields``.
+    """
+    out: dict[str, Any] = {}
+    for key, val in node.items():
+        if key in _SCHEMA_MAPS:
+            out[key] = {name: k8s_to_jsonschema(s, strict) for name, s in val.items()}
+        elif key in _SCHEMA_ONE and isinstance(val, dict):
+            out[key] = k8s_to_jsonschema(val, strict)
+        elif key in _SCHEMA_LISTS:
+            out[key] = [k8s_to_jsonschema(s, strict) for s in val]
+        elif key.startswith("x-") or key == "nullable":
+            continue
+        else:
+            out[key] = val
+    if node.get("x-kubernetes-int-or-string") and "anyOf" not in out:
+        out.pop("type", None)
+        out["anyOf"] = [{"type": "integer"}, {"type": "string"}]
+    if node.get("nullable") and "type" in out:
+        t = out["type"]
+        out["type"] = [*t, "null"] if isinstance(t, list) else [t, "null"]
+    if (
+        strict
+        and "properties" in out
+        and "additionalProperties" not in out
+        and not node.get("x-kubernetes-preserve-unknown-fields")
+    ):
+        out["additionalProperties"] = False
+    return out
+
+
+_DNS1123_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+# The CRD leaves metadata as a bare object (the API server validates it); check the parts we use.
+METADATA_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "anyOf": [{"required": ["name"]}, {"required": ["generateName"]}],
+    "properties": {
+        "name": {"type": "string", "maxLength": 63, "pattern": _DNS1123_SUBDOMAIN},
+        "generateName": {"type": "string", "maxLength": 58, "pattern": r"^[a-z0-9][-a-z0-9]*$"},
+        "namespace": {"type": "string", "pattern": _DNS1123_SUBDOMAIN},
+        "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+        "annotations": {"type": "object", "additionalProperties": {"type": "string"}},
+    },
+    "additionalProperties": False,
+}
+
+FORMATS = jsonschema.FormatChecker()
+
+
+@FORMATS.checks("int32")
+def _int32(v: object) -> bool:
+    return not isinstance(v, int) or -(2**31) <= v < 2**31
+
+
+@FORMATS.checks("int64")
+def _int64(v: object) -> bool:
+    return not isinstance(v, int) or -(2**63) <= v < 2**63
+
+
+def crd_validator(crd_file: str) -> tuple[str, jsonschema.protocols.Validator]:
+    crd = load_docs(CRD_DIR / crd_file)[0]
+    version = next(v for v in crd["spec"]["versions"] if v["name"] == "v1")
+    schema = k8s_to_jsonschema(version["schema"]["openAPIV3Schema"])
+    schema["properties"]["metadata"] = METADATA_SCHEMA
+    schema["required"] = sorted(
+        {*schema.get("required", []), "apiVersion", "kind", "metadata", "spec"}
+    )
+    schema["properties"]["apiVersion"] = {"const": "ray.io/v1"}
+    schema["properties"]["kind"] = {"const": crd["spec"]["names"]["kind"]}
+    jsonschema.Draft7Validator.check_schema(schema)
+    return crd["spec"]["names"]["kind"], jsonschema.Draft7Validator(schema, format_checker=FORMATS)
+
+
+@pytest.fixture(scope="module")
+def validators() -> dict[str, jsonschema.protocols.Validator]:
+    if not CRD_DIR.is_dir():
+        pytest.skip(f"KubeRay CRDs not found at {CRD_DIR} (the shared/ folder beside the repo)")
+    return dict(crd_validator(f) for f in ("ray.io_rayclusters.yaml", "ray.io_rayjobs.yaml"))
+
+
+def errors(validator: jsonschema.protocols.Validator, doc: dict[str, Any]) -> list[str]:
+    return [
+        f"{'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}"
+        for e in sorted(validator.iter_errors(doc), key=lambda e: list(map(str, e.absolute_path)))
+    ]
+
+
+RAY_FILES = {
+    "RayCluster": INFRA / "kuberay" / "raycluster.yaml",
+    "RayJob": INFRA / "kuberay" / "rayjob.yaml",
+}
+
+
+def ray_doc(kind: str) -> dict[str, Any]:
+    docs = load_docs(RAY_FILES[kind])
+    assert len(docs) == 1 and docs[0]["kind"] == kind, f"{RAY_FILES[kind]}: expected one {kind}"
+    return docs[0]
+
+
+def cluster_spec(doc: dict[str, Any]) -> dict[str, Any]:
+    return doc["spec"]["rayClusterSpec"] if doc["kind"] == "RayJob" else doc["spec"]
+
+
+# ------------------------------------------------------------------- KubeRay manifests
+
+
+@pytest.mark.parametrize("kind", sorted(RAY_FILES))
+def test_kuberay_manifest_matches_crd_schema(validators: dict[str, Any], kind: str) -> None:
+    assert errors(validators[kind], ray_doc(kind)) == []
+
+
+def _worker(d: dict[str, Any]) -> dict[str, Any]:
+    return cluster_spec(d)["workerGroupSpecs"][0]
+
+
+def _container(d: dict[str, Any]) -> dict[str, Any]:
+    return _worker(d)["template"]["spec"]["containers"][0]
+
+
+BROKEN = [  # (kind, how to break it, a substring of the expected error)
+    ("RayCluster", lambda d: _worker(d).update(replicas="two"), "'two' is not of type 'integer'"),
+    ("RayCluster", lambda d: _worker(d).pop("groupName"), "'groupName' is a required property"),
+    (
+        "RayCluster",
+        lambda d: d["spec"].pop("headGroupSpec"),
+        "'headGroupSpec' is a required property",
+    ),
+    ("RayCluster", lambda d: _worker(d).update(minReplica=1), "Additional properties"),
+    (
+        "RayCluster",
+        lambda d: _worker(d)["rayStartParams"].update({"num-gpus": 1}),
+        "1 is not of type 'string'",
+    ),
+    (
+        "RayCluster",
+        lambda d: _container(d)["resources"]["limits"].update(cpu=["8"]),
+        "not valid under any",
+    ),
+    ("RayCluster", lambda d: _container(d).pop("name"), "'name' is a required property"),
+    ("RayCluster", lambda d: _worker(d).update(maxReplicas=2**31), "is not a 'int32'"),
+    ("RayCluster", lambda d: d.update(apiVersion="ray.io/v1alpha1"), "'ray.io/v1' was expected"),
+    ("RayCluster", lambda d: d["metadata"].update(name="MedGAN_cluster"), "does not match"),
+    (
+        "RayJob",
+        lambda d: d["spec"].update(shutdownAfterJobFinishes="yes"),
+        "'yes' is not of type 'boolean'",
+    ),
+    (
+        "RayJob",
+        lambda d: d["spec"].update(ttlSecondsAfterFinished="1h"),
+        "'1h' is not of type 'integer'",
+    ),
+    (
+        "RayJob",
+        lambda d: cluster_spec(d)["headGroupSpec"].pop("template"),
+        "'template' is a required property",
+    ),
+    (
+        "RayJob",
+        lambda d: d["spec"].update(entrypoint=["python", "-m", "x"]),
+        "is not of type 'string'",
+    ),
+    (
+        "RayJob",
+        lambda d: _container(d)["env"].append({"value": "x"}),
+        "'name' is a required property",
+    ),
+]
+
+
+@pytest.mark.parametrize("kind, mutate, expected", BROKEN)
+def test_validator_rejects_broken_manifests(
+    validators: dict[str, Any], kind: str, mutate: Any, expected: str
+) -> None:
+    doc = copy.deepcopy(ray_doc(kind))
+    mutate(doc)
+    errs = errors(validators[kind], doc)
+    assert any(expected in e for e in errs), (
+        f"expected an error containing {expected!r}, got {errs}"
+    )
+
+
+def test_int_or_string_accepts_both(validators: dict[str, Any]) -> None:
+    doc = copy.deepcopy(ray_doc("RayCluster"))
+    limits = _container(doc)["resources"]["limits"]
+    limits.update(cpu=8, memory="32Gi")
+    assert errors(validators["RayCluster"], doc) == []
+    limits.update(memory="32 gigabytes")  # a quantity must match the Kubernetes quantity pattern
+    assert any("does not match" in e for e in errors(validators["RayCluster"], doc))
+
+
+@pytest.mark.parametrize("kind", sorted(RAY_FILES))
+def test_gpu_workers_and_cpu_head(kind: str) -> None:
+    spec = cluster_spec(ray_doc(kind))
+    head = spec["headGroupSpec"]["template"]["spec"]["containers"][0]
+    assert "nvidia.com/gpu" not in head.get("resources", {}).get("limits", {}), (
+        "the head must not take a GPU"
+    )
+    assert spec["headGroupSpec"]["rayStartParams"].get("dashboard-host") == "0.0.0.0"
+    gpu_groups = [g for g in spec["workerGroupSpecs"] if g["groupName"] == "gpu"]
+    assert gpu_groups, "a worker group named 'gpu' is expected"
+    for g in gpu_groups:
+        res = g["template"]["spec"]["containers"][0]["resources"]
+        assert int(res["limits"]["nvidia.com/gpu"]) >= 1
+        assert 0 <= g["minReplicas"] <= g["maxReplicas"]
+        assert g["rayStartParams"]["num-gpus"] == str(res["limits"]["nvidia.com/gpu"])
+
+
+@pytest.mark.parametrize("kind", sorted(RAY_FILES))
+def test_ray_pods_get_config_from_env_and_secrets(kind: str) -> None:
+    spec = cluster_spec(ray_doc(kind))
+    groups = [spec["headGroupSpec"], *spec["workerGroupSpecs"]]
+    for g in groups:
+        for c in g["template"]["spec"]["containers"]:
+            assert c["image"] == "ghcr.io/medgan/medgan:latest"
+            env = {e["name"]: e.get("value") for e in c["env"]}
+            assert env["MLFLOW_TRACKING_URI"] == "http://mlflow.medgan.svc.cluster.local:5000"
+            assert env["AWS_ENDPOINT_URL"] == "http://minio.medgan.svc.cluster.local:9000"
+            refs = {r["secretRef"]["name"] for r in c["envFrom"]}
+            assert refs == {"medgan-s3", "medgan-mlflow"}
+
+
+def test_rayjob_runs_training_and_cleans_up() -> None:
+    spec = ray_doc("RayJob")["spec"]
+    argv = shlex.split(spec["entrypoint"])
+    assert argv[:3] == ["python", "-m", "components.train"]
+    for flag in ("--config", "--data-uri", "--output-uri"):
+        assert flag in argv, f"entrypoint lacks {flag}"
+    assert argv[argv.index("--data-uri") + 1].startswith("s3://")
+    assert argv[argv.index("--output-uri") + 1].startswith("s3://")
+    assert spec["shutdownAfterJobFinishes"] is True
+    assert spec["ttlSecondsAfterFinished"] > 0
+
+
+# ------------------------------------------------------------------- all manifests
+
+
+def test_all_infra_yaml_parses() -> None:
+    files = yaml_files()
+    assert len(files) >= 7, files
+    for p in files:
+        docs = load_docs(p)
+        assert docs, f"{p}: no YAML document"
+        for d in docs:
+            assert isinstance(d, dict) and "apiVersion" in d and "kind" in d, (
+                f"{p}: not a Kubernetes object"
+            )
+
+
+def test_kustomization_lists_existing_files() -> None:
+    kust = load_docs(INFRA / "mlflow" / "kustomization.yaml")[0]
+    for res in kust["resources"]:
+        assert (INFRA / "mlflow" / res).is_file(), f"kustomization.yaml lists missing {res}"
+    assert "secrets.example.yaml" not in kust["resources"], "example secrets must never be applied"
+
+
+def test_kustomize_renders_the_mlflow_stack() -> None:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl not installed (kustomize is built into it)")
+    out = subprocess.run(
+        [kubectl, "kustomize", str(INFRA / "mlflow")], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    kinds = sorted(d["kind"] for d in yaml.load_all(out.stdout, Loader=Loader) if d)
+    assert kinds == sorted(
+        [
+            "Namespace",
+            "Service",
+            "Service",
+            "Service",
+            "StatefulSet",
+            "StatefulSet",
+            "Deployment",
+            "Job",
+        ]
+    )
+
+
+def test_everything_lives_in_the_medgan_namespace() -> None:
+    for p, d in manifests():
+        if d["kind"] == "Namespace":
+            assert d["metadata"]["name"] == NAMESPACE
+        else:
+            assert d["metadata"].get("namespace") == NAMESPACE, (
+                f"{p}: {d['kind']} outside {NAMESPACE}"
+            )
+
+
+def test_kubernetes_objects_match_kubernetes_schemas() -> None:
+    kv = pytest.importorskip("kubernetes_validate", reason="pip install kubernetes-validate")
+    checked = 0
+    for p, d in manifests():
+        if d["apiVersion"].startswith("ray.io/"):
+            continue
+        try:
+            kv.validate(d, K8S_VERSION, strict=True)
+        except kv.ValidationError as e:
+            where = "/".join(map(str, e.path))
+            pytest.fail(f"{p}: {d['kind']}/{d['metadata']['name']}: {where}: {e.message}")
+        checked += 1
+    assert checked >= 8
+    bad = copy.deepcopy(next(d for _, d in manifests() if d["kind"] == "Deployment"))
+    bad["spec"]["replicas"] = "one"
+    with pytest.raises(kv.ValidationError):
+        kv.validate(bad, K8S_VERSION, strict=True)
+
+
+def test_services_select_their_pods() -> None:
+    docs = [d for _, d in manifests()]
+    pod_labels = [
+        d["spec"]["template"]["metadata"]["labels"]
+        for d in docs
+        if d["kind"] in {"Deployment", "StatefulSet"}
+    ]
+    for svc in (d for d in docs if d["kind"] == "Service"):
+        sel = svc["spec"]["selector"]
+        name = svc["metadata"]["name"]
+        assert any(sel.items() <= labels.items() for labels in pod_labels), (
+            f"Service {name} selects no pod"
+        )
+    for d in docs:
+        if d["kind"] in {"Deployment", "StatefulSet"}:
+            assert (
+                d["spec"]["selector"]["matchLabels"].items()
+                <= d["spec"]["template"]["metadata"]["labels"].items()
+            )
+
+
+def test_mlflow_server_uses_postgres_and_s3_artifacts() -> None:
+    mlflow = next(
+        d for _, d in manifests() if d["kind"] == "Deployment" and d["metadata"]["name"] == "mlflow"
+    )
+    c = mlflow["spec"]["template"]["spec"]["containers"][0]
+    argv = c["command"] + c["args"]
+    assert argv[:2] == ["mlflow", "server"]
+    assert any(a.startswith("--backend-store-uri=postgresql://postgres.") for a in argv)
+    assert "--artifacts-destination=s3://mlflow/" in argv
+    assert "--host=0.0.0.0" in argv and "--port=5000" in argv
+    hosts = next(a for a in argv if a.startswith("--allowed-hosts=")).split("=", 1)[1].split(",")
+    assert "mlflow.medgan.svc.cluster.local:5000" in hosts  # the URI the Ray pods use
+    job = next(d for _, d in manifests() if d["kind"] == "Job")
+    env = {
+        e["name"]: e.get("value") for e in job["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert set(env["BUCKETS"].split()) == {"mlflow", "medgan"}
+
+
+# ------------------------------------------------------------------- secrets
+
+SENSITIVE = re.compile(r"(PASSWORD|SECRET|TOKEN|ACCESS_KEY|PRIVATE_KEY|CREDENTIAL)", re.I)
+URL_WITH_LOGIN = re.compile(r"[a-z][a-z0-9+.-]*://[^/\s:@]+:[^/\s@]+@", re.I)
+
+
+def secret_refs(doc: dict[str, Any]) -> set[tuple[str, str | None]]:
+    refs: set[tuple[str, str | None]] = set()
+    for _, node in walk(doc):
+        if isinstance(node, dict):
+            if isinstance(node.get("secretRef"), dict):
+                refs.add((node["secretRef"]["name"], None))
+            if isinstance(node.get("secretKeyRef"), dict):
+                refs.add((node["secretKeyRef"]["name"], node["secretKeyRef"]["key"]))
+    return refs
+
+
+def test_no_literal_secrets_outside_the_example() -> None:
+    problems = []
+    for p, d in manifests():
+        if p == EXAMPLE_SECRETS:
+            continue
+        if d["kind"] == "Secret":
+            problems.append(f"{p}: a Secret object (create Secrets with kubectl instead)")
+        for path, node in walk(d):
+            if (
+                isinstance(node, dict)
+                and "name" in node
+                and "value" in node
+                and SENSITIVE.search(str(node["name"]))
+            ):
+                problems.append(
+                    f"{p}{path}: env {node['name']} has a literal value (use secretKeyRef)"
+                )
+            if isinstance(node, dict):
+                for k, v in node.items():
+                    if (
+                        SENSITIVE.search(str(k))
+                        and isinstance(v, (str, int))
+                        and k not in {"secretName"}
+                    ):
+                        problems.append(f"{p}{path}.{k}: literal value for a secret-like key")
+            if isinstance(node, str) and URL_WITH_LOGIN.search(node):
+                problems.append(f"{p}{path}: URL with an embedded login")
+    for df in INFRA.rglob("Dockerfile"):
+        for line in df.read_text().splitlines():
+            if re.match(r"\s*(ENV|ARG)\b", line) and SENSITIVE.search(line):
+                problems.append(f"{df}: {line.strip()}")
+    assert not problems, "\n".join(problems)
+
+
+def test_example_secrets_are_placeholders_and_cover_every_reference() -> None:
+    examples = load_docs(EXAMPLE_SECRETS)
+    provided: dict[str, set[str]] = {}
+    for s in examples:
+        assert s["kind"] == "Secret" and s["metadata"]["namespace"] == NAMESPACE
+        values = {**s.get("stringData", {}), **s.get("data", {})}
+        assert values, f"{s['metadata']['name']}: no keys"
+        for k, v in values.items():
+            assert str(v).startswith(PLACEHOLDER), (
+                f"{s['metadata']['name']}.{k} is not a {PLACEHOLDER} placeholder"
+            )
+        provided[s["metadata"]["name"]] = set(values)
+    assert {"medgan-s3", "medgan-mlflow"} <= provided.keys()
+    for p, d in manifests():
+        for name, key in secret_refs(d):
+            assert name in provided, (
+                f"{p}: Secret {name} is not described in {EXAMPLE_SECRETS.name}"
+            )
+            assert key is None or key in provided[name], (
+                f"{p}: key {key} missing from Secret {name}"
+            )
+
+
+# ------------------------------------------------------------------- Dockerfiles
+
+
+def dockerfile_instructions(path: Path) -> list[tuple[str, str]]:
+    text = re.sub(r"\\\n", " ", path.read_text())
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            op, _, rest = line.partition(" ")
+            out.append((op.upper(), rest.strip()))
+    return out
+
+
+def test_components_dockerfile() -> None:
+    ins = dockerfile_instructions(INFRA / "Dockerfile")
+    ops = [op for op, _ in ins]
+    assert ops[0] in {"ARG", "FROM"} and "FROM" in ops
+    base = next(r for op, r in ins if op == "FROM")
+    default_base = next((r for op, r in ins if op == "ARG" and r.startswith("BASE_IMAGE=")), "")
+    assert "cuda" in (base + default_base).lower(), "the components image needs a CUDA base"
+    runs = " ".join(r for op, r in ins if op == "RUN")
+    assert re.search(r"pip install [^&]*\"?\.\[pipeline\]\"?", runs), (
+        "the Dockerfile must pip install .[pipeline]"
+    )
+    assert ("WORKDIR", "/app") in ins
+    users = [r for op, r in ins if op == "USER"]
+    assert users and users[-1].split(":")[0] not in {"root", "0"}, (
+        "the image must run as a non-root user"
+    )
+    assert "wget" in runs, "KubeRay's probes need wget in the Ray image"
+    entry = [r for op, r in ins if op == "ENTRYPOINT"]
+    assert entry in ([], ["[]"]), "KFP and KubeRay set the command: no ENTRYPOINT"
+
+
+def test_mlflow_dockerfile_has_postgres_and_s3_clients() -> None:
+    runs = " ".join(
+        r for op, r in dockerfile_instructions(INFRA / "mlflow" / "Dockerfile") if op == "RUN"
+    )
+    for pkg in ("mlflow", "psycopg2", "boto3"):
+        assert pkg in runs, f"infra/mlflow/Dockerfile does not install {pkg}"
