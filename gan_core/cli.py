@@ -77,7 +77,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from gan_core.data.shards import Shards, SubjectFiles
+    from gan_core.data.shards import Shards
     from gan_core.evaluation import evaluate_subjects, fit_baseline, results_table
     from gan_core.train import load_model
 
@@ -91,7 +91,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if baseline is not None:
         Path(args.out).mkdir(parents=True, exist_ok=True)
         baseline.save(Path(args.out) / "baseline.json")
-    subjects = [SubjectFiles(**s["source"]) for s in Shards(data / args.split).subjects]
+    sh = Shards(data / args.split)
+    subjects = [sh.subject_files(i) for i in range(len(sh.subjects))]
     report = evaluate_subjects(models, subjects, baseline, args.out)
     print(results_table(report))
     if report["failed"]:
@@ -111,7 +112,7 @@ def cmd_translate(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     """Phantom cohort -> shards -> pix2pix + CycleGAN on CPU -> evaluation vs baseline -> translate."""
     from gan_core.data.phantom import write_cohort
-    from gan_core.data.shards import Shards, SubjectFiles
+    from gan_core.data.shards import Shards
     from gan_core.evaluation import evaluate_subjects, fit_baseline, results_table
     from gan_core.train import train
     from gan_core.translate import translate_file
@@ -140,7 +141,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         models[fw_name] = load_model(res.model_path)
     print("[4/5] evaluate on the held-out test subjects (SynthRAD metrics, HU, body mask)")
     baseline = fit_baseline(shards / "train")
-    test = [SubjectFiles(**s["source"]) for s in Shards(shards / "test").subjects]
+    sh = Shards(shards / "test")
+    test = [sh.subject_files(i) for i in range(len(sh.subjects))]
     report = evaluate_subjects(models, test, baseline, work / "eval")
     first = test[0]
     out = translate_file(work / "runs" / "pix2pix", first.mr, work / "sct_pix2pix.nii.gz", mask_path=first.mask)

@@ -194,6 +194,12 @@ class Shards:
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_arrays": None}
 
+    def subject_files(self, i: int) -> SubjectFiles:
+        """Source NIfTI files of subject ``i`` (paths relative to the shard dir are resolved)."""
+        src = self.subjects[i]["source"]
+        return SubjectFiles(**{k: (str(self.dir / v) if isinstance(v, str) and k != "id" else v)
+                               for k, v in src.items()})
+
     def subject_slab(self, i: int) -> dict[str, np.ndarray]:
         s = self.subjects[i]
         sl = slice(s["offset"], s["offset"] + s["depth"])
