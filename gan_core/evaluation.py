@@ -83,7 +83,8 @@ def evaluate_subjects(models: dict[str, GANFramework], subjects: Sequence[Subjec
     out_dir.mkdir(parents=True, exist_ok=True)
     per_subject: list[dict] = []
     failed: list[dict] = []
-    for k, s in enumerate(subjects):
+    drawn = 0
+    for s in subjects:
         try:
             mr, ct, mask = load_volume(s.mr), load_volume(s.ct), load_volume(s.mask)
             m = (mask.array > 0).astype(np.uint8)
@@ -94,10 +95,10 @@ def evaluate_subjects(models: dict[str, GANFramework], subjects: Sequence[Subjec
             row: dict = {"subject": s.id, "has_lesion": bool(lesion is not None and lesion.any())}
             for name, p in preds.items():
                 row[name] = score(ct.array, p, m)
-                if lesion is not None:
-                    row[name]["audit"] = lesion_audit(ct.array, p, lesion, m, spacing=ct.spacing)
+                row[name]["audit"] = lesion_audit(ct.array, p, lesion, m, spacing=ct.spacing)
             per_subject.append(row)
-            if k < figures:
+            if drawn < figures:
+                drawn += 1
                 save_figure(out_dir / "figures" / f"{s.id}.png", mr.array, ct.array, preds, m, figure_slices)
         except Exception as exc:  # noqa: BLE001 - one bad subject does not kill the cohort
             failed.append({"subject": s.id, "error": f"{type(exc).__name__}: {exc}"})
@@ -118,9 +119,25 @@ def evaluate_subjects(models: dict[str, GANFramework], subjects: Sequence[Subjec
         summary[name] = agg
     report = {"methods": methods, "aggregate": summary, "per_subject": per_subject, "failed": failed}
     tmp = out_dir / ".metrics.json.tmp"
-    tmp.write_text(json.dumps(report, indent=2, default=float))
+    tmp.write_text(json.dumps(_finite(report), indent=2, allow_nan=False))
     os.replace(tmp, out_dir / "metrics.json")
     return report
+
+
+def _finite(obj):
+    """JSON-safe copy: numpy scalars -> Python numbers, non-finite floats (PSNR of a perfect
+    prediction is inf) -> None, so metrics.json stays strict JSON."""
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    if isinstance(obj, (np.floating, float)):
+        return float(obj) if np.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    return obj
 
 
 def results_table(report: dict) -> str:

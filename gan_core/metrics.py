@@ -208,6 +208,7 @@ def lesion_audit(
     shell_mm: float = 3.0,
     erode_mm: float = 2.0,
     smooth_sigma_mm: float = 1.0,
+    background_mm: float = 8.0,
     soft_tissue_hu: tuple[float, float] = (-200.0, 200.0),
 ) -> dict[str, Any]:
     """Hallucination audit of a synthetic CT: are true lesions kept, and are none invented?
@@ -231,10 +232,13 @@ def lesion_audit(
     within ``shell_mm`` of any true lesion (true lesions are judged by (a), and tissue borders
     are where registration and partial volume, not hallucination, cause differences). The
     difference ``pred - true`` is smoothed by a Gaussian of ``smooth_sigma_mm`` by normalised
-    convolution restricted to ``D`` (``G(d*D) / G(D)``: nothing outside ``D`` leaks in). Each
-    connected component of ``D & |smoothed diff| > invent_threshold_hu`` with volume
-    ``>= min_invented_volume_mm3`` is an invented-lesion candidate. A systematic offset over a
-    whole organ is reported too, as one large candidate: its volume tells it apart.
+    convolution restricted to ``D`` (``G(d*D) / G(D)``: nothing outside ``D`` leaks in). A lesion
+    is *focal*: its local background, the same normalised smoothing with ``background_mm``
+    (default 8 mm), is subtracted, so a smooth offset over a whole region (a calibration or bias
+    error, which MAE reports) is not called a lesion. Each connected component of
+    ``D & |smoothed diff - background| > invent_threshold_hu`` with volume
+    ``>= min_invented_volume_mm3`` is an invented-lesion candidate (``background_mm=0`` turns the
+    background subtraction off).
 
     ``passed`` = every evaluable lesion preserved and no invented candidate.
 
@@ -276,7 +280,7 @@ def lesion_audit(
                         ("invent_threshold_hu", invent_threshold_hu),
                         ("min_invented_volume_mm3", min_invented_volume_mm3),
                         ("shell_mm", shell_mm), ("erode_mm", erode_mm),
-                        ("smooth_sigma_mm", smooth_sigma_mm)):
+                        ("smooth_sigma_mm", smooth_sigma_mm), ("background_mm", background_mm)):
         if not (math.isfinite(value) and value >= 0):
             raise ValueError(f"lesion_audit: {name} must be a finite number >= 0, got {value!r}")
     lo_st, hi_st = soft_tissue_hu
@@ -332,6 +336,12 @@ def lesion_audit(
             del weight, num
         else:
             smooth = d
+        if background_mm > 0:
+            sigma_bg = [background_mm / s for s in spacing]
+            w_bg = ndimage.gaussian_filter(domain.astype(np.float32), sigma_bg, mode="constant")
+            bg = ndimage.gaussian_filter(d, sigma_bg, mode="constant") / np.maximum(w_bg, np.float32(1e-12))
+            smooth = np.where(domain, smooth - bg, np.float32(0.0))
+            del w_bg, bg
         cand, n_cand = ndimage.label(domain & (np.abs(smooth) > invent_threshold_hu))
         for idx, box in enumerate(ndimage.find_objects(cand), start=1):
             region = cand[box] == idx
@@ -360,7 +370,7 @@ def lesion_audit(
             "spacing": list(spacing), "min_contrast_fraction": min_contrast_fraction,
             "min_abs_contrast_hu": min_abs_contrast_hu, "invent_threshold_hu": invent_threshold_hu,
             "min_invented_volume_mm3": min_invented_volume_mm3, "shell_mm": shell_mm,
-            "erode_mm": erode_mm, "smooth_sigma_mm": smooth_sigma_mm,
+            "erode_mm": erode_mm, "smooth_sigma_mm": smooth_sigma_mm, "background_mm": background_mm,
             "soft_tissue_hu": list(soft_tissue_hu),
         },
     }

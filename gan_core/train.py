@@ -203,7 +203,7 @@ def train(cfg: TrainConfig, data_dir: str | Path, out_dir: str | Path, *,
         fw.step_schedulers()
         done = step + 1
         if done % cfg.log_every == 0 or done == total:
-            last = {**losses, "lr": fw.lr()}
+            last = {**{k: float(v) for k, v in losses.items()}, "lr": fw.lr()}
             if cfg.val_every and done % cfg.val_every == 0 and val_dir is not None:
                 val_mae = validate(fw, val_dir)
                 fw.train(True)

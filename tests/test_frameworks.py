@@ -52,6 +52,7 @@ def test_pix2pix_weights_change_the_objective():
     torch.manual_seed(0)
     b = build_framework(apply_overrides(preset("tiny", "pix2pix"), {"loss.l1": 1}))
     la, lb = a.train_step(_batch()), b.train_step(_batch())
+    la, lb = {k: float(v) for k, v in la.items()}, {k: float(v) for k, v in lb.items()}
     assert la["G_L1"] == pytest.approx(lb["G_L1"] * 100, rel=1e-4)
 
 

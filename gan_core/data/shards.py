@@ -276,7 +276,7 @@ class SliceDataset(Dataset):
         mr, ct, mask = self._crop([arr["mr"][ia], arr["ct"][ib], arr["mask"][ia]], rng)
         if rng is not None and self.flip and rng.random() < 0.5:
             mr, ct, mask = mr[:, ::-1], ct[:, ::-1], mask[:, ::-1]
-        t = lambda x: torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[None]  # noqa: E731
+        t = lambda x: torch.from_numpy(np.array(x, dtype=np.float32))[None]  # noqa: E731 - copy off the memmap
         return {"A": t(mr), "B": t(ct), "mask": t(mask)}
 
 
@@ -310,5 +310,5 @@ class PatchDataset(Dataset):
         pa = self._cut(a, rng)
         pb = pa if a == b else self._cut(b, rng)
         flip = self.flip and rng.random() < 0.5
-        t = lambda x: torch.from_numpy(np.ascontiguousarray(x[..., ::-1] if flip else x, dtype=np.float32))[None]  # noqa: E731
+        t = lambda x: torch.from_numpy(np.array(x[..., ::-1] if flip else x, dtype=np.float32))[None]  # noqa: E731
         return {"A": t(pa["mr"]), "B": t(pb["ct"]), "mask": t(pa["mask"])}

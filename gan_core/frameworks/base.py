@@ -26,7 +26,9 @@ class Framework(Protocol):
     paired: bool
 
     def networks(self) -> dict[str, nn.Module]: ...
-    def train_step(self, batch: dict[str, Tensor]) -> dict[str, float]: ...
+    def train_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """One G and D update; returns every loss term as a detached 0-dim tensor (no host sync)."""
+        ...
     def generate(self, x: Tensor) -> Tensor: ...
     def state_dict(self) -> dict[str, Any]: ...
     def load_state_dict(self, sd: dict[str, Any]) -> None: ...
@@ -95,7 +97,7 @@ class GANFramework:
     def optimizer_groups(self) -> dict[str, list[str]]:
         raise NotImplementedError
 
-    def train_step(self, batch: dict[str, Tensor]) -> dict[str, float]:
+    def train_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         raise NotImplementedError
 
     def generate(self, x: Tensor) -> Tensor:

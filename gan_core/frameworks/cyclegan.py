@@ -57,7 +57,7 @@ class CycleGAN(GANFramework):
         self.pool_A = ImagePool(cfg.pool_size, seed=cfg.seed * 2 + 1)
         self.pool_B = ImagePool(cfg.pool_size, seed=cfg.seed * 2 + 2)
 
-    def train_step(self, batch: dict[str, Tensor]) -> dict[str, float]:
+    def train_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         b = self.to_device(batch)
         real_A, real_B = b["A"], b["B"]
         w = self.cfg.loss
@@ -90,9 +90,9 @@ class CycleGAN(GANFramework):
         loss_D_A = self._backward_D("D_A", real_B, self.pool_B.query(fake_B))
         loss_D_B = self._backward_D("D_B", real_A, self.pool_A.query(fake_A))
         self.opts["D"].step()
-        return {"G_A": loss_G_A.item(), "G_B": loss_G_B.item(), "cycle_A": loss_cyc_A.item(),
-                "cycle_B": loss_cyc_B.item(), "idt_A": loss_idt_A.item(), "idt_B": loss_idt_B.item(),
-                "G": loss_G.item(), "D_A": loss_D_A.item(), "D_B": loss_D_B.item()}
+        return {"G_A": loss_G_A.detach(), "G_B": loss_G_B.detach(), "cycle_A": loss_cyc_A.detach(),
+                "cycle_B": loss_cyc_B.detach(), "idt_A": loss_idt_A.detach(), "idt_B": loss_idt_B.detach(),
+                "G": loss_G.detach(), "D_A": loss_D_A.detach(), "D_B": loss_D_B.detach()}
 
     def _backward_D(self, name: str, real: Tensor, fake: Tensor) -> Tensor:
         with self.autocast():

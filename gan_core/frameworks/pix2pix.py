@@ -51,7 +51,7 @@ class Pix2Pix(GANFramework):
         super().__init__(cfg, device)
         self.crit = GANLoss(cfg.gan_mode)
 
-    def train_step(self, batch: dict[str, Tensor]) -> dict[str, float]:
+    def train_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         b = self.to_device(batch)
         real_A, real_B = b["A"], b["B"]
         w = self.cfg.loss
@@ -84,8 +84,8 @@ class Pix2Pix(GANFramework):
         loss_G.backward()
         self.opts["G"].step()
         self.set_requires_grad([self.nets["D"]], True)
-        return {"G_GAN": loss_G_GAN.item(), "G_L1": loss_G_L1.item(), "G": loss_G.item(),
-                "D_real": loss_D_real.item(), "D_fake": loss_D_fake.item(), "D": loss_D.item()}
+        return {"G_GAN": loss_G_GAN.detach(), "G_L1": loss_G_L1.detach(), "G": loss_G.detach(),
+                "D_real": loss_D_real.detach(), "D_fake": loss_D_fake.detach(), "D": loss_D.detach()}
 
     def generate(self, x: Tensor) -> Tensor:
         """MR (or any source A) in [-1, 1] -> target B in [-1, 1]."""
