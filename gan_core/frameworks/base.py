@@ -52,6 +52,8 @@ class GANFramework:
 
     name: str = "base"
     paired: bool = True
+    #: ``LossWeights`` fields this framework uses (what Ray Tune searches over by default).
+    loss_terms: tuple[str, ...] = ()
 
     def __init__(self, cfg: "TrainConfig", device: str | torch.device = "cpu") -> None:
         self.cfg = cfg

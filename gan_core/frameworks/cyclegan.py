@@ -21,6 +21,7 @@ from gan_core.models import build_discriminator, build_generator
 @register("cyclegan")
 class CycleGAN(GANFramework):
     paired = False
+    loss_terms = ("gan", "cycle", "identity")
 
     @classmethod
     def configure(cls, cfg, preset: str) -> None:

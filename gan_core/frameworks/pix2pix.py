@@ -18,6 +18,7 @@ from gan_core.models import build_discriminator, build_generator
 @register("pix2pix")
 class Pix2Pix(GANFramework):
     paired = True
+    loss_terms = ("gan", "l1")
 
     @classmethod
     def configure(cls, cfg, preset: str) -> None:

@@ -1,0 +1,85 @@
+"""components.tune on a REAL local Ray cluster: Optuna + ASHA over loss weights, nested MLflow runs."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import pytest
+import yaml
+
+from tests.test_ray_train import preprocessed_dir, ray_head
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[str]:
+    with ray_head(num_cpus=2) as address:
+        yield address
+
+
+def test_search_space_is_generic_over_loss_terms():
+    from components.tune import default_search_space, loss_terms
+
+    assert loss_terms("cyclegan") == ("gan", "cycle", "identity")
+    space = default_search_space("pix2pix")
+    assert space == {"loss.gan": ["uniform", 0.5, 2.0], "loss.l1": ["loguniform", 10.0, 300.0]}
+
+
+def test_bad_search_space_is_named(tiny_shards, tmp_path):
+    from components.train import TrainStepError
+    from components.tune import run_tune
+
+    data = preprocessed_dir(tiny_shards, tmp_path / "processed")
+    with pytest.raises(TrainStepError, match=r"unknown config fields \['loss.nope'\]"):
+        run_tune(str(data), str(tmp_path / "out"), search_space={"loss.nope": ["uniform", 0, 1]})
+    with pytest.raises(TrainStepError, match=r"'loss.l1': unknown kind 'gauss'"):
+        run_tune(str(data), str(tmp_path / "out"), framework="pix2pix",
+                 search_space={"loss.l1": ["gauss", 0, 1]})
+
+
+def test_tune_optuna_asha_nested_runs(cluster, tiny_shards, tmp_path):
+    from components import mlflow_utils as mlu
+    from components.tune import run_tune
+
+    data = preprocessed_dir(tiny_shards, tmp_path / "processed")
+    tracking = f"sqlite:///{tmp_path}/mlflow.db"
+    out = tmp_path / "tune"
+    # 3 trials of 8 steps, 2 at a time (1 worker each on 2 CPUs)
+    m = run_tune(str(data), str(out), framework="pix2pix", preset="tiny", num_samples=3,
+                 max_steps_per_trial=8, grace_period=4, tracking_uri=tracking,
+                 experiment="medgan-tune-test", seed=3)
+    assert json.loads((out / "manifest.json").read_text()) == m
+    assert (out / "_SUCCESS").exists() and (out / "ray").is_dir()
+    trials = m["trials"]
+    assert len(trials) == 3 and m["counts"]["trials"] == 3 and m["counts"]["error"] == 0
+    sampled = [t["params"] for t in trials]
+    assert len({t["loss.l1"] for t in sampled}) == 3  # Optuna proposed distinct points
+    for p in sampled:
+        assert 10 <= p["loss.l1"] <= 300 and 0.5 <= p["loss.gan"] <= 2
+    assert m["best"]["params"] in sampled
+    assert m["best_val_mae_hu"] == min(t["val_mae_hu"] for t in trials
+                                       if t["status"] == "completed")
+    assert all(t["val_mae_hu"] is not None and 0 < t["val_mae_hu"] < 3000 for t in trials)
+
+    best_cfg = yaml.safe_load((out / "best_config.yaml").read_text())
+    assert best_cfg["framework"] == "pix2pix"
+    assert {"loss.l1": best_cfg["loss"]["l1"], "loss.gan": best_cfg["loss"]["gan"]} == m["best"]["params"]
+    assert best_cfg["optim"]["steps_constant"] + best_cfg["optim"]["steps_decay"] == 8  # tiny preset
+    assert best_cfg["val_every"] == 0  # the tune-only settings stay out of the best config
+
+    c = mlu.client(tracking)
+    parent = c.get_run(m["mlflow_parent_run_id"])
+    assert parent.info.status == "FINISHED"
+    assert parent.data.metrics["best_val_mae_hu"] == pytest.approx(m["best_val_mae_hu"])
+    children = c.search_runs([parent.info.experiment_id],
+                             filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    assert len(children) == 3
+    by_id = {r.info.run_id: r for r in children}
+    for t in trials:
+        child = by_id[t["mlflow_run_id"]]
+        assert float(child.data.params["loss.l1"]) == pytest.approx(t["params"]["loss.l1"])
+        assert child.info.status == {"completed": "FINISHED", "stopped": "KILLED"}[t["status"]]
+        steps = sorted(h.step for h in c.get_metric_history(child.info.run_id, "val_mae_hu"))
+        # workers may run ahead of what Tune has seen when ASHA stops a trial
+        assert t["steps"] in steps and steps[-1] >= t["steps"]
+        assert (steps[-1] == 8) if t["status"] == "completed" else (t["steps"] < 8)
