@@ -1,0 +1,511 @@
+"""Pipeline step ``evaluate``: score a trained generator on held-out subjects beside the baseline.
+
+Reads a preprocess output (``manifest.json`` with ``step == "preprocess"`` and ``splits``,
+``subjects/<id>/{mr,ct,mask,lesion?}.nii.gz``, ``shards/train``) and a train output (``model.pt``,
+``manifest.json`` with ``step == "train"`` and ``mlflow_run_id``). For every subject of ``split``
+it translates the MR and computes the SynthRAD2023 MAE/PSNR/SSIM in HU inside the body mask and
+the lesion hallucination audit (``gan_core.evaluation.evaluate_subjects``), next to the
+non-learned MR->HU intensity-regression baseline fitted on the train shards. A subject that cannot
+be read is listed under ``failed`` and the others are still evaluated.
+
+Output (published atomically through ``storage.staged_output``)::
+
+    <out>/metrics.json    per subject + aggregate per method (gan_core.evaluation report)
+    <out>/results.txt     the plain-text table (mean ± sd)
+    <out>/figures/*.png   MR | CT | sCT | |error| for the first ``figures`` subjects
+    <out>/manifest.json   step "evaluate": aggregate metrics, audit summary, audit_passed, and
+                          ``summary``: the flat numeric metrics also logged to MLflow
+
+MLflow (when a tracking URI is given or ``MLFLOW_TRACKING_URI`` is set): metrics ``test_mae_hu``,
+``test_psnr``, ``test_ssim``, ``baseline_mae_hu`` ... and ``audit_*`` counts are logged to the
+training run (``run_id`` argument, else the train manifest's ``mlflow_run_id``, else a new run in
+``experiment``), with metrics.json, results.txt, the figures and the manifest as artifacts under
+``evaluation/`` and the tag ``audit_passed``.
+
+>>> run_evaluate("work/processed", "work/train", "work/eval",               # doctest: +SKIP
+...              tracking_uri="http://127.0.0.1:5000")["outputs"]["audit_passed"]
+False
+
+CLI: ``python -m components.evaluate --data-uri D --model-uri M --output-uri O``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import gan_core
+from components import storage
+
+__all__ = [
+    "EvaluateError", "run_evaluate", "audit_summary", "read_manifest", "resolve_tracking_uri",
+    "redact_uri", "code_info", "finite_or_none", "main",
+]
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+MODEL_FILE = "model.pt"
+METHOD = "model"  # key of the trained generator in metrics.json (the other method is "baseline")
+
+
+class EvaluateError(ValueError):
+    """A bad input to the evaluate/register steps; the message names the URI and field."""
+
+
+# --------------------------------------------------------------------------- small shared helpers
+
+
+def resolve_tracking_uri(arg: str | None = None) -> str | None:
+    """``arg`` if given, else ``$MLFLOW_TRACKING_URI``, else None (no MLflow logging).
+
+    >>> resolve_tracking_uri("sqlite:////tmp/m.db")
+    'sqlite:////tmp/m.db'
+    """
+    uri = arg or os.environ.get("MLFLOW_TRACKING_URI") or None
+    return uri.strip() if uri else None
+
+
+def redact_uri(uri: str | None) -> str | None:
+    """Drop ``user:password@`` from a URI before it is recorded anywhere.
+
+    >>> redact_uri("https://alice:s3cret@mlflow.example.org:5000/x")
+    'https://mlflow.example.org:5000/x'
+    """
+    if not uri:
+        return uri
+    parts = urlsplit(uri)
+    if "@" not in parts.netloc:
+        return uri
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+
+
+def finite_or_none(x: Any) -> float | None:
+    """A float for JSON/MLflow, or None for NaN/inf/non-numbers.
+
+    >>> finite_or_none(1), finite_or_none(float("inf")), finite_or_none("x")
+    (1.0, None, None)
+    """
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+def _json_safe(obj: Any) -> Any:
+    """Replace non-finite floats by None, recursively (manifests are strict JSON)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+def code_info() -> dict[str, str | None]:
+    """``{"gan_core": version, "git_commit": sha or None}`` (``$MEDGAN_GIT_COMMIT`` wins over git).
+
+    >>> code_info()["gan_core"] == gan_core.__version__
+    True
+    """
+    commit = os.environ.get("MEDGAN_GIT_COMMIT") or None
+    if commit is None:
+        try:
+            out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(gan_core.__file__).parent,
+                                 capture_output=True, text=True, timeout=5, check=False)
+            commit = out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else None
+        except (OSError, subprocess.SubprocessError):
+            commit = None
+    return {"gan_core": gan_core.__version__, "git_commit": commit}
+
+
+def _get(d: dict[str, Any], dotted: str) -> Any:
+    cur: Any = d
+    for part in dotted.split("."):
+        if not isinstance(cur, dict) or part not in cur:
+            raise KeyError(dotted)
+        cur = cur[part]
+    return cur
+
+
+def manifest_value(manifest: dict[str, Any], key: str) -> Any:
+    """``key`` from a manifest's top level, else its ``outputs`` or ``params`` (None if absent)."""
+    for where in (manifest, manifest.get("outputs") or {}, manifest.get("params") or {}):
+        if isinstance(where, dict) and where.get(key) is not None:
+            return where[key]
+    return None
+
+
+def read_manifest(uri: str, step: str, required: Sequence[str] = ()) -> tuple[dict[str, Any], str]:
+    """Read ``<uri>/manifest.json``, check ``step`` and dotted ``required`` keys.
+
+    Returns ``(manifest, sha256 of its bytes)``; raises :class:`EvaluateError` naming the file.
+
+    >>> read_manifest("/nonexistent", "train")                     # doctest: +IGNORE_EXCEPTION_DETAIL
+    Traceback (most recent call last):
+    EvaluateError: /nonexistent/manifest.json: not found (expected the output of step 'train')
+    """
+    path = storage.join(uri, MANIFEST)
+    try:
+        raw = storage.read_bytes(path)
+    except storage.StorageNotFoundError as exc:
+        raise EvaluateError(f"{path}: not found (expected the output of step {step!r})") from exc
+    try:
+        manifest = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise EvaluateError(f"{path}: not valid JSON ({exc})") from exc
+    if not isinstance(manifest, dict):
+        raise EvaluateError(f"{path}: expected a JSON object, got {type(manifest).__name__}")
+    if manifest.get("step") != step:
+        raise EvaluateError(f"{path}: field 'step' is {manifest.get('step')!r}, expected {step!r}")
+    for key in required:
+        try:
+            _get(manifest, key)
+        except KeyError:
+            raise EvaluateError(f"{path}: missing field {key!r} (step {step!r})") from None
+    return manifest, hashlib.sha256(raw).hexdigest()
+
+
+@contextlib.contextmanager
+def fetched_file(uri: str) -> Iterator[Path]:
+    """A local path for the file at ``uri`` (S3: downloaded to a temp dir removed on exit)."""
+    if not storage.is_s3(uri):
+        p = Path(uri[len("file://"):] if uri.startswith("file://") else uri)
+        if not p.is_file():
+            raise EvaluateError(f"{uri}: file not found")
+        yield p
+        return
+    tmp = Path(tempfile.mkdtemp(prefix="medgan-file-"))
+    try:
+        dst = tmp / Path(storage.split_s3(uri)[1]).name
+        try:
+            dst.write_bytes(storage.read_bytes(uri))
+        except storage.StorageNotFoundError as exc:
+            raise EvaluateError(f"{uri}: file not found") from exc
+        yield dst
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def _subjects(data_uri: str, root: Path | None, ids: Sequence[str], work: Path,
+              records: dict[str, dict[str, Any]]) -> list[Any]:
+    """SubjectFiles for ``ids`` (S3: each subject folder downloaded under ``work``).
+
+    File names come from the manifest's per-subject ``files`` (paths relative to the data root)
+    when present, else the layout ``subjects/<id>/{mr,ct,mask,lesion}.nii.gz``. A missing subject
+    or file is not fatal here: its load fails in evaluate_subjects and the subject is listed
+    under ``failed`` with the reason.
+    """
+    from gan_core.data.shards import SubjectFiles
+
+    base = root if root is not None else work
+    subs = []
+    for sid in ids:
+        files = (records.get(sid) or {}).get("files") or {}
+        rel = {k: files.get(k) or f"subjects/{sid}/{k}.nii.gz" for k in ("mr", "ct", "mask", "lesion")}
+        if root is None:
+            folders = sorted({str(Path(r).parent) for r in rel.values()})
+            for folder in folders:
+                try:
+                    storage.download_dir(storage.join(data_uri, folder), work / folder)
+                except storage.StorageNotFoundError as exc:
+                    log.warning("subject %s: %s", sid, exc)
+        lesion = base / rel["lesion"]
+        subs.append(SubjectFiles(sid, str(base / rel["mr"]), str(base / rel["ct"]), str(base / rel["mask"]),
+                                 str(lesion) if lesion.exists() else None))
+    return subs
+
+
+def _train_shards(data_uri: str, root: Path | None, work: Path) -> Path:
+    if root is not None:
+        d = root / "shards" / "train"
+    else:
+        d = work / "shards" / "train"
+        try:
+            storage.download_dir(storage.join(data_uri, "shards", "train"), d)
+        except storage.StorageNotFoundError as exc:
+            raise EvaluateError(f"{storage.join(data_uri, 'shards', 'train')}: no train shards "
+                                "(needed to fit the baseline)") from exc
+    if not (d / "index.json").is_file():
+        raise EvaluateError(f"{storage.join(data_uri, 'shards', 'train')}: not a shard directory "
+                            "(no index.json); expected the preprocess step's train shards")
+    return d
+
+
+# --------------------------------------------------------------------------- audit
+
+
+def audit_summary(report: dict[str, Any], method: str = METHOD) -> dict[str, Any]:
+    """Cohort verdict of the lesion hallucination audit for ``method`` in an evaluate report.
+
+    ``passed`` is True only when at least one subject was audited (had a lesion mask file) and
+    every audited subject passed: each evaluable true lesion preserved and no invented lesion.
+    Lesion-free subjects (an empty lesion mask) are audited for invented lesions only.
+
+    >>> rep = {"per_subject": [{"subject": "a", "has_lesion": False, "model": {"audit": {
+    ...     "n_true": 0, "n_evaluable": 0, "n_preserved": 0, "n_invented": 1, "passed": False}}}],
+    ...     "failed": []}
+    >>> s = audit_summary(rep); (s["passed"], s["lesion_free_subjects_with_invented"])
+    (False, 1)
+    """
+    rows = report.get("per_subject", [])
+    audited = [r for r in rows if isinstance(r.get(method), dict) and "audit" in r[method]]
+    lesion_rows = [r for r in audited if r.get("has_lesion")]
+    free_rows = [r for r in audited if not r.get("has_lesion")]
+    a = lambda r: r[method]["audit"]  # noqa: E731
+    s: dict[str, Any] = {
+        "subjects_evaluated": len(rows),
+        "subjects_failed": len(report.get("failed", [])),
+        "subjects_audited": len(audited),
+        "subjects_not_audited": sorted(r["subject"] for r in rows if r not in audited),
+        "subjects_passed": sum(bool(a(r)["passed"]) for r in audited),
+        "lesion_subjects": len(lesion_rows),
+        "lesion_subjects_all_preserved": sum(a(r)["n_preserved"] == a(r)["n_evaluable"] for r in lesion_rows),
+        "lesions_true": sum(int(a(r)["n_true"]) for r in audited),
+        "lesions_evaluable": sum(int(a(r)["n_evaluable"]) for r in audited),
+        "lesions_preserved": sum(int(a(r)["n_preserved"]) for r in audited),
+        "lesion_free_subjects": len(free_rows),
+        "lesion_free_subjects_with_invented": sum(int(a(r)["n_invented"]) > 0 for r in free_rows),
+        "lesions_invented": sum(int(a(r)["n_invented"]) for r in audited),
+        "failing_subjects": sorted(r["subject"] for r in audited if not a(r)["passed"]),
+    }
+    if not audited:
+        s["passed"], s["reason"] = False, "no subject had a lesion mask: audit not performed"
+    elif s["failing_subjects"]:
+        s["passed"] = False
+        s["reason"] = (f"{len(s['failing_subjects'])}/{len(audited)} audited subjects failed: "
+                       f"{s['lesions_preserved']}/{s['lesions_evaluable']} evaluable lesions preserved, "
+                       f"{s['lesions_invented']} invented")
+    else:
+        s["passed"] = True
+        s["reason"] = (f"all {len(audited)} audited subjects passed: {s['lesions_preserved']}/"
+                       f"{s['lesions_evaluable']} evaluable lesions preserved, none invented")
+    return s
+
+
+def _metric_prefixes(split: str) -> tuple[str, str]:
+    """MLflow metric prefixes: ``test``/``baseline`` for the test split, else ``eval_<split>``/
+    ``baseline_<split>`` (so an evaluation of ``val`` never overwrites training's ``val_mae_hu``)."""
+    return ("test", "baseline") if split == "test" else (f"eval_{split}", f"baseline_{split}")
+
+
+def _mlflow_metrics(report: dict[str, Any], audit: dict[str, Any], split: str) -> dict[str, float]:
+    model_p, base_p = _metric_prefixes(split)
+    out: dict[str, float] = {}
+    for name, prefix in ((METHOD, model_p), ("baseline", base_p)):
+        agg = report["aggregate"].get(name) or {}
+        for key, suffix in (("mae", "mae_hu"), ("psnr", "psnr"), ("ssim", "ssim")):
+            if key in agg:
+                for stat, tail in (("mean", ""), ("sd", "_sd")):
+                    v = finite_or_none(agg[key][stat])
+                    if v is not None:
+                        out[f"{prefix}_{suffix}{tail}"] = v
+    for key in ("subjects_audited", "subjects_passed", "lesions_true", "lesions_evaluable",
+                "lesions_preserved", "lesions_invented", "lesion_free_subjects_with_invented"):
+        out[f"audit_{key}"] = float(audit[key])
+    out["audit_passed"] = 1.0 if audit["passed"] else 0.0
+    out[f"{model_p}_subjects"] = float(audit["subjects_evaluated"])
+    out[f"{model_p}_subjects_failed"] = float(audit["subjects_failed"])
+    return out
+
+
+# --------------------------------------------------------------------------- MLflow
+
+
+def _log_mlflow(tracking_uri: str, experiment: str, run_id: str | None, metrics: dict[str, float],
+                tags: dict[str, str], out: Path) -> str:
+    """Log metrics, tags and the evaluation files to ``run_id`` (or a new run); returns the id."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric, RunTag
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    created = False
+    if run_id:
+        try:
+            client.get_run(run_id)
+        except MlflowException as exc:
+            raise EvaluateError(f"MLflow run {run_id!r} not found at {redact_uri(tracking_uri)}: "
+                                f"{exc.message}") from exc
+    else:
+        exp = client.get_experiment_by_name(experiment)
+        exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
+        run_id = client.create_run(exp_id, run_name="evaluate", tags={"medgan.step": "evaluate"}).info.run_id
+        created = True
+    ts = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(k, v, ts, 0) for k, v in sorted(metrics.items())],
+                     tags=[RunTag(k, v) for k, v in sorted(tags.items())])
+    for name in ("metrics.json", "results.txt"):
+        client.log_artifact(run_id, str(out / name), artifact_path="evaluation")
+    if (out / "figures").is_dir():
+        client.log_artifacts(run_id, str(out / "figures"), artifact_path="evaluation/figures")
+    if created:
+        client.set_terminated(run_id)
+    return run_id
+
+
+# --------------------------------------------------------------------------- the step
+
+
+def run_evaluate(data_uri: str, model_uri: str, output_uri: str, *, tracking_uri: str | None = None,
+                 experiment: str = "medgan", run_id: str | None = None, split: str = "test",
+                 figures: int = 3) -> dict[str, Any]:
+    """Evaluate ``model_uri``'s ``model.pt`` on ``split`` of ``data_uri``; returns the manifest.
+
+    >>> m = run_evaluate("work/processed", "work/train", "work/eval")   # doctest: +SKIP
+    >>> m["outputs"]["aggregate"]["model"]["mae"], m["outputs"]["audit_passed"]  # doctest: +SKIP
+    (142.3, False)
+    """
+    from gan_core.evaluation import evaluate_subjects, fit_baseline, results_table
+    from gan_core.train import load_model, pick_device
+
+    t_start = time.monotonic()
+    if figures < 0:
+        raise EvaluateError(f"figures must be >= 0, got {figures}")
+    tracking = resolve_tracking_uri(tracking_uri)
+    data_manifest, data_sha = read_manifest(data_uri, "preprocess", required=("splits",))
+    splits = data_manifest["splits"]
+    data_mpath = storage.join(data_uri, MANIFEST)
+    if not isinstance(splits, dict) or split not in splits:
+        raise EvaluateError(f"{data_mpath}: field 'splits' has no split {split!r} "
+                            f"(has {sorted(splits) if isinstance(splits, dict) else splits!r})")
+    ids = splits[split]
+    if not isinstance(ids, list) or not ids or not all(isinstance(i, str) for i in ids):
+        raise EvaluateError(f"{data_mpath}: field 'splits.{split}' must be a non-empty list of "
+                            f"subject ids, got {ids!r}")
+    bad = [i for i in ids if not i or "/" in i or "\\" in i or i in (".", "..")]
+    if bad:
+        raise EvaluateError(f"{data_mpath}: field 'splits.{split}' holds invalid subject ids {bad!r} "
+                            "(expected folder names under subjects/)")
+    train_manifest, _ = read_manifest(model_uri, "train")
+    run_id = run_id or manifest_value(train_manifest, "mlflow_run_id")
+    if run_id and not tracking:
+        log.warning("train manifest names MLflow run %s but no tracking URI is set "
+                    "(--tracking-uri / MLFLOW_TRACKING_URI): nothing is logged to MLflow", run_id)
+
+    timings: dict[str, float] = {}
+    with contextlib.ExitStack() as stack:
+        work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="medgan-eval-")))
+        root = None if storage.is_s3(data_uri) else Path(stack.enter_context(storage.local_copy(data_uri)))
+        model_path = stack.enter_context(fetched_file(storage.join(model_uri, MODEL_FILE)))
+        model_sha = storage.sha256_file(model_path)
+        t0 = time.monotonic()
+        try:
+            fw = load_model(model_path, pick_device())
+        except (ValueError, FileNotFoundError) as exc:
+            raise EvaluateError(f"{storage.join(model_uri, MODEL_FILE)}: {exc}") from exc
+        records = {r["id"]: r for r in data_manifest.get("subjects") or []
+                   if isinstance(r, dict) and isinstance(r.get("id"), str)}
+        subjects = _subjects(data_uri, root, ids, work, records)
+        baseline = fit_baseline(_train_shards(data_uri, root, work))
+        timings["load_s"] = round(time.monotonic() - t0, 3)
+
+        out = Path(stack.enter_context(storage.staged_output(output_uri)))
+        t0 = time.monotonic()
+        report = evaluate_subjects({METHOD: fw}, subjects, baseline, out, figures=figures)
+        timings["evaluate_s"] = round(time.monotonic() - t0, 3)
+        if not report["per_subject"]:
+            reasons = "; ".join(f"{f['subject']}: {f['error']}" for f in report["failed"])
+            raise EvaluateError(f"no subject of split {split!r} in {data_uri} could be evaluated: {reasons}")
+        for f in report["failed"]:
+            log.warning("subject %s not evaluated: %s", f["subject"], f["error"])
+        (out / "results.txt").write_text(results_table(report) + "\n")
+        audit = audit_summary(report)
+        agg = {name: {k: finite_or_none(report["aggregate"][name][k]["mean"]) for k in ("mae", "psnr", "ssim")}
+               for name in report["methods"] if report["aggregate"].get(name)}
+        figs = sorted(p.name for p in (out / "figures").glob("*.png")) if (out / "figures").is_dir() else []
+
+        metrics = _mlflow_metrics(report, audit, split)
+        logged_run = None
+        if tracking:
+            t0 = time.monotonic()
+            tags = {"audit_passed": str(audit["passed"]).lower(), "evaluation_uri": output_uri,
+                    "evaluation_split": split}
+            logged_run = _log_mlflow(tracking, experiment, run_id, metrics, tags, out)
+            timings["mlflow_s"] = round(time.monotonic() - t0, 3)
+        timings["total_s"] = round(time.monotonic() - t_start, 3)
+        manifest = _json_safe({
+            "step": "evaluate",
+            "inputs": {"data_uri": data_uri, "model_uri": model_uri,
+                       "data_manifest_sha256": data_sha, "model_sha256": model_sha},
+            "params": {"split": split, "figures": figures, "experiment": experiment,
+                       "tracking_uri": redact_uri(tracking)},
+            "outputs": {"metrics": "metrics.json", "results": "results.txt",
+                        "figures": [f"figures/{n}" for n in figs],
+                        "aggregate": agg, "audit": audit, "audit_passed": audit["passed"],
+                        "failed": report["failed"], "mlflow_run_id": logged_run,
+                        "framework": fw.cfg.framework},
+            "summary": metrics,
+            "counts": {"subjects": len(ids), "evaluated": len(report["per_subject"]),
+                       "failed": len(report["failed"]), "figures": len(figs)},
+            "timings": timings,
+            "code_version": gan_core.__version__,
+            "git_commit": code_info()["git_commit"],
+        })
+        storage.write_json(out / MANIFEST, manifest)
+        if logged_run:
+            from mlflow import MlflowClient
+
+            MlflowClient(tracking_uri=tracking).log_artifact(logged_run, str(out / MANIFEST), "evaluation")
+    log.info("evaluate %s on %s/%s -> %s: MAE %.1f HU, audit %s", model_uri, data_uri, split,
+             output_uri, agg[METHOD]["mae"] or float("nan"), "passed" if audit["passed"] else "failed")
+    return manifest
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``python -m components.evaluate`` argument parser."""
+    p = argparse.ArgumentParser(prog="python -m components.evaluate",
+                                description="Evaluate a trained generator on held-out subjects beside the "
+                                            "intensity-regression baseline; metrics, figures, audit, MLflow.")
+    p.add_argument("--data-uri", required=True, help="preprocess output (local folder or s3://)")
+    p.add_argument("--model-uri", required=True, help="train output holding model.pt + manifest.json")
+    p.add_argument("--output-uri", required=True, help="where metrics.json, figures/ and manifest.json go")
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI; "
+                                                         "none: no MLflow logging)")
+    p.add_argument("--experiment", default="medgan", help="MLflow experiment when a new run is needed")
+    p.add_argument("--run-id", default=None, help="MLflow run to log to (default: the train manifest's)")
+    p.add_argument("--split", default="test", help="which split of the preprocess manifest (default test)")
+    p.add_argument("--figures", type=int, default=3, help="PNG figures for the first N subjects (default 3)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI entry point: prints a JSON summary; exit status 1 on a clear error."""
+    from mlflow.exceptions import MlflowException
+
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        m = run_evaluate(args.data_uri, args.model_uri, args.output_uri, tracking_uri=args.tracking_uri,
+                         experiment=args.experiment, run_id=args.run_id, split=args.split,
+                         figures=args.figures)
+    except (EvaluateError, storage.StorageError, MlflowException) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    o = m["outputs"]
+    print(json.dumps({"output_uri": args.output_uri, "aggregate": o["aggregate"],
+                      "audit_passed": o["audit_passed"], "mlflow_run_id": o["mlflow_run_id"], **m["counts"]}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,303 @@
+"""The MLflow pyfunc model that serves medgan: MR (NIfTI path or 3D array) in, synthetic CT in HU out.
+
+Two ways in, one model:
+
+* a pandas DataFrame with a ``path`` column (NIfTI MR files; optional ``mask_path`` for a body
+  mask on the MR grid and ``output_path`` for where to write). Every row is translated and written
+  as an int16 HU NIfTI with the MR's affine and header, next to the MR as ``<stem>_sct.nii.gz``
+  or, with ``params={"output_dir": d}``, as ``<d>/<parent>_<stem>_sct.nii.gz``. The result is a
+  DataFrame: ``path``, ``output_path``, ``shape``, ``hu_min``, ``hu_max``, ``hu_mean_body``,
+  ``body_voxels``, ``seconds``. This is the logged signature (a column schema + params), so
+  ``mlflow.pyfunc.load_model(uri).predict(df)`` and ``mlflow models serve`` both work.
+* a 3D numpy array (an MR volume, float32, (X, Y, Z)) -> the synthetic CT array (float32, HU,
+  -1000 outside the body). MLflow enforces the column schema on ``PyFuncModel.predict``, so
+  reach the array path through the wrapped object:
+  ``mlflow.pyfunc.load_model(uri).unwrap_python_model().predict(None, volume)``.
+
+>>> import mlflow                                                            # doctest: +SKIP
+>>> m = mlflow.pyfunc.load_model("models:/medgan-sct@champion")              # doctest: +SKIP
+>>> m.predict(pd.DataFrame({"path": ["sub1/mr.nii.gz"]}))["output_path"][0]  # doctest: +SKIP
+'sub1/mr_sct.nii.gz'
+>>> m.unwrap_python_model().predict(None, mr_volume).shape                   # doctest: +SKIP
+(256, 256, 120)
+
+``log_pyfunc_model`` logs it into the active MLflow run with its signature, an input example
+(a tiny phantom MR, never patient data), explicit pip requirements and the code it needs
+(``gan_core`` and this module travel with the model, so it loads where medgan is not installed).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.models import ModelSignature
+from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+
+__all__ = ["SyntheticCTModel", "SIGNATURE", "MODEL_ARTIFACT", "log_pyfunc_model", "output_path_for"]
+
+#: Key of the model.pt file in the pyfunc ``artifacts`` dict.
+MODEL_ARTIFACT = "model"
+
+SIGNATURE = ModelSignature(
+    inputs=Schema([
+        ColSpec("string", "path"),
+        ColSpec("string", "mask_path", required=False),
+        ColSpec("string", "output_path", required=False),
+    ]),
+    outputs=Schema([
+        ColSpec("string", "path"),
+        ColSpec("string", "output_path"),
+        ColSpec("string", "shape"),
+        ColSpec("double", "hu_min"),
+        ColSpec("double", "hu_max"),
+        ColSpec("double", "hu_mean_body"),
+        ColSpec("long", "body_voxels"),
+        ColSpec("double", "seconds"),
+    ]),
+    params=ParamSchema([
+        ParamSpec("output_dir", "string", ""),
+        ParamSpec("batch_size", "long", 16),
+    ]),
+)
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for ext in (".nii.gz", ".nii"):
+        if name.endswith(ext):
+            return name[: -len(ext)]
+    return path.stem
+
+
+def output_path_for(mr_path: str | os.PathLike[str], output_dir: str | None = None) -> Path:
+    """Where the synthetic CT of ``mr_path`` is written by default.
+
+    >>> str(output_path_for("/data/sub1/mr.nii.gz"))
+    '/data/sub1/mr_sct.nii.gz'
+    >>> str(output_path_for("/data/sub1/mr.nii.gz", "/out"))
+    '/out/sub1_mr_sct.nii.gz'
+    """
+    p = Path(mr_path)
+    if output_dir:
+        prefix = f"{p.parent.name}_" if p.parent.name else ""
+        return Path(output_dir) / f"{prefix}{_stem(p)}_sct.nii.gz"
+    return p.with_name(f"{_stem(p)}_sct.nii.gz")
+
+
+def _cell(row: pd.Series, key: str) -> str | None:
+    """A string cell or None for a missing column / NaN / empty string."""
+    if key not in row.index:
+        return None
+    v = row[key]
+    if v is None or (isinstance(v, float) and np.isnan(v)) or (isinstance(v, str) and not v.strip()):
+        return None
+    return str(v)
+
+
+class SyntheticCTModel(mlflow.pyfunc.PythonModel):
+    """MR -> synthetic CT (HU) with a medgan ``model.pt``; see the module docstring for the I/O.
+
+    Outside MLflow: ``SyntheticCTModel.from_file("runs/p2p/model.pt").predict(None, df)``.
+    """
+
+    def __init__(self) -> None:
+        self._fw: Any = None
+        self._device: str = "cpu"
+
+    # the loaded network never travels in the pickle that MLflow stores
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_fw": None}
+
+    @classmethod
+    def from_file(cls, model_path: str | os.PathLike[str], device: str | None = None) -> "SyntheticCTModel":
+        """Load ``model.pt`` directly (no MLflow context)."""
+        m = cls()
+        m._load(Path(model_path), device)
+        return m
+
+    def _load(self, path: Path, device: str | None) -> None:
+        import torch
+
+        from gan_core.train import load_model
+
+        self._device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self._fw = load_model(path, self._device)
+
+    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+        """Load ``model.pt`` from the model's artifacts (on CUDA when available)."""
+        path = (context.artifacts or {}).get(MODEL_ARTIFACT)
+        if not path:
+            raise ValueError(f"medgan pyfunc model: artifact {MODEL_ARTIFACT!r} (model.pt) is missing "
+                             f"from the logged model (artifacts: {sorted(context.artifacts or {})})")
+        self._load(Path(path), None)
+
+    def _require_loaded(self) -> Any:
+        if self._fw is None:
+            raise RuntimeError("SyntheticCTModel is not loaded: use mlflow.pyfunc.load_model(uri) "
+                               "or SyntheticCTModel.from_file(model.pt)")
+        return self._fw
+
+    def translate_volume(self, mr: np.ndarray, mask: np.ndarray | None = None, *,
+                         batch_size: int = 16) -> np.ndarray:
+        """3D MR array (X, Y, Z) -> synthetic CT float32 in HU (-1000 outside the body)."""
+        from gan_core.translate import translate_array
+
+        arr = np.asarray(mr)
+        if arr.ndim != 3:
+            raise ValueError(f"medgan pyfunc: expected a 3D MR volume (X, Y, Z), got an array of shape {arr.shape}")
+        if not np.issubdtype(arr.dtype, np.number):
+            raise ValueError(f"medgan pyfunc: expected a numeric MR volume, got dtype {arr.dtype}")
+        return translate_array(self._require_loaded(), arr.astype(np.float32), mask, batch_size=batch_size)
+
+    # MLflow reads this hint at class creation: pd.DataFrame means "no type-hint schema" (the
+    # logged SIGNATURE is the contract); a union with np.ndarray would be rejected, so the array
+    # path is documented rather than annotated.
+    def predict(self, context: Any, model_input: pd.DataFrame,
+                params: dict[str, Any] | None = None) -> pd.DataFrame | np.ndarray:
+        """DataFrame (``path`` [, ``mask_path``, ``output_path``]) -> DataFrame of written files;
+        3D numpy array -> synthetic CT array in HU. ``params``: ``output_dir``, ``batch_size``."""
+        params = dict(params or {})
+        batch_size = int(params.get("batch_size") or 16)
+        if isinstance(model_input, np.ndarray):
+            return self.translate_volume(model_input, batch_size=batch_size)
+        if isinstance(model_input, dict):
+            model_input = pd.DataFrame([model_input] if all(np.isscalar(v) for v in model_input.values())
+                                       else model_input)
+        if not isinstance(model_input, pd.DataFrame):
+            raise TypeError("medgan pyfunc: expected a DataFrame with a 'path' column (NIfTI MR files) "
+                            f"or a 3D numpy array, got {type(model_input).__name__}")
+        if "path" not in model_input.columns:
+            raise ValueError("medgan pyfunc: the input DataFrame has no 'path' column "
+                             f"(columns: {list(model_input.columns)}); expected NIfTI MR file paths")
+        return self._predict_files(model_input, str(params.get("output_dir") or ""), batch_size)
+
+    def _predict_files(self, df: pd.DataFrame, output_dir: str, batch_size: int) -> pd.DataFrame:
+        from gan_core.data.nifti import check_same_grid, load_volume, save_volume
+
+        fw = self._require_loaded()
+        rows: list[dict[str, Any]] = []
+        targets: dict[str, str] = {}
+        plan = []
+        for i, (_, row) in enumerate(df.iterrows()):
+            src = _cell(row, "path")
+            if src is None:
+                raise ValueError(f"medgan pyfunc: row {i} has an empty 'path'")
+            dst = _cell(row, "output_path") or str(output_path_for(src, output_dir or None))
+            if dst in targets:
+                raise ValueError(f"medgan pyfunc: rows {targets[dst]} and {i} would both write {dst}; "
+                                 "give an 'output_path' column")
+            targets[dst] = str(i)
+            plan.append((i, src, _cell(row, "mask_path"), dst))
+        for i, src, mask_src, dst in plan:
+            t0 = time.perf_counter()
+            try:
+                mr = load_volume(src)
+                mask = None
+                if mask_src is not None:
+                    mvol = load_volume(mask_src)
+                    check_same_grid(mr, mvol, names=("MR", "mask"))
+                    mask = mvol.array
+                from gan_core.translate import translate_array
+
+                hu = translate_array(fw, mr.array, mask, batch_size=batch_size)
+                Path(dst).parent.mkdir(parents=True, exist_ok=True)
+                save_volume(dst, np.round(hu).astype(np.int16), like=mr, dtype=np.int16)
+            except Exception as exc:
+                raise ValueError(f"medgan pyfunc: row {i} ({src}): {type(exc).__name__}: {exc}") from exc
+            body = hu > -1000.0
+            rows.append({
+                "path": src, "output_path": dst, "shape": "x".join(str(n) for n in hu.shape),
+                "hu_min": float(hu.min()), "hu_max": float(hu.max()),
+                "hu_mean_body": float(hu[body].mean()) if body.any() else float("nan"),
+                "body_voxels": int(body.sum()), "seconds": time.perf_counter() - t0,
+            })
+        return pd.DataFrame(rows, columns=[c.name for c in SIGNATURE.outputs.inputs])
+
+
+def _requirements() -> list[str]:
+    """Pinned pip requirements of the served model (no local version suffixes like +cpu)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    reqs = []
+    for dist in ("mlflow", "torch", "numpy", "pandas", "scipy", "scikit-image", "nibabel", "pyyaml", "tqdm"):
+        try:
+            reqs.append(f"{dist}=={version(dist).split('+')[0]}")
+        except PackageNotFoundError:
+            reqs.append(dist)
+    return reqs
+
+
+def _example_mr(folder: Path) -> Path:
+    """A tiny phantom MR (16x16x16): the logged input example, never patient data."""
+    from gan_core.data.nifti import save_volume
+    from gan_core.data.phantom import generate_subject
+
+    s = generate_subject(0, shape=(16, 16, 16), spacing=(12.0, 12.0, 12.0), lesion_prevalence=0.0)
+    return save_volume(folder / "example_mr.nii.gz", s.mr, affine=s.affine, dtype=np.float32)
+
+
+def _stage_code(folder: Path) -> list[str]:
+    """Copy ``gan_core`` and this module (as package ``components``) for ``code_paths``."""
+    import gan_core
+
+    src_core = Path(gan_core.__file__).parent
+    dst_core = folder / "gan_core"
+    shutil.copytree(src_core, dst_core, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    comp = folder / "components"
+    comp.mkdir()
+    (comp / "__init__.py").write_text('"""medgan components (only the pyfunc model travels with a model)."""\n')
+    shutil.copy2(__file__, comp / "pyfunc_model.py")
+    return [str(dst_core), str(comp)]
+
+
+#: The "model from code" file MLflow stores and runs at load time (no pickled objects).
+_MODEL_CODE = '''"""medgan synthetic-CT pyfunc model (MLflow model from code)."""
+import mlflow
+
+from components.pyfunc_model import SyntheticCTModel
+
+mlflow.models.set_model(SyntheticCTModel())
+'''
+
+
+def log_pyfunc_model(model_path: str | os.PathLike[str], *, name: str = "sct_model",
+                     tags: dict[str, str] | None = None) -> Any:
+    """Log ``model.pt`` as a pyfunc model into the ACTIVE MLflow run; returns ``ModelInfo``.
+
+    >>> with mlflow.start_run(run_id=run_id):                      # doctest: +SKIP
+    ...     info = log_pyfunc_model("runs/p2p/model.pt")
+    >>> mlflow.register_model(info.model_uri, "medgan-sct")        # doctest: +SKIP
+    """
+    model_path = Path(model_path)
+    if not model_path.is_file():
+        raise FileNotFoundError(f"log_pyfunc_model: model file not found: {model_path}")
+    with tempfile.TemporaryDirectory(prefix="medgan-pyfunc-") as tmp:
+        tmp_dir = Path(tmp)
+        example = _example_mr(tmp_dir)
+        code_paths = _stage_code(tmp_dir / "code")
+        model_code = tmp_dir / "sct_model.py"
+        model_code.write_text(_MODEL_CODE)
+        input_example = pd.DataFrame({"path": [str(example)],
+                                      "output_path": [str(tmp_dir / "example_sct.nii.gz")]})
+        with warnings.catch_warnings():
+            # MLflow suggests type hints on predict(); the explicit SIGNATURE is the contract here
+            warnings.filterwarnings("ignore", message=".*type hints.*predict.*")
+            return mlflow.pyfunc.log_model(
+                name=name,
+                python_model=str(model_code),
+                artifacts={MODEL_ARTIFACT: str(model_path)},
+                code_paths=code_paths,
+                signature=SIGNATURE,
+                input_example=input_example,
+                pip_requirements=_requirements(),
+                tags=tags,
+            )

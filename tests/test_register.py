@@ -1,0 +1,197 @@
+"""components.register (+ the pyfunc model) against a real `mlflow server`, real tiny models and
+real evaluations: idempotent registration, champion alias moves only for a better, audited model,
+and the champion loads through `models:/name@champion` and writes a synthetic CT NIfTI."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from components.evaluate import run_evaluate
+from components.register import INTENDED_USE, RegisterError, decide_promotion, main, run_register
+from tests.mlflow_server import MlflowServer, preprocess_output, train_output
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread() -> Iterator[None]:
+    """Tiny models on a shared 2-core box: one intra-op thread avoids OpenMP spin contention
+    (10x faster here under load); restored afterwards."""
+    import torch
+
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with MlflowServer(tmp_path_factory.mktemp("mlflow-reg")) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def data(tiny_cohort: Path, tiny_shards: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return preprocess_output(tiny_cohort, tiny_shards, tmp_path_factory.mktemp("reg-data") / "processed")
+
+
+@pytest.fixture(scope="module")
+def models(data: Path, tiny_shards: Path, server: str, tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
+    """Three real tiny models (different length/seed), each evaluated for real; sorted by test MAE."""
+    root = tmp_path_factory.mktemp("reg-models")
+    out = []
+    for i, (steps, seed) in enumerate(((4, 0), (8, 1), (12, 2))):
+        model_dir, run_id = train_output(tiny_shards, root / f"train{i}", server, steps=steps, seed=seed)
+        ev = run_evaluate(str(data), str(model_dir), str(root / f"eval{i}"), tracking_uri=server, figures=0)
+        out.append({"model": str(model_dir), "eval": str(root / f"eval{i}"), "run_id": run_id,
+                    "mae": ev["outputs"]["aggregate"]["model"]["mae"], "audit_passed": ev["outputs"]["audit_passed"]})
+    out.sort(key=lambda m: m["mae"])
+    assert len({m["mae"] for m in out}) == 3, "the three models must differ in test MAE"
+    return out
+
+
+def test_promotion_rule():
+    assert decide_promotion(90.0, True, None) == (True, "no champion yet; test MAE 90.00 HU and the audit passed")
+    assert decide_promotion(90.0, True, {"version": "2", "mae": 100.0})[0] is True
+    assert decide_promotion(100.0, True, {"version": "2", "mae": 100.0})[0] is False  # ties keep the champion
+    worse = decide_promotion(110.0, True, {"version": "2", "mae": 100.0})
+    assert worse[0] is False and worse[1].startswith("test MAE 110.00 HU does not beat champion v2")
+    assert decide_promotion(10.0, False, {"version": "2", "mae": 100.0}) == (
+        False, "lesion hallucination audit failed: not promoted")
+    assert decide_promotion(10.0, False, {"version": "2", "mae": 100.0}, require_audit=False)[0] is True
+    assert decide_promotion(float("nan"), True, None)[0] is False
+    assert decide_promotion(10.0, True, {"version": "2", "mae": None})[0] is False
+
+
+def test_register_is_idempotent_and_the_alias_follows_the_best_mae(models, data, server):
+    best, mid, worst = models
+    client = MlflowClient(tracking_uri=server)
+    name = "medgan-sct-mae"
+    # phantom-trained tiny models do not pass the lesion audit: MAE ordering alone decides here
+    kw = dict(model_name=name, tracking_uri=server, require_audit=False)
+
+    first = run_register(mid["model"], mid["eval"], data_manifest_uri=str(data), **kw)["outputs"]
+    assert first["created"] and first["promoted"] and first["version"] == "1"
+    assert first["previous_champion"] is None
+    again = run_register(mid["model"], mid["eval"], **kw)["outputs"]
+    assert (again["created"], again["version"], again["alias_moved"]) == (False, "1", False)
+    assert len(client.search_model_versions(f"name = '{name}'")) == 1
+
+    mv = client.get_model_version(name, "1")
+    assert mv.run_id == mid["run_id"]
+    assert mv.tags["intended_use"] == INTENDED_USE == "research use only — not for clinical use"
+    assert mv.tags["data_manifest_sha256"] == hashlib.sha256((data / "manifest.json").read_bytes()).hexdigest()
+    assert mv.tags["model_sha256"] == hashlib.sha256((Path(mid["model"]) / "model.pt").read_bytes()).hexdigest()
+    assert float(mv.tags["test_mae_hu"]) == mid["mae"]
+    assert float(mv.tags["baseline_mae_hu"]) > 0 and mv.tags["framework"] == "pix2pix"
+    assert mv.tags["audit_passed"] == str(mid["audit_passed"]).lower() and mv.tags["code_version"]
+    assert "research use only" in mv.description and "MAE" in mv.description
+
+    better = run_register(best["model"], best["eval"], **kw)["outputs"]
+    assert better["created"] and better["promoted"] and better["version"] == "2"
+    assert better["previous_champion"] == {"version": "1", "mae": mid["mae"]}
+    assert client.get_model_version_by_alias(name, "champion").version == "2"
+
+    worse = run_register(worst["model"], worst["eval"], **kw)["outputs"]
+    assert worse["created"] and not worse["promoted"] and worse["version"] == "3"
+    assert "does not beat champion v2" in worse["reason"]
+    assert client.get_model_version_by_alias(name, "champion").version == "2"
+    assert len(client.search_model_versions(f"name = '{name}'")) == 3
+
+
+def test_failed_audit_is_never_promoted(models, server):
+    best, _, worst = models
+    assert not best["audit_passed"], "precondition: a tiny phantom model fails the lesion audit"
+    client = MlflowClient(tracking_uri=server)
+    name = "medgan-sct-audit"
+    none_yet = run_register(best["model"], best["eval"], model_name=name, tracking_uri=server)["outputs"]
+    assert none_yet["created"] and not none_yet["promoted"] and "audit failed" in none_yet["reason"]
+    with pytest.raises(MlflowException):
+        client.get_model_version_by_alias(name, "champion")
+    # a champion exists (set without the audit), a lower-MAE candidate that fails the audit stays out
+    run_register(worst["model"], worst["eval"], model_name=name, tracking_uri=server, require_audit=False)
+    assert client.get_model_version_by_alias(name, "champion").version == "2"
+    again = run_register(best["model"], best["eval"], model_name=name, tracking_uri=server)["outputs"]
+    assert (again["version"], again["created"], again["promoted"]) == ("1", False, False)
+    assert client.get_model_version_by_alias(name, "champion").version == "2"
+
+
+def test_champion_loads_and_writes_a_synthetic_ct(models, data, server, tmp_path, monkeypatch):
+    from gan_core.data.nifti import load_volume
+    from gan_core.translate import translate_file
+
+    best = models[0]
+    name = "medgan-sct-serve"
+    reg = run_register(best["model"], best["eval"], model_name=name, tracking_uri=server, require_audit=False)
+    assert reg["outputs"]["promoted"]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server)
+    model = mlflow.pyfunc.load_model(f"models:/{name}@champion")
+    assert model.metadata.get_input_schema().input_names() == ["path", "mask_path", "output_path"]
+
+    sid = json.loads((data / "manifest.json").read_text())["splits"]["test"][0]
+    subj = tmp_path / sid
+    shutil.copytree(data / "subjects" / sid, subj)
+    mr = subj / "mr.nii.gz"
+    res = model.predict(pd.DataFrame({"path": [str(mr)], "mask_path": [str(subj / "mask.nii.gz")]}),
+                        params={"output_dir": str(tmp_path / "out")})
+    out = Path(res.loc[0, "output_path"])
+    assert out == tmp_path / "out" / f"{sid}_mr_sct.nii.gz" and out.is_file()
+    sct, mr_vol = load_volume(out, dtype=np.int16), load_volume(mr)
+    assert sct.array.dtype == np.int16 and sct.array.shape == mr_vol.array.shape
+    np.testing.assert_allclose(sct.affine, mr_vol.affine)
+    mask = load_volume(subj / "mask.nii.gz").array > 0
+    assert (sct.array[~mask] == -1000).all() and sct.array[mask].min() >= -1024 and sct.array[mask].max() <= 3000
+    assert res.loc[0, "body_voxels"] == int(mask.sum()) and res.loc[0, "shape"] == "x".join(map(str, mr_vol.shape))
+    # the served model is exactly the champion's model.pt
+    ref = load_volume(translate_file(Path(best["model"]) / "model.pt", mr, tmp_path / "ref.nii.gz",
+                                     mask_path=subj / "mask.nii.gz"), dtype=np.int16)
+    np.testing.assert_array_equal(sct.array, ref.array)
+    # default output location (next to the MR), no mask column
+    res2 = model.predict(pd.DataFrame({"path": [str(mr)]}))
+    assert res2.loc[0, "output_path"] == str(subj / "mr_sct.nii.gz") and (subj / "mr_sct.nii.gz").is_file()
+    # the array path: a 3D MR volume in, a HU volume out
+    hu = model.unwrap_python_model().predict(None, mr_vol.array)
+    assert hu.shape == mr_vol.shape and hu.dtype == np.float32 and hu.min() >= -1024
+    with pytest.raises(ValueError, match="no 'path' column"):
+        model.unwrap_python_model().predict(None, pd.DataFrame({"file": ["x"]}))
+    with pytest.raises(Exception, match="missing.nii.gz"):
+        model.predict(pd.DataFrame({"path": [str(tmp_path / "missing.nii.gz")]}))
+
+
+def test_register_rejects_mismatched_inputs(models, server, tmp_path, monkeypatch, capsys):
+    best, mid, _ = models
+    with pytest.raises(RegisterError, match=r"field 'inputs.model_sha256'.*different model"):
+        run_register(best["model"], mid["eval"], tracking_uri=server, model_name="medgan-sct-bad")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with pytest.raises(RegisterError, match="needs an MLflow tracking URI"):
+        run_register(best["model"], best["eval"])
+    bad_data = tmp_path / "other.json"
+    bad_data.write_text(json.dumps({"step": "preprocess"}))
+    with pytest.raises(RegisterError, match="the evaluation used data manifest"):
+        run_register(best["model"], best["eval"], tracking_uri=server, model_name="medgan-sct-bad",
+                     data_manifest_uri=str(bad_data))
+    with pytest.raises(RegisterError, match=r"field 'step' is 'train', expected 'evaluate'"):
+        run_register(best["model"], best["model"], tracking_uri=server, model_name="medgan-sct-bad")
+    assert MlflowClient(tracking_uri=server).search_model_versions("name = 'medgan-sct-bad'") == []
+    # CLI: the manifest goes to --output-uri; a repeated call reuses the version
+    out = tmp_path / "reg"
+    args = ["--model-uri", mid["model"], "--eval-uri", mid["eval"], "--tracking-uri", server,
+            "--model-name", "medgan-sct-cli", "--no-require-audit", "--output-uri", str(out)]
+    assert main(args) == 0 and main(args) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines() if line.startswith("{")]
+    assert [(x["version"], x["created"], x["promoted"]) for x in lines[-2:]] == [("1", True, True), ("1", False, True)]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["step"] == "register" and manifest["outputs"]["version"] == "1"
+    assert (manifest["version"], manifest["promoted"]) == ("1", True) and manifest["model_name"] == "medgan-sct-cli"
+    assert manifest["params"]["tracking_uri"] == server
+    assert main(["--model-uri", str(tmp_path / "none"), "--eval-uri", mid["eval"], "--tracking-uri", server]) == 1
