@@ -29,6 +29,7 @@ from gan_core.config import TrainConfig, from_dict
 from gan_core.data.normalize import CT_MAX, CT_MIN
 from gan_core.data.shards import InfiniteSampler, PatchDataset, Shards, SliceDataset
 from gan_core.frameworks import GANFramework, build_framework
+from gan_core.frameworks.base import generator_multiple
 
 CHECKPOINT = "checkpoint.pt"
 MODEL = "model.pt"
@@ -135,8 +136,7 @@ def validate(fw: GANFramework, shard_dir: str | Path, max_slices: int = 64) -> f
 
 def translate_slices(fw: GANFramework, x: torch.Tensor) -> torch.Tensor:
     """Generate on (N, C, H, W) slices of any size: pad to the generator's multiple, crop back."""
-    m = fw.cfg.model
-    mult = 2 ** m.num_downs if m.generator.startswith("unet") else 4
+    mult = generator_multiple(fw.cfg.model)
     h, w = x.shape[-2:]
     ph, pw = (-h) % mult, (-w) % mult
     if ph or pw:

@@ -14,6 +14,8 @@ def test_presets_set_the_published_recipes():
     assert (cyc.optim.lr, cyc.optim.beta1, cyc.optim.beta2) == (2e-4, 0.5, 0.999)
     demo = preset("demo", "cyclegan")
     assert demo.data.image_size <= 128 and demo.model.g_filters < 64
+    assert (demo.gan_mode, demo.pool_size, demo.loss.cycle) == ("lsgan", 50, 10)  # objective kept
+    assert demo.model.generator == "convnet" and demo.model.init_type == "kaiming"
 
 
 def test_unknown_preset_and_framework():

@@ -364,3 +364,17 @@ def test_norm_layers_as_junyanz() -> None:
 def test_docstring_examples_run(module) -> None:
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_convnet_generator_keeps_shape_and_is_registered(spatial_dims):
+    from gan_core.models import ConvNetGenerator, build_generator
+
+    g = build_generator("convnet", in_channels=1, out_channels=1, spatial_dims=spatial_dims,
+                        base_filters=4, n_layers=2)
+    assert isinstance(g, ConvNetGenerator)
+    x = torch.zeros((1, 1) + (9,) * spatial_dims)
+    y = g(x)
+    assert y.shape == x.shape and y.abs().max() <= 1
+    with pytest.raises(ValueError, match="odd kernel_size"):
+        ConvNetGenerator(kernel_size=4)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol, runtime_checkable
 import torch
 from torch import Tensor, nn
 
-from gan_core.models import init_weights
+from gan_core.models import build_generator, init_weights
 
 if TYPE_CHECKING:
     from gan_core.config import TrainConfig
@@ -32,6 +32,29 @@ class Framework(Protocol):
     def generate(self, x: Tensor) -> Tensor: ...
     def state_dict(self) -> dict[str, Any]: ...
     def load_state_dict(self, sd: dict[str, Any]) -> None: ...
+
+
+def build_gen(m, in_channels: int, out_channels: int) -> nn.Module:
+    """The generator named by ``ModelConfig.generator`` with the knobs its family takes."""
+    kw: dict[str, Any] = dict(in_channels=in_channels, out_channels=out_channels,
+                              spatial_dims=m.spatial_dims, base_filters=m.g_filters, norm=m.norm,
+                              dropout=m.dropout)
+    if m.generator.startswith("unet"):
+        kw.update(num_downs=m.num_downs)
+    elif m.generator.startswith("resnet"):
+        kw.update(n_blocks=m.n_blocks, n_downsampling=m.n_downsampling)
+    elif m.generator == "convnet":
+        kw.update(n_layers=m.g_layers)
+    return build_generator(m.generator, **kw)
+
+
+def generator_multiple(m) -> int:
+    """Input sizes the generator accepts are multiples of this."""
+    if m.generator.startswith("unet"):
+        return 2 ** m.num_downs
+    if m.generator.startswith("resnet"):
+        return 2 ** m.n_downsampling
+    return 1
 
 
 def linear_decay(steps_constant: int, steps_decay: int) -> Callable[[int], float]:
@@ -60,7 +83,7 @@ class GANFramework:
         self.device = torch.device(device)
         self.nets: dict[str, nn.Module] = self.build_networks()
         for net in self.nets.values():
-            init_weights(net, "normal", cfg.model.init_gain)
+            init_weights(net, cfg.model.init_type, cfg.model.init_gain)
             net.to(self.device)
             if self._channels_last:
                 net.to(memory_format=torch.channels_last)

@@ -13,9 +13,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gan_core.frameworks import register
-from gan_core.frameworks.base import GANFramework, ImagePool
+from gan_core.frameworks.base import GANFramework, ImagePool, build_gen
 from gan_core.losses import GANLoss, gradient_penalty
-from gan_core.models import build_discriminator, build_generator
+from gan_core.models import build_discriminator
 
 
 @register("cyclegan")
@@ -26,21 +26,18 @@ class CycleGAN(GANFramework):
     @classmethod
     def configure(cls, cfg, preset: str) -> None:
         m = cfg.model
-        m.generator, m.discriminator, m.norm, m.dropout = "resnet", "patchgan", "instance", False
         cfg.gan_mode = "lsgan"
         cfg.pool_size = 50
-        if preset == "full":
-            m.n_blocks = 9  # resnet_9blocks
+        if preset == "full":  # ResNet-9 + 70x70 PatchGAN, instance norm, batch 1
+            m.generator, m.discriminator, m.norm, m.dropout = "resnet", "patchgan", "instance", False
+            m.n_blocks = 9
             cfg.data.batch_size = 1
 
     def build_networks(self) -> dict[str, nn.Module]:
         m = self.cfg.model
 
         def gen(cin: int, cout: int) -> nn.Module:
-            kw = dict(in_channels=cin, out_channels=cout, spatial_dims=m.spatial_dims,
-                      base_filters=m.g_filters, norm=m.norm, dropout=m.dropout)
-            kw.update(num_downs=m.num_downs) if m.generator.startswith("unet") else kw.update(n_blocks=m.n_blocks)
-            return build_generator(m.generator, **kw)
+            return build_gen(m, cin, cout)
 
         def disc(cin: int) -> nn.Module:
             return build_discriminator(m.discriminator, in_channels=cin, spatial_dims=m.spatial_dims,

@@ -10,9 +10,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gan_core.frameworks import register
-from gan_core.frameworks.base import GANFramework
+from gan_core.frameworks.base import GANFramework, build_gen
 from gan_core.losses import GANLoss, gradient_penalty
-from gan_core.models import build_discriminator, build_generator
+from gan_core.models import build_discriminator
 
 
 @register("pix2pix")
@@ -23,23 +23,17 @@ class Pix2Pix(GANFramework):
     @classmethod
     def configure(cls, cfg, preset: str) -> None:
         m = cfg.model
-        m.generator, m.discriminator, m.norm, m.dropout = "unet", "patchgan", "batch", True
         cfg.gan_mode = "vanilla"
         cfg.pool_size = 0
-        if preset == "full":
-            m.num_downs = 8  # unet_256
+        if preset == "full":  # U-Net-256 + 70x70 PatchGAN, batch norm, dropout, batch 1
+            m.generator, m.discriminator, m.norm, m.dropout = "unet", "patchgan", "batch", True
+            m.num_downs = 8
             cfg.data.batch_size = 1
 
     def build_networks(self) -> dict[str, nn.Module]:
         m = self.cfg.model
-        g_kwargs = dict(in_channels=m.in_channels, out_channels=m.out_channels,
-                        spatial_dims=m.spatial_dims, base_filters=m.g_filters, norm=m.norm)
-        if m.generator.startswith("unet"):
-            g_kwargs.update(num_downs=m.num_downs, dropout=m.dropout)
-        else:
-            g_kwargs.update(n_blocks=m.n_blocks, dropout=m.dropout)
         return {
-            "G": build_generator(m.generator, **g_kwargs),
+            "G": build_gen(m, m.in_channels, m.out_channels),
             "D": build_discriminator(m.discriminator, in_channels=m.in_channels + m.out_channels,
                                      spatial_dims=m.spatial_dims, base_filters=m.d_filters,
                                      n_layers=m.d_layers, norm=m.norm),

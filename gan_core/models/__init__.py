@@ -27,6 +27,7 @@ from .layers import (
     norm_layer,
     pad_layer,
 )
+from .convnet import ConvNetGenerator
 from .patchgan import MultiScaleDiscriminator, PatchGANDiscriminator, patchgan_output_size
 from .resnet import ResnetBlock, ResnetGenerator
 from .unet import UnetGenerator, UnetSkipConnectionBlock
@@ -44,6 +45,7 @@ __all__ = [
     "PatchGANDiscriminator",
     "MultiScaleDiscriminator",
     "patchgan_output_size",
+    "ConvNetGenerator",
     "GENERATORS",
     "DISCRIMINATORS",
     "register_generator",
@@ -131,6 +133,7 @@ register_generator("resnet", ResnetGenerator)
 register_generator("resnet_9blocks", ResnetGenerator, n_blocks=9)
 register_generator("resnet_6blocks", ResnetGenerator, n_blocks=6)
 register_generator("unet", UnetGenerator)
+register_generator("convnet", ConvNetGenerator)
 register_generator("unet_256", UnetGenerator, num_downs=8)
 register_generator("unet_128", UnetGenerator, num_downs=7)
 register_discriminator("patchgan", PatchGANDiscriminator)
