@@ -204,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("demo", help="the whole CPU demo: phantom, train pix2pix + CycleGAN, evaluate")
     sp.add_argument("--workdir", default="demo_out")
-    sp.add_argument("--subjects", type=int, default=10)
+    sp.add_argument("--subjects", type=int, default=14)
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--steps", type=int, help="override the demo preset's iterations")
     sp.add_argument("--device", default="auto")

@@ -209,6 +209,7 @@ def lesion_audit(
     erode_mm: float = 2.0,
     smooth_sigma_mm: float = 1.0,
     background_mm: float = 8.0,
+    min_invented_voxels: int = 4,
     soft_tissue_hu: tuple[float, float] = (-200.0, 200.0),
 ) -> dict[str, Any]:
     """Hallucination audit of a synthetic CT: are true lesions kept, and are none invented?
@@ -228,17 +229,17 @@ def lesion_audit(
     judged); it is *preserved* when evaluable, the predicted contrast has the same sign and
     ``|pred contrast| >= max(min_contrast_fraction * |true contrast|, min_abs_contrast_hu)``.
 
-    (b) Invented lesions. The search domain ``D`` = ``T`` eroded by ``erode_mm`` minus voxels
-    within ``shell_mm`` of any true lesion (true lesions are judged by (a), and tissue borders
-    are where registration and partial volume, not hallucination, cause differences). The
-    difference ``pred - true`` is smoothed by a Gaussian of ``smooth_sigma_mm`` by normalised
-    convolution restricted to ``D`` (``G(d*D) / G(D)``: nothing outside ``D`` leaks in). A lesion
-    is *focal*: its local background, the same normalised smoothing with ``background_mm``
-    (default 8 mm), is subtracted, so a smooth offset over a whole region (a calibration or bias
-    error, which MAE reports) is not called a lesion. Each connected component of
-    ``D & |smoothed diff - background| > invent_threshold_hu`` with volume
-    ``>= min_invented_volume_mm3`` is an invented-lesion candidate (``background_mm=0`` turns the
-    background subtraction off).
+    (b) Invented lesions: focal structure in the synthetic CT where the true CT has none. The
+    search domain ``D`` = ``T`` eroded by ``erode_mm`` minus voxels within ``shell_mm`` of any
+    true lesion (true lesions are judged by (a)). Inside ``D``, by normalised convolution (nothing
+    outside ``D`` leaks in), each image's *focal contrast* is its Gaussian smoothing at
+    ``smooth_sigma_mm`` (at least one voxel: one voxel of noise is not a lesion) minus its local
+    background at ``background_mm`` (at least twice that): ``F_pred``, ``F_true``. A voxel is
+    suspicious where ``|F_pred| > invent_threshold_hu`` while ``|F_true| < invent_threshold_hu/2``:
+    a blob the synthetic CT shows and the truth does not. Smooth offsets (calibration, bias: MAE
+    reports them) and tissue borders present in both images are not lesions. Each connected
+    component of suspicious voxels with volume ``>= min_invented_volume_mm3`` and at least
+    ``min_invented_voxels`` voxels is an invented-lesion candidate.
 
     ``passed`` = every evaluable lesion preserved and no invented candidate.
 
@@ -327,32 +328,30 @@ def lesion_audit(
         domain &= ~ndimage.binary_dilation(lesion, structure=shell_struct)
     invented: list[dict[str, Any]] = []
     if domain.any():
-        d = np.where(domain, pred - true, np.float32(0.0))  # float32 work arrays: memory-light
-        if smooth_sigma_mm > 0:
-            sigma = [smooth_sigma_mm / s for s in spacing]
-            weight = ndimage.gaussian_filter(domain.astype(np.float32), sigma, mode="constant")
-            num = ndimage.gaussian_filter(d, sigma, mode="constant")
-            smooth = np.where(domain, num / np.maximum(weight, np.float32(1e-12)), np.float32(0.0))
-            del weight, num
-        else:
-            smooth = d
-        if background_mm > 0:
-            sigma_bg = [background_mm / s for s in spacing]
-            w_bg = ndimage.gaussian_filter(domain.astype(np.float32), sigma_bg, mode="constant")
-            bg = ndimage.gaussian_filter(d, sigma_bg, mode="constant") / np.maximum(w_bg, np.float32(1e-12))
-            smooth = np.where(domain, smooth - bg, np.float32(0.0))
-            del w_bg, bg
+        dom_f = domain.astype(np.float32)
+
+        def nsmooth(x: np.ndarray, sig: list[float]) -> np.ndarray:
+            # normalised convolution inside the domain: nothing outside D leaks in
+            w = ndimage.gaussian_filter(dom_f, sig, mode="constant")
+            return ndimage.gaussian_filter(np.where(domain, x, np.float32(0.0)), sig, mode="constant") / np.maximum(w, np.float32(1e-12))
+
+        sig = [max(smooth_sigma_mm / s, 1.0) for s in spacing]  # at least one voxel
+        sig_bg = [max(background_mm / s, 2.0 * g) for s, g in zip(spacing, sig)]
+        focal_pred = nsmooth(pred, sig) - nsmooth(pred, sig_bg)
+        focal_true = nsmooth(true, sig) - nsmooth(true, sig_bg)
+        smooth = np.where(domain & (np.abs(focal_true) < 0.5 * invent_threshold_hu), focal_pred, np.float32(0.0))
+        del focal_pred, focal_true
         cand, n_cand = ndimage.label(domain & (np.abs(smooth) > invent_threshold_hu))
         for idx, box in enumerate(ndimage.find_objects(cand), start=1):
             region = cand[box] == idx
             vol = float(region.sum() * voxel_mm3)
-            if vol < min_invented_volume_mm3:
+            if vol < min_invented_volume_mm3 or region.sum() < min_invented_voxels:
                 continue
             centre = ndimage.center_of_mass(region)
             invented.append({
                 "volume_mm3": vol,
                 "mean_diff_hu": float((pred[box][region] - true[box][region]).mean(dtype=np.float64)),
-                "max_abs_smoothed_diff_hu": float(np.abs(smooth[box][region]).max()),
+                "max_abs_focal_contrast_hu": float(np.abs(smooth[box][region]).max()),
                 "centroid_voxel": [float(c + b.start) for c, b in zip(centre, box)],
             })
 
@@ -371,6 +370,7 @@ def lesion_audit(
             "min_abs_contrast_hu": min_abs_contrast_hu, "invent_threshold_hu": invent_threshold_hu,
             "min_invented_volume_mm3": min_invented_volume_mm3, "shell_mm": shell_mm,
             "erode_mm": erode_mm, "smooth_sigma_mm": smooth_sigma_mm, "background_mm": background_mm,
+            "min_invented_voxels": min_invented_voxels,
             "soft_tissue_hu": list(soft_tissue_hu),
         },
     }

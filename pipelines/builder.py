@@ -35,14 +35,19 @@ def _secrets(task: dsl.PipelineTask, mlflow: bool = False) -> dsl.PipelineTask:
 
 def build_pipeline(name: str, *, framework: str, gpus: int = 0, description: str = "") -> Callable:
     # (no `from __future__ import annotations` in this module: KFP reads the real annotations)
-    """The ingest -> preprocess -> [tune] -> train -> evaluate -> register DAG for ``framework``.
+    """The ingest -> preprocess -> [tune] -> train -> evaluate -> register DAG.
+
+    ``framework`` is the default of the pipeline parameter of the same name.
 
     ``gpus``: accelerators requested by the GPU steps (train drives Ray; evaluate translates).
     """
 
+    default_framework = framework
+
     @dsl.pipeline(name=name, description=description or f"{framework}: MR -> synthetic CT")
     def pipeline(
         storage_root: str = "s3://medgan/runs",
+        framework: str = default_framework,
         source: str = "phantom",
         subjects: int = 12,
         folder: str = "",
@@ -60,8 +65,9 @@ def build_pipeline(name: str, *, framework: str, gpus: int = 0, description: str
         tracking_uri: str = "",
         experiment: str = "medgan",
         model_name: str = "medgan-sct",
+        require_audit: bool = True,
         seed: int = 0,
-    ):
+    ) -> str:
         job = dsl.PIPELINE_JOB_ID_PLACEHOLDER
         ingest = _secrets(ops.ingest_op(root=storage_root, job=job, source=source, subjects=subjects,
                                         seed=seed, lesion_prevalence=lesion_prevalence,
@@ -87,13 +93,14 @@ def build_pipeline(name: str, *, framework: str, gpus: int = 0, description: str
                                       tracking_uri=tracking_uri, experiment=experiment), mlflow=True)
         reg = _secrets(ops.register_op(model_uri=model_uri, eval_uri=ev.outputs["Output"],
                                        data_uri=prep.output, model_name=model_name,
-                                       tracking_uri=tracking_uri, experiment=experiment), mlflow=True)
+                                       tracking_uri=tracking_uri, experiment=experiment,
+                                       require_audit=require_audit), mlflow=True)
         for t in (tuned, plain, ev, tune):
             t.set_caching_options(False)
             if gpus:
                 t.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(gpus)
         reg.set_caching_options(False)
-        ev.after(prep)
+        return reg.output
 
     return pipeline
 
