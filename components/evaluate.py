@@ -63,35 +63,14 @@ MODEL_FILE = "model.pt"
 METHOD = "model"  # key of the trained generator in metrics.json (the other method is "baseline")
 
 
+from components.mlflow_utils import redact_uri, resolve_tracking_uri  # noqa: E402  (one source of truth)
+
+
 class EvaluateError(ValueError):
     """A bad input to the evaluate/register steps; the message names the URI and field."""
 
 
 # --------------------------------------------------------------------------- small shared helpers
-
-
-def resolve_tracking_uri(arg: str | None = None) -> str | None:
-    """``arg`` if given, else ``$MLFLOW_TRACKING_URI``, else None (no MLflow logging).
-
-    >>> resolve_tracking_uri("sqlite:////tmp/m.db")
-    'sqlite:////tmp/m.db'
-    """
-    uri = arg or os.environ.get("MLFLOW_TRACKING_URI") or None
-    return uri.strip() if uri else None
-
-
-def redact_uri(uri: str | None) -> str | None:
-    """Drop ``user:password@`` from a URI before it is recorded anywhere.
-
-    >>> redact_uri("https://alice:s3cret@mlflow.example.org:5000/x")
-    'https://mlflow.example.org:5000/x'
-    """
-    if not uri:
-        return uri
-    parts = urlsplit(uri)
-    if "@" not in parts.netloc:
-        return uri
-    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
 
 
 def finite_or_none(x: Any) -> float | None:

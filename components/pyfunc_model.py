@@ -206,14 +206,16 @@ class SyntheticCTModel(mlflow.pyfunc.PythonModel):
                     mvol = load_volume(mask_src)
                     check_same_grid(mr, mvol, names=("MR", "mask"))
                     mask = mvol.array
+                from gan_core.data.masks import body_mask
                 from gan_core.translate import translate_array
 
+                mask = body_mask(mr.array) if mask is None else (mask > 0).astype(np.uint8)
                 hu = translate_array(fw, mr.array, mask, batch_size=batch_size)
                 Path(dst).parent.mkdir(parents=True, exist_ok=True)
                 save_volume(dst, np.round(hu).astype(np.int16), like=mr, dtype=np.int16)
             except Exception as exc:
                 raise ValueError(f"medgan pyfunc: row {i} ({src}): {type(exc).__name__}: {exc}") from exc
-            body = hu > -1000.0
+            body = mask > 0  # the body the translation used (given or computed from the MR)
             rows.append({
                 "path": src, "output_path": dst, "shape": "x".join(str(n) for n in hu.shape),
                 "hu_min": float(hu.min()), "hu_max": float(hu.max()),
