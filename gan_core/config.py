@@ -222,8 +222,7 @@ def save_config(cfg: TrainConfig, path: str | Path) -> None:
 
 def apply_overrides(cfg: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
     """Return a copy with dotted-key overrides applied (``{"loss.cycle": 5}``)."""
-    cfg = dataclasses.replace(cfg)
-    cfg = from_dict({**cfg.to_dict()})  # deep copy through the validated path
+    cfg = from_dict(cfg.to_dict())  # a deep copy, through the validated path
     for dotted, value in overrides.items():
         nested: dict[str, Any] = {}
         node = nested

@@ -120,11 +120,22 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> GANFrame
 
 @torch.no_grad()
 def validate(fw: GANFramework, shard_dir: str | Path, max_slices: int = 64) -> float:
-    """Mean absolute error in HU inside the body mask over (up to) ``max_slices`` val slices."""
-    ds = SliceDataset(shard_dir, min_body_fraction=0.05)
-    idx = np.linspace(0, len(ds) - 1, num=min(max_slices, len(ds))).round().astype(int)
+    """Mean absolute error in HU inside the body mask over (up to) ``max_slices`` val slices
+    (3D models: over every val subject, translated by sliding patches)."""
     scale = (CT_MAX - CT_MIN) / 2.0
     err = n = 0.0
+    if fw.cfg.model.spatial_dims == 3:
+        from gan_core.translate import translate_patches  # (translate imports this module)
+
+        sh = Shards(shard_dir)
+        for i in range(len(sh.subjects)):
+            slab = sh.subject_slab(i)
+            m = slab["mask"] > 0
+            err += float((np.abs(translate_patches(fw, slab["mr"]) - slab["ct"]) * scale)[m].sum())
+            n += float(m.sum())
+        return err / max(n, 1.0)
+    ds = SliceDataset(shard_dir, min_body_fraction=0.05)
+    idx = np.linspace(0, len(ds) - 1, num=min(max_slices, len(ds))).round().astype(int)
     for i in idx:
         s = ds[int(i)]
         pred = translate_slices(fw, s["A"][None])

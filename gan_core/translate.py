@@ -31,8 +31,8 @@ def _starts(n: int, size: int) -> list[int]:
     return s + [n - size] if s[-1] != n - size else s
 
 
-def _translate_patches(fw: GANFramework, x: np.ndarray) -> np.ndarray:
-    """3D sliding window over (Z, X, Y) with 50% overlap, averaged."""
+def translate_patches(fw: GANFramework, x: np.ndarray) -> np.ndarray:
+    """3D model on a normalised (Z, X, Y) slab: sliding patches with 50% overlap, averaged."""
     d = fw.cfg.data
     size = (d.patch_depth, d.image_size, d.image_size)
     pad = [(0, max(0, s - n)) for s, n in zip(size, x.shape)]
@@ -58,7 +58,7 @@ def translate_array(fw: GANFramework, mr: np.ndarray, mask: np.ndarray | None = 
     mask = body_mask(mr) if mask is None else (np.asarray(mask) > 0).astype(np.uint8)
     x = np.moveaxis(mr_to_unit(mr, mask), 2, 0)  # (Z, X, Y)
     if fw.cfg.model.spatial_dims == 3:
-        y = _translate_patches(fw, x)
+        y = translate_patches(fw, x)
     else:
         outs = []
         for z in range(0, x.shape[0], batch_size):
@@ -83,4 +83,4 @@ def translate_file(model: str | Path | GANFramework, mr_path: str | Path, out_pa
     return save_volume(out_path, np.round(hu).astype(np.int16), like=mr, dtype=np.int16)
 
 
-__all__ = ["translate_array", "translate_file", "Volume"]
+__all__ = ["translate_array", "translate_file", "translate_patches", "Volume"]

@@ -1,0 +1,339 @@
+"""Tests for gan_core.loss_terms: every Table 5 term on tiny 2D and 3D tensors, no network."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import gan_core.losses as base_losses
+from gan_core import loss_terms as lt
+
+SHAPES = {"2d": (2, 1, 16, 16), "3d": (1, 1, 8, 8, 8)}
+
+
+def _pair(shape: tuple[int, ...], seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    t = torch.rand(shape, generator=g) * 2 - 1
+    p = (t + 0.3 * torch.randn(shape, generator=g)).clamp(-1, 1)
+    return p, t
+
+
+def _labels(shape: tuple[int, ...]) -> torch.Tensor:
+    lab = torch.zeros((shape[0], *shape[2:]), dtype=torch.long)
+    lab[..., : shape[-1] // 3] = 1
+    lab[..., 2 * shape[-1] // 3:] = 2
+    return lab
+
+
+def _encoder(nd: int) -> nn.Module:
+    torch.manual_seed(0)
+    return lt.ConvEncoder(nd, 1, (4, 6))
+
+
+def _make(name: str, nd: int) -> tuple[nn.Module, dict]:
+    """(term, extra forward kwargs)."""
+    if name in ("perceptual", "style_content"):
+        return lt.TERMS[name](_encoder(nd)), {}
+    return lt.TERMS[name](), {}
+
+
+PAIRED = ["image", "cycle", "gradient", "sharpness", "perceptual", "structure", "style_content",
+          "self_reg", "frequency", "regulation"]
+
+
+def _check_scalar_grad(loss: torch.Tensor, pred: torch.Tensor) -> None:
+    assert loss.dim() == 0 and torch.isfinite(loss)
+    loss.backward()
+    assert pred.grad is not None and torch.isfinite(pred.grad).all()
+    assert pred.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("dim", ["2d", "3d"])
+@pytest.mark.parametrize("name", PAIRED)
+def test_term_zero_positive_and_grad(name: str, dim: str) -> None:
+    shape = SHAPES[dim]
+    term, kw = _make(name, len(shape) - 2)
+    p, t = _pair(shape)
+    same = term(t.clone(), t, **kw)
+    assert same.dim() == 0 and torch.isfinite(same)
+    assert abs(float(same)) < 1e-5, f"{name} not ~0 on identical inputs: {float(same)}"
+    pred = p.clone().requires_grad_(True)
+    loss = term(pred, t, **kw)
+    assert float(loss) > 1e-4, f"{name} not positive on different inputs"
+    _check_scalar_grad(loss, pred)
+    # identical input still gives a finite gradient (no sqrt/abs NaN at 0)
+    pz = t.clone().requires_grad_(True)
+    term(pz, t, **kw).backward()
+    assert torch.isfinite(pz.grad).all()
+
+
+def test_terms_registry_matches_weights() -> None:
+    names = set(lt.TERMS)
+    assert names == set(lt.LossTermWeights().as_dict())
+    assert len(names) == 12
+    assert lt.TERMS["adversarial"] is base_losses.GANLoss          # re-export, not a copy
+    assert lt.gradient_penalty is base_losses.gradient_penalty
+
+
+@pytest.mark.parametrize("dim", ["2d", "3d"])
+def test_adversarial_reexport_works(dim: str) -> None:
+    crit = lt.GANLoss("lsgan")
+    pred = torch.zeros(SHAPES[dim]).requires_grad_(True)
+    loss = crit(pred, target_is_real=True)
+    assert math.isclose(float(loss), 1.0)
+    _check_scalar_grad(loss, pred)
+
+
+def test_image_l1_l2_values() -> None:
+    p, t = torch.full((1, 1, 4, 4), 0.5), torch.zeros(1, 1, 4, 4)
+    assert math.isclose(float(lt.ImageLoss("l1")(p, t)), 0.5)
+    assert math.isclose(float(lt.ImageLoss("l2")(p, t)), 0.25)
+    with pytest.raises(ValueError, match="kind"):
+        lt.ImageLoss("l3")
+    with pytest.raises(ValueError, match="shapes differ"):
+        lt.ImageLoss()(torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 4, 5))
+    with pytest.raises(ValueError, match=r"\(N, C, H, W\)"):
+        lt.ImageLoss()(torch.zeros(4, 4), torch.zeros(4, 4))
+
+
+def test_cycle_function() -> None:
+    rec = torch.zeros(1, 1, 4, 4, requires_grad=True)
+    loss = lt.cycle_loss(rec, torch.ones(1, 1, 4, 4))
+    assert math.isclose(float(loss), 1.0)
+    _check_scalar_grad(loss, rec)
+
+
+def test_gradient_ignores_offset_but_sees_edges() -> None:
+    t = torch.zeros(1, 1, 8, 8)
+    t[..., 4:] = 1.0
+    g = lt.GradientLoss()
+    assert float(g(t + 0.5, t)) < 1e-7                       # constant offset: same gradients
+    assert float(g(torch.zeros_like(t), t)) > 0              # the edge is gone
+    # a 3D edge along depth only is seen (every spatial axis is used)
+    v = torch.zeros(1, 1, 6, 6, 6)
+    v[:, :, 3:] = 1.0
+    assert float(g(torch.zeros_like(v), v)) > 0
+
+
+def test_sharpness_weights_low_contrast_more() -> None:
+    t = torch.zeros(1, 1, 16, 16)
+    t[..., :, 8:] = torch.linspace(-1, 1, 8).repeat(16, 1) * ((-1) ** torch.arange(16))[:, None]
+    s = lt.SharpnessLoss(beta=4.0)
+    w = s.weight_map(t)
+    assert w.shape == t.shape
+    assert float(w[..., 2:14, :3].mean()) > float(w[..., 2:14, 12:].mean())   # flat > textured
+    assert float(w.min()) >= 1.0 - 1e-6 and float(w.max()) <= 5.0 + 1e-6
+    err = torch.zeros_like(t)
+    flat_err, tex_err = err.clone(), err.clone()
+    flat_err[..., 6:10, 1:3] = 0.2
+    tex_err[..., 6:10, 12:14] = 0.2
+    assert float(s(t + flat_err, t)) > float(s(t + tex_err, t))
+    assert math.isclose(float(lt.SharpnessLoss(beta=0.0)(t + flat_err, t)),
+                        float(lt.ImageLoss()(t + flat_err, t)), rel_tol=1e-5)
+
+
+@pytest.mark.parametrize("dim", ["2d", "3d"])
+@pytest.mark.parametrize("mode", ["mean", "dice"])
+def test_shape_loss(dim: str, mode: str) -> None:
+    shape = SHAPES[dim]
+    lab = _labels(shape)
+    means = torch.tensor([-0.8, 0.0, 0.7])
+    t = means[lab].unsqueeze(1)                               # piecewise-constant tissues
+    term = lt.ShapeLoss(mode=mode)
+    same = float(term(t.clone(), t, lab))
+    pred = (t + 0.4).requires_grad_(True)                     # shifts every tissue mean
+    loss = term(pred, t, lab.unsqueeze(1))                    # (N, 1, *sp) labels accepted too
+    assert float(loss) > same + 1e-3
+    if mode == "mean":
+        assert same < 1e-6
+        assert math.isclose(float(loss), 0.4, rel_tol=1e-5)
+    else:
+        assert same < 1e-3                                    # minimum: every voxel at its mean
+    _check_scalar_grad(loss, pred)
+
+
+def test_shape_loss_bad_labels() -> None:
+    t = torch.zeros(1, 1, 4, 4)
+    with pytest.raises(TypeError, match="labels"):
+        lt.ShapeLoss()(t, t, torch.zeros(1, 4, 4))
+    with pytest.raises(ValueError, match="labels: expected shape"):
+        lt.ShapeLoss()(t, t, torch.zeros(1, 5, 4, dtype=torch.long))
+    with pytest.raises(ValueError, match="num_classes"):
+        lt.ShapeLoss(num_classes=1)(t, t, torch.ones(1, 4, 4, dtype=torch.long))
+
+
+def test_perceptual_loads_local_weights(tmp_path) -> None:
+    enc = _encoder(2)
+    path = tmp_path / "enc.pt"
+    torch.save(enc.state_dict(), path)
+    fresh = lt.ConvEncoder(2, 1, (4, 6))                      # different random init
+    p, t = _pair(SHAPES["2d"])
+    before = float(lt.PerceptualLoss(lt.ConvEncoder(2, 1, (4, 6)), freeze=False)(p, t))
+    loss_mod = lt.PerceptualLoss(fresh, weights_path=str(path))
+    for a, b in zip(fresh.state_dict().values(), enc.state_dict().values()):
+        assert torch.equal(a, b)
+    assert not any(q.requires_grad for q in fresh.parameters())  # frozen
+    loss_mod.train()
+    assert not fresh.training                                 # stays in eval
+    ref = float(lt.PerceptualLoss(enc)(p, t))
+    assert math.isclose(float(loss_mod(p, t)), ref, rel_tol=1e-6)
+    assert not math.isclose(before, ref, rel_tol=1e-3)
+    pred = p.clone().requires_grad_(True)
+    _check_scalar_grad(loss_mod(pred, t), pred)
+    with pytest.raises(FileNotFoundError, match="weights_path"):
+        lt.PerceptualLoss(lt.ConvEncoder(2, 1, (4, 6)), weights_path=tmp_path / "missing.pt")
+    with pytest.raises(ValueError, match="does not fit"):
+        lt.PerceptualLoss(lt.ConvEncoder(2, 1, (5,)), weights_path=path)
+
+
+def test_perceptual_with_discriminator_callable_keeps_it_trainable() -> None:
+    torch.manual_seed(0)
+    disc = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.LeakyReLU(0.2),
+                         nn.Conv2d(4, 1, 3, padding=1))
+
+    def feats(x: torch.Tensor) -> list[torch.Tensor]:
+        h = disc[1](disc[0](x))
+        return [h, disc[2](h)]
+
+    loss_mod = lt.PerceptualLoss(feats, layers=[0])
+    assert all(q.requires_grad for q in disc.parameters())
+    assert len(list(loss_mod.parameters())) == 0               # not registered in the loss
+    p, t = _pair(SHAPES["2d"])
+    pred = p.clone().requires_grad_(True)
+    _check_scalar_grad(loss_mod(pred, t), pred)
+    with pytest.raises(IndexError, match="layers"):
+        lt.PerceptualLoss(feats, layers=[5])(p, t)
+
+
+def test_ssim_identical_is_one_and_ms_ssim() -> None:
+    p, t = _pair(SHAPES["2d"])
+    assert math.isclose(float(lt.ssim(t, t)), 1.0, abs_tol=1e-6)
+    assert float(lt.ssim(p, t)) < 0.99
+    assert math.isclose(float(lt.ssim(t[:1].unsqueeze(2).expand(1, 1, 8, 16, 16),
+                                      t[:1].unsqueeze(2).expand(1, 1, 8, 16, 16))), 1.0,
+                        abs_tol=1e-6)
+    # the SSIM of an image with a noisier copy is lower than with a less noisy one
+    g = torch.Generator().manual_seed(3)
+    n = torch.randn(t.shape, generator=g)
+    assert float(lt.ssim(t + 0.05 * n, t)) > float(lt.ssim(t + 0.3 * n, t))
+    # MS-SSIM: 48 px with window 3 allows all 5 scales
+    big_t = torch.rand(1, 1, 48, 48, generator=g) * 2 - 1
+    big_p = (big_t + 0.2 * torch.randn(big_t.shape, generator=g)).requires_grad_(True)
+    ms = lt.StructureLoss(multiscale=True, window=3)
+    assert float(ms(big_t.clone(), big_t)) < 1e-6
+    loss = ms(big_p, big_t)
+    assert 0 < float(loss) < 1
+    _check_scalar_grad(loss, big_p)
+    with pytest.raises(ValueError, match="scale"):
+        lt.ms_ssim(p, t)                                      # 16 px, window 11: one scale only
+
+
+def test_style_content_gram() -> None:
+    f = torch.arange(8.0).view(1, 2, 2, 2)
+    gm = lt.gram_matrix(f)
+    assert gm.shape == (1, 2, 2)
+    assert torch.allclose(gm, gm.transpose(1, 2))
+    assert math.isclose(float(gm[0, 0, 0]), (0 + 1 + 4 + 9) / 8)
+    enc = _encoder(2)
+    p, t = _pair(SHAPES["2d"])
+    style_only = lt.StyleContentLoss(enc, content_weight=0.0)
+    content_only = lt.StyleContentLoss(enc, style_weight=0.0)
+    both = lt.StyleContentLoss(enc)
+    assert math.isclose(float(both(p, t)), float(style_only(p, t)) + float(content_only(p, t)),
+                        rel_tol=1e-5)
+    # style is invariant to a spatial permutation of the features; content is not
+    flipped = t.flip(-1)
+    assert float(lt.StyleContentLoss(lambda x: [x], content_weight=0.0)(flipped, t)) < 1e-6
+    assert float(lt.StyleContentLoss(lambda x: [x], style_weight=0.0)(flipped, t)) > 0
+
+
+def test_self_reg_with_feature_and_channel_mismatch() -> None:
+    src = torch.rand(1, 2, 8, 8) * 2 - 1
+    gen = torch.zeros(1, 1, 8, 8, requires_grad=True)
+    with pytest.raises(ValueError, match="feature"):
+        lt.SelfRegLoss()(gen, src)
+    mean_c = lt.SelfRegLoss(feature=lambda x: x.mean(dim=1, keepdim=True))
+    loss = mean_c(gen, src)
+    assert math.isclose(float(loss), float(src.mean(1).abs().mean()), rel_tol=1e-6)
+    _check_scalar_grad(loss, gen)
+
+
+@pytest.mark.parametrize("dim", ["2d", "3d"])
+def test_frequency_mask_counts_only_sampled(dim: str) -> None:
+    shape = SHAPES[dim]
+    nd = len(shape) - 2
+    dims = tuple(range(2, 2 + nd))
+    _, t = _pair(shape)
+    mask = torch.zeros(shape[2:])
+    mask[(slice(0, 3),) * nd] = 1.0                          # low frequencies sampled
+    k_out = (shape[2] // 2,) * nd                            # an unsampled coefficient
+    delta = torch.zeros(shape[2:], dtype=torch.complex64)
+    delta[k_out] = 1.0
+    bump = torch.fft.ifftn(delta, dim=tuple(range(nd)), norm="ortho").real  # Nyquist: real
+    term = lt.FrequencyLoss(mask=mask)
+    assert float(term(t + 0.1 * bump, t)) < 1e-6             # change outside the mask: free
+    assert float(lt.FrequencyLoss()(t + 0.1 * bump, t)) > 0  # ...but seen without a mask
+    pred = (t + 0.1).requires_grad_(True)                     # DC change: sampled
+    loss = term(pred, t)
+    assert float(loss) > 0
+    _check_scalar_grad(loss, pred)
+    # value: mean |D| over sampled coefficients
+    d = torch.fft.fftn(pred.detach() - t, dim=dims, norm="ortho").abs()
+    expected = float((d * mask).sum() / (mask.sum() * shape[0] * shape[1]))
+    assert math.isclose(float(loss), expected, rel_tol=1e-5)
+    # centred mask gives the same result as the equivalent fft-order mask
+    centred = torch.fft.fftshift(mask)
+    assert math.isclose(float(lt.FrequencyLoss(mask=centred, centered=True)(pred, t)),
+                        float(loss), rel_tol=1e-6)
+    # forward mask overrides; l2 is |D|^2
+    l2 = lt.FrequencyLoss(kind="l2")(pred, t, mask=mask)
+    assert math.isclose(float(l2),
+                        float(((d ** 2) * mask).sum() / (mask.sum() * shape[0] * shape[1])),
+                        rel_tol=1e-5)
+    with pytest.raises(ValueError, match="broadcast"):
+        term(pred, t, mask=torch.ones(3, 3))
+    with pytest.raises(ValueError, match="sums to 0"):
+        term(pred, t, mask=torch.zeros(shape[2:]))
+
+
+def test_regulation_sees_row_banding() -> None:
+    t = torch.zeros(1, 1, 8, 8)
+    band = t.clone()
+    band[..., 2, :] = 0.5                                     # one brighter row
+    r = lt.RegulationLoss()
+    assert float(r(band, t)) > 0
+    perm = t + torch.rand(1, 1, 8, 8)
+    row_perm = perm[..., torch.randperm(8)]                  # permute columns: rows keep stats
+    rows_only = lt.RegulationLoss(stats=("std",))
+    # row std profile is unchanged by a column permutation, column profile changes
+    mp, sp = lt.RegulationLoss.profiles(row_perm, 2)
+    mt, st = lt.RegulationLoss.profiles(perm, 2)
+    assert torch.allclose(sp, st, atol=1e-6) and torch.allclose(mp, mt, atol=1e-6)
+    assert float(rows_only(row_perm, perm)) >= 0
+    with pytest.raises(ValueError, match="stats"):
+        lt.RegulationLoss(stats=("median",))
+
+
+def test_weights_and_combine() -> None:
+    w = lt.LossTermWeights()
+    assert w.adversarial == 1.0 and w.image == 100.0 and w.cycle == 10.0
+    assert all(v == 0.0 for k, v in w.as_dict().items()
+               if k not in ("adversarial", "image", "cycle"))
+    with pytest.raises(ValueError, match="LossTermWeights.gradient"):
+        lt.LossTermWeights(gradient=-1.0)
+    with pytest.raises(ValueError, match="LossTermWeights.frequency"):
+        lt.LossTermWeights(frequency=float("nan"))
+    x = torch.tensor(2.0, requires_grad=True)
+    terms = {"image": x * 1.0, "structure": x * 3.0, "frequency": torch.tensor(float("nan"))}
+    total = lt.combine(terms, lt.LossTermWeights(image=1.0, structure=0.5))
+    assert math.isclose(float(total), 2.0 + 3.0)              # NaN term at weight 0 skipped
+    total.backward()
+    assert math.isclose(float(x.grad), 1.0 + 1.5)
+    assert float(lt.combine({"image": x}, {"image": 0.0})) == 0.0
+    with pytest.raises(KeyError, match="bogus"):
+        lt.combine({"bogus": x}, w)
+    with pytest.raises(ValueError, match="scalar"):
+        lt.combine({"image": torch.ones(2)}, w)
