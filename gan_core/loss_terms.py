@@ -176,7 +176,8 @@ class SharpnessLoss(nn.Module):
         loss  = sum_x w(x) |p(x) - t(x)| / sum_x w(x)
 
     ``w`` is a constant (no gradient). ``beta = 0`` gives plain L1; the default ``beta = 4`` makes a
-    flat-region error count up to 5x an error on an edge, where L1 and adversarial terms already push.
+    flat-region error count up to 5x an error on an edge (where L1 and adversarial terms
+    already push).
 
     >>> float(SharpnessLoss()(torch.zeros(1, 1, 8, 8), torch.zeros(1, 1, 8, 8)))
     0.0
@@ -235,10 +236,11 @@ class ShapeLoss(nn.Module):
 
     - ``mode="mean"`` (default): ``sum_k (|R_k| / |Omega|) * |m_k(p) - m_k(t)|``, averaged over
       samples and channels: each tissue must keep its target intensity on average.
-    - ``mode="dice"``: soft tissue maps of the prediction, ``P_k = softmax_k(-(p - m_k(t))^2 / tau^2)``
-      (nearest-class-mean assignment with temperature ``tau``), compared with the label one-hot
-      ``Y_k`` by soft Dice: ``1 - mean_k 2 sum(P_k Y_k) / (sum P_k + sum Y_k + 1e-6)`` over classes
-      present. Its minimum is reached when every voxel is at its tissue's mean (not exactly 0).
+    - ``mode="dice"``: soft tissue maps of the prediction,
+      ``P_k = softmax_k(-(p - m_k(t))^2 / tau^2)`` (nearest-class-mean assignment, temperature
+      ``tau``), compared with the label one-hot ``Y_k`` by soft Dice:
+      ``1 - mean_k 2 sum(P_k Y_k) / (sum P_k + sum Y_k + 1e-6)`` over the classes present.
+      Its minimum is reached when every voxel is at its tissue's mean (not exactly 0).
 
     Both are differentiable w.r.t. ``pred``; classes absent from a sample are ignored.
 
@@ -333,7 +335,8 @@ class _FeatureLoss(nn.Module):
             try:
                 extractor.load_state_dict(state)
             except RuntimeError as err:
-                raise ValueError(f"weights_path {path!r} does not fit the extractor: {err}") from err
+                raise ValueError(f"weights_path {path!r} does not fit the extractor: "
+                                 f"{err}") from err
         self.frozen = bool(freeze and isinstance(extractor, nn.Module))
         if self.frozen:
             extractor.requires_grad_(False).eval()
@@ -639,7 +642,8 @@ class RegulationLoss(nn.Module):
     (all other spatial positions) and its mean ``mu_{a,i}(x)`` and standard deviation
     ``sigma_{a,i}(x) = sqrt(var + 1e-8)``; per sample and channel::
 
-        loss = (1/d) sum_a [ mean_i |mu_{a,i}(p) - mu_{a,i}(t)| + mean_i |sigma_{a,i}(p) - sigma_{a,i}(t)| ]
+        loss = (1/d) sum_a [ mean_i |mu_{a,i}(p) - mu_{a,i}(t)|
+                             + mean_i |sigma_{a,i}(p) - sigma_{a,i}(t)| ]
 
     Why: the survey's L12 keeps the generated contrast balanced across rows and columns. Matching
     the per-row and per-column brightness (mean) and contrast (std) profiles penalises stripe/
