@@ -16,25 +16,10 @@ from mlflow import MlflowClient
 
 from components import storage
 from components.evaluate import EvaluateError, audit_summary, main, run_evaluate
-from tests.mlflow_server import MlflowServer, preprocess_output, train_output
+from tests.mlflow_server import preprocess_output, train_output
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    """Tiny models on a shared 2-core box: one intra-op thread avoids OpenMP spin contention
-    (10x faster here under load); restored afterwards."""
-    import torch
-
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with MlflowServer(tmp_path_factory.mktemp("mlflow-eval")) as url:
-        yield url
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

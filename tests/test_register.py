@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
@@ -19,25 +18,10 @@ from mlflow.exceptions import MlflowException
 
 from components.evaluate import run_evaluate
 from components.register import INTENDED_USE, RegisterError, decide_promotion, main, run_register
-from tests.mlflow_server import MlflowServer, preprocess_output, train_output
+from tests.mlflow_server import preprocess_output, train_output
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    """Tiny models on a shared 2-core box: one intra-op thread avoids OpenMP spin contention
-    (10x faster here under load); restored afterwards."""
-    import torch
-
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with MlflowServer(tmp_path_factory.mktemp("mlflow-reg")) as url:
-        yield url
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
