@@ -30,6 +30,13 @@ class LossWeights:
     l1: float = 100.0       # pix2pix lambda_L1 (image term)
     cycle: float = 10.0     # CycleGAN lambda_cycle (A->B->A and B->A->B)
     identity: float = 0.5   # CycleGAN lambda_identity, as a fraction of lambda_cycle (Zhu et al.)
+    # further image-pair terms of Table 5 (gan_core.loss_terms), off by default; pix2pix applies
+    # them to (G(A), B), CycleGAN to both cycle reconstructions
+    gradient: float = 0.0   # L4: L1 between finite-difference gradients (edges)
+    sharpness: float = 0.0  # L5: L1 weighted towards low-contrast regions
+    structure: float = 0.0  # L8: 1 - SSIM (Gaussian window 11, sigma 1.5)
+    frequency: float = 0.0  # L11: L1 between orthonormal k-space spectra
+    regulation: float = 0.0  # L12: row/column mean and std profiles
 
 
 @dataclass

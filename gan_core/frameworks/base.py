@@ -57,6 +57,26 @@ def generator_multiple(m) -> int:
     return 1
 
 
+#: LossWeights fields that compare a generated image with its target, and their term classes
+PAIR_TERMS = ("gradient", "sharpness", "structure", "frequency", "regulation")
+
+
+def pair_terms(weights) -> dict[str, tuple[float, nn.Module]]:
+    """The image-pair loss terms (``gan_core.loss_terms``) whose weight is > 0."""
+    from gan_core import loss_terms as lt
+
+    cls = {"gradient": lt.GradientLoss, "sharpness": lt.SharpnessLoss, "structure": lt.StructureLoss,
+           "frequency": lt.FrequencyLoss, "regulation": lt.RegulationLoss}
+    return {name: (float(getattr(weights, name)), cls[name]()) for name in PAIR_TERMS
+            if getattr(weights, name) > 0}
+
+
+def apply_pair_terms(terms: dict[str, tuple[float, nn.Module]], pred: Tensor, target: Tensor,
+                     prefix: str = "") -> dict[str, Tensor]:
+    """Weighted values of ``terms`` on (pred, target), in float32, keyed ``<prefix><name>``."""
+    return {f"{prefix}{name}": w * fn(pred.float(), target.float()) for name, (w, fn) in terms.items()}
+
+
 def linear_decay(steps_constant: int, steps_decay: int) -> Callable[[int], float]:
     """LR multiplier: 1 for ``steps_constant`` steps, then linear to ~0 over ``steps_decay``."""
 

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gan_core.frameworks import register
-from gan_core.frameworks.base import GANFramework, ImagePool, build_gen
+from gan_core.frameworks.base import GANFramework, ImagePool, apply_pair_terms, build_gen, pair_terms
 from gan_core.losses import GANLoss, gradient_penalty
 from gan_core.models import build_discriminator
 
@@ -52,6 +52,7 @@ class CycleGAN(GANFramework):
     def __init__(self, cfg, device="cpu") -> None:
         super().__init__(cfg, device)
         self.crit = GANLoss(cfg.gan_mode)
+        self.extra_terms = pair_terms(cfg.loss)
         self.pool_A = ImagePool(cfg.pool_size, seed=cfg.seed * 2 + 1)
         self.pool_B = ImagePool(cfg.pool_size, seed=cfg.seed * 2 + 2)
 
@@ -78,7 +79,10 @@ class CycleGAN(GANFramework):
             if w.identity > 0:
                 loss_idt_A = F.l1_loss(G_A(real_B).float(), real_B.float()) * w.cycle * w.identity
                 loss_idt_B = F.l1_loss(G_B(real_A).float(), real_A.float()) * w.cycle * w.identity
-        loss_G = loss_G_A + loss_G_B + loss_cyc_A + loss_cyc_B + loss_idt_A + loss_idt_B
+        extra = {**apply_pair_terms(self.extra_terms, rec_A, real_A, "cycle_A_"),
+                 **apply_pair_terms(self.extra_terms, rec_B, real_B, "cycle_B_")}
+        loss_G = (loss_G_A + loss_G_B + loss_cyc_A + loss_cyc_B + loss_idt_A + loss_idt_B
+                  + sum(extra.values()))
         loss_G.backward()
         self.opts["G"].step()
 
@@ -88,7 +92,8 @@ class CycleGAN(GANFramework):
         loss_D_A = self._backward_D("D_A", real_B, self.pool_B.query(fake_B))
         loss_D_B = self._backward_D("D_B", real_A, self.pool_A.query(fake_A))
         self.opts["D"].step()
-        return {"G_A": loss_G_A.detach(), "G_B": loss_G_B.detach(), "cycle_A": loss_cyc_A.detach(),
+        return {**{k: v.detach() for k, v in extra.items()},
+                "G_A": loss_G_A.detach(), "G_B": loss_G_B.detach(), "cycle_A": loss_cyc_A.detach(),
                 "cycle_B": loss_cyc_B.detach(), "idt_A": loss_idt_A.detach(), "idt_B": loss_idt_B.detach(),
                 "G": loss_G.detach(), "D_A": loss_D_A.detach(), "D_B": loss_D_B.detach()}
 

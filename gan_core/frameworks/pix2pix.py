@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gan_core.frameworks import register
-from gan_core.frameworks.base import GANFramework, build_gen
+from gan_core.frameworks.base import GANFramework, apply_pair_terms, build_gen, pair_terms
 from gan_core.losses import GANLoss, gradient_penalty
 from gan_core.models import build_discriminator
 
@@ -45,6 +45,7 @@ class Pix2Pix(GANFramework):
     def __init__(self, cfg, device="cpu") -> None:
         super().__init__(cfg, device)
         self.crit = GANLoss(cfg.gan_mode)
+        self.extra_terms = pair_terms(cfg.loss)
 
     def train_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         b = self.to_device(batch)
@@ -75,11 +76,13 @@ class Pix2Pix(GANFramework):
             pred = self.frozen["D"](torch.cat([real_A, fake_B], 1))
         loss_G_GAN = self.crit(pred, True, for_discriminator=False) * w.gan
         loss_G_L1 = F.l1_loss(fake_B.float(), real_B.float()) * w.l1
-        loss_G = loss_G_GAN + loss_G_L1
+        extra = apply_pair_terms(self.extra_terms, fake_B, real_B, "G_")
+        loss_G = loss_G_GAN + loss_G_L1 + sum(extra.values())
         loss_G.backward()
         self.opts["G"].step()
         self.set_requires_grad([self.nets["D"]], True)
-        return {"G_GAN": loss_G_GAN.detach(), "G_L1": loss_G_L1.detach(), "G": loss_G.detach(),
+        return {**{k: v.detach() for k, v in extra.items()},
+                "G_GAN": loss_G_GAN.detach(), "G_L1": loss_G_L1.detach(), "G": loss_G.detach(),
                 "D_real": loss_D_real.detach(), "D_fake": loss_D_fake.detach(), "D": loss_D.detach()}
 
     def generate(self, x: Tensor) -> Tensor:
