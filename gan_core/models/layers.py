@@ -80,6 +80,15 @@ def check_input(x: torch.Tensor, spatial_dims: int, owner: str) -> None:
         )
 
 
+def check_divisible(x: torch.Tensor, multiple: int, owner: str, why: str) -> None:
+    """Raise ValueError unless every spatial size of ``x`` is a multiple of ``multiple``.
+
+    >>> check_divisible(torch.zeros(1, 1, 8, 8), 4, "net", "2**n = 4")
+    """
+    if any(s % multiple for s in x.shape[2:]):
+        raise ValueError(f"{owner}: spatial size {tuple(x.shape[2:])} must be divisible by {why}")
+
+
 def conv(spatial_dims: int) -> type[nn.Module]:
     """``nn.Conv2d`` or ``nn.Conv3d``.
 

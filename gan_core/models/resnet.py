@@ -13,6 +13,7 @@ from torch import nn
 from .layers import (
     NORMS,
     PADDINGS,
+    check_divisible,
     check_input,
     check_spatial_dims,
     conv,
@@ -127,9 +128,5 @@ class ResnetGenerator(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(x, self.spatial_dims, "ResnetGenerator")
         multiple = 2**self.n_downsampling
-        if any(s % multiple for s in x.shape[2:]):
-            raise ValueError(
-                f"ResnetGenerator: spatial size {tuple(x.shape[2:])} must be divisible by "
-                f"2**n_downsampling = {multiple}"
-            )
+        check_divisible(x, multiple, "ResnetGenerator", f"2**n_downsampling = {multiple}")
         return self.model(x)

@@ -15,6 +15,7 @@ from torch import nn
 
 from .layers import (
     NORMS,
+    check_divisible,
     check_input,
     check_spatial_dims,
     conv,
@@ -129,9 +130,6 @@ class UnetGenerator(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(x, self.spatial_dims, "UnetGenerator")
         multiple = 2**self.num_downs
-        if any(s % multiple for s in x.shape[2:]):
-            raise ValueError(
-                f"UnetGenerator: spatial size {tuple(x.shape[2:])} must be divisible by "
-                f"2**num_downs = {multiple} (num_downs={self.num_downs})"
-            )
+        check_divisible(x, multiple, "UnetGenerator",
+                        f"2**num_downs = {multiple} (num_downs={self.num_downs})")
         return self.model(x)
