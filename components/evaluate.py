@@ -283,7 +283,7 @@ def audit_summary(report: dict[str, Any], method: str = METHOD) -> dict[str, Any
 
 def _metric_prefixes(split: str) -> tuple[str, str]:
     """MLflow metric prefixes: ``test``/``baseline`` for the test split, else ``eval_<split>``/
-    ``baseline_<split>`` (so an evaluation of ``val`` never overwrites training's ``val_mae_hu``)."""
+    ``baseline_<split>`` (so an evaluation of ``val`` never overwrites training's ``val_mae``)."""
     return ("test", "baseline") if split == "test" else (f"eval_{split}", f"baseline_{split}")
 
 

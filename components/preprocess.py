@@ -575,8 +575,8 @@ def run_preprocess(input_uri: str, output_uri: str, *,
                 continue
             subs = [SubjectFiles(sid, *(str(out / by_id[sid]["files"][k])
                                         for k in ("mr", "ct", "mask")),
-                                 str(out / by_id[sid]["files"]["lesion"])
-                                 if "lesion" in by_id[sid]["files"] else None)
+                                 *(str(out / by_id[sid]["files"][k]) if k in by_id[sid]["files"]
+                                   else None for k in ("lesion", "labels")))
                     for sid in splits[name]]
             shard_dir = out / SHARDS_DIR / name
             index = pack_shards(subs, shard_dir, inplane=tuple(size))

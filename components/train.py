@@ -6,7 +6,7 @@ Inputs and outputs (``data_uri`` / ``output_uri``: a local folder or ``s3://buck
     <data_uri>/shards/{train,val}/     packed shards (gan_core.data.shards.pack_shards)
     <out>/model.pt                     inference weights + config (gan_core.train.save_model)
     <out>/config.yaml                  the full TrainConfig of the run
-    <out>/manifest.json                step "train": mlflow_run_id, val_mae_hu, steps, images_per_s,
+    <out>/manifest.json                step "train": mlflow_run_id, val_mae, steps, images_per_s,
                                        ray_storage_path, world_size, ...
     <out>/ray/<run name>/              Ray Train run: checkpoints (RunConfig.storage_path)
 
@@ -30,7 +30,7 @@ How it runs:
 Example:
     >>> m = run_train("runs/processed", "runs/train", framework="pix2pix",   # doctest: +SKIP
     ...               preset="demo", num_workers=2, tracking_uri="sqlite:///runs/mlflow.db")
-    >>> m["val_mae_hu"], m["mlflow_run_id"]                                  # doctest: +SKIP
+    >>> m["val_mae"], m["mlflow_run_id"]                                  # doctest: +SKIP
     (142.7, '5f0c...')
 
 CLI: ``python -m components.train --data-uri URI --output-uri URI [--num-workers 2 ...]``.
@@ -349,7 +349,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
 
     ``config``: ``{"config": TrainConfig dict, "shards_uri": str, "mlflow": {"tracking_uri",
     "run_id"} | None, "fault": {...} | None}``. Returns (rank 0's value reaches
-    ``Result.return_value``) steps, seconds, images_per_s, val_mae_hu and the resume step.
+    ``Result.return_value``) steps, seconds, images_per_s, val_mae and the resume step.
     """
     import ray.train
     import ray.train.torch
@@ -380,7 +380,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
                     report=_Reporter(rank, ml, val_dir, config.get("fault")),
                     resume_from=resume, progress=False)
         return {"steps": res.steps, "seconds": res.seconds, "images_per_s": res.images_per_s,
-                "val_mae_hu": res.val_mae_hu, "resumed_from": start, "world_size": world}
+                "val_mae": res.val_mae, "resumed_from": start, "world_size": world}
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -525,7 +525,7 @@ def run_train(data_uri: str, output_uri: str, *, framework: str = "cyclegan", pr
             "mlflow_run_id": run_id,
             "mlflow_tracking_uri": mlu.redact_uri(tracking),
             "mlflow_experiment": experiment if run_id else None,
-            "val_mae_hu": val_mae,
+            "val_mae": val_mae,
             "steps": step,
             "images_per_s": ret.get("images_per_s"),
             "ray_storage_path": ray_uri,
@@ -533,13 +533,13 @@ def run_train(data_uri: str, output_uri: str, *, framework: str = "cyclegan", pr
         }
 
         def fill(d: Path) -> None:
-            save_model(fw, d / MODEL, {"val_mae_hu": val_mae, "step": step})
+            save_model(fw, d / MODEL, {"val_mae": val_mae, "step": step})
             save_config(final_cfg, d / "config.yaml")
             storage.write_json(str(d / MANIFEST), manifest)
 
         publish_output(output_uri, fill)
         if run_id:
-            mlu.log_metrics(tracking, run_id, {"final_val_mae_hu": val_mae if val_mae is not None
+            mlu.log_metrics(tracking, run_id, {"final_val_mae": val_mae if val_mae is not None
                                                else float("nan"),
                                                "images_per_s": ret.get("images_per_s") or 0.0},
                             step=step)
@@ -600,7 +600,7 @@ def main(argv: list[str] | None = None) -> int:
     except (TrainStepError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(json.dumps({k: m[k] for k in ("mlflow_run_id", "val_mae_hu", "steps", "images_per_s",
+    print(json.dumps({k: m[k] for k in ("mlflow_run_id", "val_mae", "steps", "images_per_s",
                                         "ray_storage_path")}, indent=2))
     return 0
 

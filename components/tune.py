@@ -5,7 +5,7 @@ Inputs and outputs (``data_uri`` / ``output_uri``: a local folder or ``s3://buck
     <data_uri>/manifest.json      step "preprocess" (validated), shards under <data_uri>/shards
     <out>/best_config.yaml        full TrainConfig with the best trial's loss weights (what
                                   ``components.train --config-uri`` takes)
-    <out>/manifest.json           step "tune": best params, best val_mae_hu, every trial,
+    <out>/manifest.json           step "tune": best params, best val_mae, every trial,
                                   the MLflow parent run
     <out>/ray/<name>/             Ray Tune experiment + each trial's Ray Train run
 
@@ -17,19 +17,19 @@ How it runs:
   declares in ``loss_terms`` get a log-uniform range around their preset value, so new terms
   are searched without touching this module.
 * ``OptunaSearch`` (TPE, seeded) proposes trials; ``ASHAScheduler`` on the ``step`` axis stops
-  weak ones after ``grace_period`` steps. The metric is ``val_mae_hu``: validation MAE in HU
+  weak ones after ``grace_period`` steps. The metric is ``val_mae``: validation MAE in HU
   inside the body mask, computed by every report (``val_every = log_every``).
 * Each trial is a driver function that builds a ``TorchTrainer`` over the same worker loop as
   ``components.train`` with ``TuneReportCallback``; trial drivers take no CPU, and the number
   of concurrent trials is what the cluster's CPUs/GPUs allow.
 * MLflow: a parent run for the study; one child run per trial (tag ``mlflow.parentRunId``), to
-  which the trial's rank-0 worker logs params, losses, ``val_mae_hu`` and sample images.
+  which the trial's rank-0 worker logs params, losses, ``val_mae`` and sample images.
   Children stopped by ASHA are marked KILLED.
 
 Example:
     >>> m = run_tune("work/processed", "work/tune", framework="pix2pix", preset="demo",
     ...              num_samples=8, tracking_uri="sqlite:///work/mlflow.db")  # doctest: +SKIP
-    >>> m["best"]["params"], m["best"]["val_mae_hu"]                          # doctest: +SKIP
+    >>> m["best"]["params"], m["best"]["val_mae"]                          # doctest: +SKIP
     ({'loss.gan': 1.3, 'loss.l1': 61.2}, 118.4)
 
 CLI: ``python -m components.tune --data-uri URI --output-uri URI [--num-samples 8 ...]``.
@@ -62,7 +62,7 @@ __all__ = ["METRIC", "MODE", "DEFAULT_RANGES", "loss_terms", "default_search_spa
 
 log = logging.getLogger(__name__)
 
-METRIC = "val_mae_hu"
+METRIC = "val_mae"
 #: A trial driver only waits on its TorchTrainer: no CPU (Tune needs a non-empty request).
 _DRIVER_RESOURCES = {"cpu": 0, "memory": 1}
 MODE = "min"
@@ -227,8 +227,8 @@ def _trials_table(results: Any, space_keys: list[str], steps: int) -> list[dict[
         status = "error" if r.error else ("completed" if last_step >= steps else "stopped")
         rows.append({"trial_id": m.get("trial_id") or Path(str(r.path)).name,
                      "params": {k: r.config.get(k) for k in space_keys},
-                     "val_mae_hu": _finite(m.get(METRIC)),
-                     "best_val_mae_hu": min(vals) if vals else None,
+                     "val_mae": _finite(m.get(METRIC)),
+                     "best_val_mae": min(vals) if vals else None,
                      "steps": last_step, "status": status,
                      "error": str(r.error)[:500] if r.error else None})
     return sorted(rows, key=lambda row: row["trial_id"])
@@ -237,14 +237,14 @@ def _trials_table(results: Any, space_keys: list[str], steps: int) -> list[dict[
 def _pick_best(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Lowest final val MAE among trials that ran the full budget (ASHA-stopped trials never
     reached it), else among all trials that reported one."""
-    scored = [r for r in rows if r["val_mae_hu"] is not None]
+    scored = [r for r in rows if r["val_mae"] is not None]
     full = [r for r in scored if r["status"] == "completed"]
     pool = full or scored
     if not pool:
         errors = [r["error"] for r in rows if r["error"]]
         raise RuntimeError(f"no tune trial reported {METRIC}" + (f"; first error: {errors[0]}"
                                                                   if errors else ""))
-    return min(pool, key=lambda r: r["val_mae_hu"])
+    return min(pool, key=lambda r: r["val_mae"])
 
 
 def _close_children(tracking: str, experiment: str, parent: str,
@@ -373,9 +373,9 @@ def run_tune(data_uri: str, output_uri: str, *, framework: str = "cyclegan", pre
             "timings": {"fit_s": round(fit_s, 3), "total_s": round(time.perf_counter() - t0, 3)},
             "code_version": gan_core.__version__,
             "best": {"trial_id": best["trial_id"], "params": best["params"],
-                     "val_mae_hu": best["val_mae_hu"], "mlflow_run_id": best.get("mlflow_run_id")},
+                     "val_mae": best["val_mae"], "mlflow_run_id": best.get("mlflow_run_id")},
             "best_params": best["params"],
-            "best_val_mae_hu": best["val_mae_hu"],
+            "best_val_mae": best["val_mae"],
             "trials": rows,
             "mlflow_parent_run_id": parent,
             "mlflow_tracking_uri": mlu.redact_uri(tracking),
@@ -388,7 +388,7 @@ def run_tune(data_uri: str, output_uri: str, *, framework: str = "cyclegan", pre
 
         publish_output(output_uri, fill)
         if tracking and parent:
-            mlu.log_metrics(tracking, parent, {"best_val_mae_hu": best["val_mae_hu"]})
+            mlu.log_metrics(tracking, parent, {"best_val_mae": best["val_mae"]})
             from mlflow.entities import Param
 
             mlu.client(tracking).log_batch(parent, params=[

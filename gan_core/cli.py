@@ -72,7 +72,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     save_config(cfg, Path(args.out) / "config.yaml")
     res = train(cfg, args.data, args.out, device=args.device, progress=not args.quiet)
     print(json.dumps({"model": str(res.model_path), "steps": res.steps, "seconds": round(res.seconds, 1),
-                      "images_per_s": round(res.images_per_s, 2), "val_mae_hu": res.val_mae_hu}))
+                      "images_per_s": round(res.images_per_s, 2), "val_mae": res.val_mae}))
     return 0
 
 
@@ -135,7 +135,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"[3/5] train {fw_name} ({cfg.total_steps} steps, batch {cfg.data.batch_size}, "
               f"{cfg.data.image_size}px)")
         res = train(cfg, shards, work / "runs" / fw_name, device=args.device)
-        print(f"      {res.seconds:.0f}s, {res.images_per_s:.1f} img/s, val MAE {res.val_mae_hu:.1f} HU")
+        print(f"      {res.seconds:.0f}s, {res.images_per_s:.1f} img/s, val MAE {res.val_mae:.1f} HU")
         from gan_core.train import load_model
 
         models[fw_name] = load_model(res.model_path)

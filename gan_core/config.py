@@ -85,6 +85,21 @@ class OptimConfig:
 
 
 @dataclass
+class TaskConfig:
+    """What is mapped to what (``gan_core.tasks``) and the parameters of its degradation."""
+
+    name: str = "mr2ct"            # mr2ct | ct2mr | labels2ct | kspace | lowdose | superres | synth
+    n_classes: int = 10            # labels2ct: label values 0..n_classes-1 (the phantom's tissues)
+    modality: str = "ct"           # synth: which modality to synthesize
+    acceleration: int = 4          # kspace: undersampling factor (fastMRI: 4 or 8)
+    center_fraction: float = 0.08  # kspace: fully sampled centre (fastMRI: 0.08 at 4x, 0.04 at 8x)
+    mask: str = "random"           # kspace: random | equispaced (fastMRI mask functions)
+    dose: float = 0.25             # lowdose: fraction of the full-dose photon count
+    photons: float = 1e5           # lowdose: full-dose incident photons per detector bin (I0)
+    factor: int = 2                # superres: through-plane downsampling factor
+
+
+@dataclass
 class TrainConfig:
     """A whole run."""
 
@@ -102,6 +117,7 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     loss: LossWeights = field(default_factory=LossWeights)
+    task: TaskConfig = field(default_factory=TaskConfig)
 
     @property
     def total_steps(self) -> int:
@@ -128,7 +144,7 @@ class TrainConfig:
 PRESETS = ("demo", "full", "tiny")
 
 
-def preset(name: str, framework: str) -> TrainConfig:
+def preset(name: str, framework: str, task: str | None = None) -> TrainConfig:
     """The named preset for a framework.
 
     - ``full``: the published recipe at 256 px (Isola et al. / Zhu et al.): 64 filters, batch 1,
@@ -142,6 +158,8 @@ def preset(name: str, framework: str) -> TrainConfig:
     from gan_core.frameworks import get_framework
 
     cfg = TrainConfig(framework=framework)
+    if task is not None:
+        cfg.task.name = task
     if name in ("demo", "tiny"):
         # small and fast on a CPU: a full-resolution ConvNet generator (Kaiming init) learns the
         # MR -> CT intensity translation in minutes, where the published U-Net / ResNet with
@@ -160,7 +178,17 @@ def preset(name: str, framework: str) -> TrainConfig:
         cfg.optim.steps_constant, cfg.optim.steps_decay = 4, 4
         cfg.log_every, cfg.checkpoint_every = 2, 4
     get_framework(framework).configure(cfg, name)
+    set_task_channels(cfg)
     return cfg
+
+
+def set_task_channels(cfg: TrainConfig) -> None:
+    """Set ``model.in_channels`` (and ``out_channels``) from the task (a one-hot label map has
+    ``task.n_classes`` channels; unconditional synthesis none)."""
+    from gan_core.tasks import build_task
+
+    cfg.model.in_channels = build_task(cfg.task).in_channels
+    cfg.model.out_channels = 1
 
 
 def _coerce(tp: Any, value: Any, where: str) -> Any:
@@ -201,7 +229,8 @@ def from_dict(data: dict[str, Any]) -> TrainConfig:
     data = dict(data)
     name = data.pop("preset", None)
     framework = data.get("framework", "cyclegan")
-    cfg = preset(name, framework) if name else TrainConfig(framework=framework)
+    task = data.get("task", {}).get("name") if isinstance(data.get("task"), dict) else None
+    cfg = preset(name, framework, task) if name else TrainConfig(framework=framework)
     _update(cfg, data)
     return cfg
 
@@ -238,6 +267,9 @@ def apply_overrides(cfg: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
             node = node.setdefault(p, {})
         node[parts[-1]] = value
         _update(cfg, nested)
+    if any(k.startswith("task.") for k in overrides) and not any(
+            k in ("model.in_channels", "model.out_channels") for k in overrides):
+        set_task_channels(cfg)
     return cfg
 
 

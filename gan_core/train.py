@@ -26,10 +26,10 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from gan_core.config import TrainConfig, from_dict
-from gan_core.data.normalize import CT_MAX, CT_MIN
 from gan_core.data.shards import InfiniteSampler, PatchDataset, Shards, SliceDataset
 from gan_core.frameworks import GANFramework, build_framework
 from gan_core.frameworks.base import generator_multiple
+from gan_core.tasks import build_task
 
 CHECKPOINT = "checkpoint.pt"
 MODEL = "model.pt"
@@ -44,7 +44,7 @@ class TrainResult:
     model_path: Path
     seconds: float
     images_per_s: float
-    val_mae_hu: float | None
+    val_mae: float | None
     last: dict[str, float] = field(default_factory=dict)
 
 
@@ -56,11 +56,12 @@ def pick_device(name: str | None = None) -> torch.device:
 
 def make_dataset(cfg: TrainConfig, shard_dir: str | Path, *, train: bool = True):
     d = cfg.data
+    task = build_task(cfg.task)
     if cfg.model.spatial_dims == 3:
         return PatchDataset(shard_dir, patch=(d.patch_depth, d.image_size, d.image_size),
-                            flip=d.flip and train, seed=cfg.seed)
+                            flip=d.flip and train, seed=cfg.seed, task=task)
     return SliceDataset(shard_dir, image_size=d.image_size, flip=d.flip and train,
-                        min_body_fraction=d.min_body_fraction, seed=cfg.seed)
+                        min_body_fraction=d.min_body_fraction, seed=cfg.seed, task=task)
 
 
 def _rng_state() -> dict[str, Any]:
@@ -120,21 +121,28 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> GANFrame
 
 @torch.no_grad()
 def validate(fw: GANFramework, shard_dir: str | Path, max_slices: int = 64) -> float:
-    """Mean absolute error in HU inside the body mask over (up to) ``max_slices`` val slices
-    (3D models: over every val subject, translated by sliding patches)."""
-    scale = (CT_MAX - CT_MIN) / 2.0
+    """Mean absolute error inside the body mask, in the task's target units (HU for CT targets,
+    the [0, 1] magnitude for MR), over (up to) ``max_slices`` val slices (3D models: every val
+    subject, translated by sliding patches). Unconditional synthesis has no per-image target: NaN.
+    """
+    task = build_task(fw.cfg.task)
+    if task.in_channels == 0:
+        return float("nan")
+    scale = task.target_scale
     err = n = 0.0
     if fw.cfg.model.spatial_dims == 3:
         from gan_core.translate import translate_patches  # (translate imports this module)
 
         sh = Shards(shard_dir)
+        ds = PatchDataset(sh, patch=(1, 1, 1), task=task)
         for i in range(len(sh.subjects)):
             slab = sh.subject_slab(i)
             m = slab["mask"] > 0
-            err += float((np.abs(translate_patches(fw, slab["mr"]) - slab["ct"]) * scale)[m].sum())
+            pred = translate_patches(fw, ds.inputs.subject_input(i))
+            err += float((np.abs(pred - slab[task.target]) * scale)[m].sum())
             n += float(m.sum())
         return err / max(n, 1.0)
-    ds = SliceDataset(shard_dir, min_body_fraction=0.05)
+    ds = SliceDataset(shard_dir, min_body_fraction=0.05, task=task)
     idx = np.linspace(0, len(ds) - 1, num=min(max_slices, len(ds))).round().astype(int)
     for i in idx:
         s = ds[int(i)]
@@ -218,8 +226,8 @@ def train(cfg: TrainConfig, data_dir: str | Path, out_dir: str | Path, *,
             if cfg.val_every and done % cfg.val_every == 0 and val_dir is not None:
                 val_mae = validate(fw, val_dir)
                 fw.train(True)
-                last["val_mae_hu"] = val_mae
-            bar.set_postfix({k: f"{v:.3g}" for k, v in last.items() if k in ("G", "D", "val_mae_hu")})
+                last["val_mae"] = val_mae
+            bar.set_postfix({k: f"{v:.3g}" for k, v in last.items() if k in ("G", "D", "val_mae")})
             ck_written = None
             if done % cfg.checkpoint_every == 0 or done == total:
                 if is_main:
@@ -232,12 +240,12 @@ def train(cfg: TrainConfig, data_dir: str | Path, out_dir: str | Path, *,
                 report(done, last, ck_written)
     seconds = time.perf_counter() - t0
     steps_run = max(total - start, 0)
-    if val_dir is not None and total == cfg.total_steps and "val_mae_hu" not in last:
+    if val_dir is not None and total == cfg.total_steps and "val_mae" not in last:
         val_mae = validate(fw, val_dir)
-        last["val_mae_hu"] = val_mae
+        last["val_mae"] = val_mae
     model_path = out_dir / MODEL
     if is_main and total == cfg.total_steps:
-        save_model(fw, model_path, {"val_mae_hu": val_mae})
+        save_model(fw, model_path, {"val_mae": val_mae})
     return TrainResult(steps=total, out_dir=out_dir, model_path=model_path, seconds=seconds,
                        images_per_s=steps_run * bs * world_size / max(seconds, 1e-9),
-                       val_mae_hu=val_mae, last=last)
+                       val_mae=val_mae, last=last)

@@ -32,21 +32,25 @@ def _starts(n: int, size: int) -> list[int]:
 
 
 def translate_patches(fw: GANFramework, x: np.ndarray) -> np.ndarray:
-    """3D model on a normalised (Z, X, Y) slab: sliding patches with 50% overlap, averaged."""
+    """3D model on a normalised ``(Z, X, Y)`` slab (or a ``(C, Z, X, Y)`` multi-channel input):
+    sliding patches with 50% overlap, averaged; returns ``(Z, X, Y)``."""
+    x = np.asarray(x, np.float32)
+    if x.ndim == 3:
+        x = x[None]
     d = fw.cfg.data
     size = (d.patch_depth, d.image_size, d.image_size)
-    pad = [(0, max(0, s - n)) for s, n in zip(size, x.shape)]
+    pad = [(0, 0)] + [(0, max(0, s - n)) for s, n in zip(size, x.shape[1:])]
     xp = np.pad(x, pad, constant_values=-1.0)
-    acc = np.zeros(xp.shape, np.float32)
-    cnt = np.zeros(xp.shape, np.float32)
-    for z in _starts(xp.shape[0], size[0]):
-        for i in _starts(xp.shape[1], size[1]):
-            for j in _starts(xp.shape[2], size[2]):
+    acc = np.zeros(xp.shape[1:], np.float32)
+    cnt = np.zeros(xp.shape[1:], np.float32)
+    for z in _starts(xp.shape[1], size[0]):
+        for i in _starts(xp.shape[2], size[1]):
+            for j in _starts(xp.shape[3], size[2]):
                 sl = (slice(z, z + size[0]), slice(i, i + size[1]), slice(j, j + size[2]))
-                acc[sl] += fw.generate(torch.from_numpy(xp[sl].copy())[None, None]).cpu().numpy()[0, 0]
+                acc[sl] += fw.generate(torch.from_numpy(xp[(slice(None), *sl)].copy())[None]).cpu().numpy()[0, 0]
                 cnt[sl] += 1
     out = acc / np.maximum(cnt, 1)
-    return out[: x.shape[0], : x.shape[1], : x.shape[2]]
+    return out[: x.shape[1], : x.shape[2], : x.shape[3]]
 
 
 def translate_array(fw: GANFramework, mr: np.ndarray, mask: np.ndarray | None = None, *,

@@ -145,11 +145,11 @@ def train_output(shards: Path, dst: Path, tracking_uri: str, *, experiment: str 
     exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
     run_id = client.create_run(exp_id, run_name=f"train-s{seed}-{steps}").info.run_id
     client.log_param(run_id, "steps", steps)
-    if res.val_mae_hu is not None:
-        client.log_metric(run_id, "val_mae_hu", res.val_mae_hu)
+    if res.val_mae is not None:
+        client.log_metric(run_id, "val_mae", res.val_mae)
     client.set_terminated(run_id)
     manifest = {"step": "train", "inputs": {"data_uri": str(shards)}, "params": {"steps": steps, "seed": seed},
                 "outputs": {"model": "model.pt"}, "counts": {"steps": res.steps}, "timings": {},
-                "code_version": "test", "mlflow_run_id": run_id, "val_mae_hu": res.val_mae_hu}
+                "code_version": "test", "mlflow_run_id": run_id, "val_mae": res.val_mae}
     (dst / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return dst, run_id

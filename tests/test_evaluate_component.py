@@ -75,7 +75,7 @@ def test_evaluate_writes_report_and_logs_to_the_training_run(data, trained, serv
     assert run.data.metrics["baseline_mae_hu"] == pytest.approx(agg["baseline"]["mae"])
     assert run.data.metrics["audit_lesions_true"] == m["outputs"]["audit"]["lesions_true"]
     assert run.data.metrics["test_subjects"] == len(ids)
-    assert "val_mae_hu" in run.data.metrics  # training's own metric is untouched
+    assert "val_mae" in run.data.metrics  # training's own metric is untouched
     assert m["summary"]["test_mae_hu"] == pytest.approx(agg["model"]["mae"])
     assert {k: pytest.approx(v) for k, v in m["summary"].items()} == {
         k: run.data.metrics[k] for k in m["summary"]}

@@ -132,7 +132,7 @@ def test_train_two_workers_mlflow(cluster, data_uri, tmp_path):
                                                      "model.pt", "ray"]
     assert json.loads((out / "manifest.json").read_text()) == m
     assert m["step"] == "train" and m["steps"] == 8 and m["world_size"] == 2
-    assert 0 < m["val_mae_hu"] < 3000 and m["images_per_s"] > 0
+    assert 0 < m["val_mae"] < 3000 and m["images_per_s"] > 0
     assert m["ray_storage_path"] == str(out / "ray") and Path(m["outputs"]["ray_run"]).is_dir()
     fw = load_model(out / "model.pt")
     assert fw.name == "cyclegan"

@@ -39,7 +39,7 @@ def test_exact_resume(tiny_shards, tmp_path, name):
 
 def test_validation_reports_hu(tiny_shards, tmp_path):
     res = train(preset("tiny", "pix2pix"), tiny_shards, tmp_path / "r", progress=False)
-    assert res.val_mae_hu is not None and 0 < res.val_mae_hu < 3000
+    assert res.val_mae is not None and 0 < res.val_mae < 3000
     assert res.model_path.exists()
 
 

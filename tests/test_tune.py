@@ -57,9 +57,9 @@ def test_tune_optuna_asha_nested_runs(cluster, tiny_shards, tmp_path):
     for p in sampled:
         assert 10 <= p["loss.l1"] <= 300 and 0.5 <= p["loss.gan"] <= 2
     assert m["best"]["params"] in sampled
-    assert m["best_val_mae_hu"] == min(t["val_mae_hu"] for t in trials
+    assert m["best_val_mae"] == min(t["val_mae"] for t in trials
                                        if t["status"] == "completed")
-    assert all(t["val_mae_hu"] is not None and 0 < t["val_mae_hu"] < 3000 for t in trials)
+    assert all(t["val_mae"] is not None and 0 < t["val_mae"] < 3000 for t in trials)
 
     best_cfg = yaml.safe_load((out / "best_config.yaml").read_text())
     assert best_cfg["framework"] == "pix2pix"
@@ -70,7 +70,7 @@ def test_tune_optuna_asha_nested_runs(cluster, tiny_shards, tmp_path):
     c = mlu.client(tracking)
     parent = c.get_run(m["mlflow_parent_run_id"])
     assert parent.info.status == "FINISHED"
-    assert parent.data.metrics["best_val_mae_hu"] == pytest.approx(m["best_val_mae_hu"])
+    assert parent.data.metrics["best_val_mae"] == pytest.approx(m["best_val_mae"])
     children = c.search_runs([parent.info.experiment_id],
                              filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
     assert len(children) == 3
@@ -79,7 +79,7 @@ def test_tune_optuna_asha_nested_runs(cluster, tiny_shards, tmp_path):
         child = by_id[t["mlflow_run_id"]]
         assert float(child.data.params["loss.l1"]) == pytest.approx(t["params"]["loss.l1"])
         assert child.info.status == {"completed": "FINISHED", "stopped": "KILLED"}[t["status"]]
-        steps = sorted(h.step for h in c.get_metric_history(child.info.run_id, "val_mae_hu"))
+        steps = sorted(h.step for h in c.get_metric_history(child.info.run_id, "val_mae"))
         # workers may run ahead of what Tune has seen when ASHA stops a trial
         assert t["steps"] in steps and steps[-1] >= t["steps"]
         assert (steps[-1] == 8) if t["status"] == "completed" else (t["steps"] < 8)

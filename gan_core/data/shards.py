@@ -5,6 +5,7 @@ axial slices stacked along the first axis (volumes ``(X, Y, Z)`` -> ``(Z, X, Y)`
 
     mr.npy   float32 (N, H, W) in [-1, 1]      ct.npy  float32 (N, H, W) in [-1, 1]
     mask.npy uint8   (N, H, W)                 index.json  subjects, offsets, affines, sources
+    labels.npy uint8 (N, H, W)  tissue labels, only when every subject has a labels file
 
 Samples are read through ``np.load(mmap_mode="r")``: no NIfTI decompression per sample. Every
 subject is padded/cropped in-plane to the same ``(H, W)``; depths may differ. 2D samples are
@@ -19,6 +20,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -42,6 +44,7 @@ class SubjectFiles:
     ct: str
     mask: str
     lesion: str | None = None
+    labels: str | None = None
 
     @classmethod
     def from_dir(cls, d: str | Path) -> "SubjectFiles":
@@ -50,9 +53,9 @@ class SubjectFiles:
         if missing:
             raise FileNotFoundError(f"subject {d}: missing {', '.join(missing)} "
                                     "(expected mr.nii.gz, ct.nii.gz, mask.nii.gz)")
-        lesion = d / "lesion.nii.gz"
+        lesion, labels = d / "lesion.nii.gz", d / "labels.nii.gz"
         return cls(d.name, str(d / "mr.nii.gz"), str(d / "ct.nii.gz"), str(d / "mask.nii.gz"),
-                   str(lesion) if lesion.exists() else None)
+                   str(lesion) if lesion.exists() else None, str(labels) if labels.exists() else None)
 
 
 def cohort_subjects(root: str | Path) -> list[SubjectFiles]:
@@ -133,6 +136,9 @@ def pack_shards(subjects: Sequence[SubjectFiles], out_dir: str | Path, *,
         mr_arr = np.lib.format.open_memmap(tmp / "mr.npy", "w+", np.float32, (total, *inplane))
         ct_arr = np.lib.format.open_memmap(tmp / "ct.npy", "w+", np.float32, (total, *inplane))
         mk_arr = np.lib.format.open_memmap(tmp / "mask.npy", "w+", np.uint8, (total, *inplane))
+        with_labels = all(s.labels for s in subjects)
+        lb_arr = (np.lib.format.open_memmap(tmp / "labels.npy", "w+", np.uint8, (total, *inplane))
+                  if with_labels else None)
         entries, off = [], 0
         for s in subjects:
             mr, ct, mask = load_volume(s.mr), load_volume(s.ct), load_volume(s.mask)
@@ -147,14 +153,22 @@ def pack_shards(subjects: Sequence[SubjectFiles], out_dir: str | Path, *,
             mr_arr[off:off + z] = np.moveaxis(mr_u, 2, 0)
             ct_arr[off:off + z] = np.moveaxis(ct_u, 2, 0)
             mk_arr[off:off + z] = np.moveaxis(m_u, 2, 0)
+            if lb_arr is not None:
+                lab = load_volume(s.labels)
+                check_same_grid(ct, lab, names=(f"{s.id} CT", f"{s.id} labels"))
+                if lab.array.min() < 0 or lab.array.max() > 255 or not np.all(lab.array == np.round(lab.array)):
+                    raise ValueError(f"subject {s.id}: {s.labels}: expected integer labels 0..255")
+                lb_arr[off:off + z] = np.moveaxis(_fit_inplane(lab.array.astype(np.uint8), inplane, 0)[0], 2, 0)
             entries.append({"id": s.id, "offset": off, "depth": z, "shape": list(mr.array.shape),
                             "pad": pads, "affine": ct.affine.tolist(), "spacing": list(ct.spacing),
                             "mr_percentiles": [lo, hi], "source": asdict(s)})
             off += z
-        for a in (mr_arr, ct_arr, mk_arr):
-            a.flush()
-        del mr_arr, ct_arr, mk_arr
+        for a in (mr_arr, ct_arr, mk_arr, lb_arr):
+            if a is not None:
+                a.flush()
+        del mr_arr, ct_arr, mk_arr, lb_arr
         index = {"version": SHARD_VERSION, "n_slices": total, "inplane": list(inplane),
+                 "arrays": ["mr", "ct", "mask"] + (["labels"] if with_labels else []),
                  "subjects": entries}
         (tmp / "index.json").write_text(json.dumps(index, indent=2, sort_keys=True))
         if out_dir.exists():
@@ -184,7 +198,8 @@ class Shards:
     @property
     def arrays(self) -> dict[str, np.ndarray]:
         if self._arrays is None:  # opened per process (DataLoader workers)
-            self._arrays = {k: np.load(self.dir / f"{k}.npy", mmap_mode="r") for k in ("mr", "ct", "mask")}
+            names = self.index.get("arrays", ["mr", "ct", "mask"])
+            self._arrays = {k: np.load(self.dir / f"{k}.npy", mmap_mode="r") for k in names}
             n = self.index["n_slices"]
             for k, a in self._arrays.items():
                 if a.shape[0] != n:
@@ -234,18 +249,69 @@ class InfiniteSampler(Sampler):
             e, skip = e + 1, 0
 
 
-class SliceDataset(Dataset):
-    """2D samples: ``{"A": MR (1,H,W), "B": CT (1,H,W), "mask": (1,H,W)}`` in [-1, 1].
+class _TaskInputs:
+    """The task's network input per slice: straight from the memmap for identity tasks, computed
+    once per subject and kept (LRU over ``cache_subjects``) for fixed degradations, or drawn per
+    sample (k-space masks)."""
 
+    def __init__(self, shards: Shards, task, seed: int, cache_subjects: int = 64) -> None:
+        from gan_core.tasks import Task, build_task
+
+        if task is None:
+            from gan_core.config import TaskConfig
+
+            task = build_task(TaskConfig())
+        task.check_slab(shards.arrays, str(shards.dir))
+        self.shards, self.task, self.seed, self.cache_subjects = shards, task, seed, cache_subjects
+        self.identity = type(task).degrade is Task.degrade
+        self.subject_of = np.zeros(shards.index["n_slices"], np.int64)
+        for i, sub in enumerate(shards.subjects):
+            self.subject_of[sub["offset"]:sub["offset"] + sub["depth"]] = i
+        self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
+
+    def subject_input(self, i: int) -> np.ndarray:
+        """``(C, Z, H, W)`` input of subject ``i`` (fixed degradations; cached)."""
+        if i in self._cache:
+            self._cache.move_to_end(i)
+            return self._cache[i]
+        img = self.task.degrade(self.shards.subject_slab(i), np.random.default_rng([self.seed, i])).image
+        self._cache[i] = img
+        while len(self._cache) > self.cache_subjects:
+            self._cache.popitem(last=False)
+        return img
+
+    def slices(self, z0: int, z1: int, rng: np.random.Generator | None) -> np.ndarray:
+        """``(C, z1 - z0, H, W)`` input of global slices ``z0:z1`` (all of one subject)."""
+        arr = self.shards.arrays
+        if self.identity:
+            return np.asarray(arr[self.task.source][z0:z1], np.float32)[None]
+        if self.task.per_sample:
+            rng = rng if rng is not None else np.random.default_rng([self.seed, z0, z1])
+            return self.task.degrade({k: np.asarray(a[z0:z1]) for k, a in arr.items()}, rng).image
+        i = int(self.subject_of[z0])
+        off = self.shards.subjects[i]["offset"]
+        return self.subject_input(i)[:, z0 - off:z1 - off]
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_cache": OrderedDict()}
+
+
+class SliceDataset(Dataset):
+    """2D samples: ``{"A": input (C,H,W), "B": target (1,H,W), "mask": (1,H,W)}`` in [-1, 1].
+
+    The task (default MR -> CT) says what ``A`` and ``B`` are (``gan_core.tasks``).
     Keys are ``(epoch, a, b)`` from ``InfiniteSampler`` or a plain int (paired, no augmentation).
     Paired: A and B from the same slice. Unpaired: B from slice ``b``. Random crop to
     ``image_size`` and a left-right flip, drawn from an RNG keyed on the sample key (resumable).
     """
 
     def __init__(self, shards: Shards | str | Path, *, image_size: int | None = None,
-                 flip: bool = False, min_body_fraction: float = 0.0, seed: int = 0) -> None:
+                 flip: bool = False, min_body_fraction: float = 0.0, seed: int = 0,
+                 task=None) -> None:
         self.shards = shards if isinstance(shards, Shards) else Shards(shards)
         self.image_size, self.flip, self.seed = image_size, flip, seed
+        self.inputs = _TaskInputs(self.shards, task, seed)
+        self.task = self.inputs.task
         frac = self.shards.arrays["mask"].reshape(self.shards.index["n_slices"], -1).mean(1)
         self.slices = np.flatnonzero(frac >= min_body_fraction)
         if self.slices.size == 0:
@@ -255,7 +321,7 @@ class SliceDataset(Dataset):
         return int(self.slices.size)
 
     def _crop(self, arrs: list[np.ndarray], rng: np.random.Generator | None) -> list[np.ndarray]:
-        h, w = arrs[0].shape
+        h, w = arrs[0].shape[-2:]
         s = self.image_size
         if s is None or (s == h and s == w):
             return arrs
@@ -263,7 +329,7 @@ class SliceDataset(Dataset):
             raise ValueError(f"image_size {s} is larger than the shard slices {h}x{w} in {self.shards.dir}")
         y = int(rng.integers(0, h - s + 1)) if rng is not None else (h - s) // 2
         x = int(rng.integers(0, w - s + 1)) if rng is not None else (w - s) // 2
-        return [a[y:y + s, x:x + s] for a in arrs]
+        return [a[..., y:y + s, x:x + s] for a in arrs]
 
     def __getitem__(self, key) -> dict[str, torch.Tensor]:
         if isinstance(key, (int, np.integer)):
@@ -272,21 +338,24 @@ class SliceDataset(Dataset):
             epoch, a, b = key
             rng = np.random.default_rng([self.seed, epoch, a, b])
         arr = self.shards.arrays
-        ia, ib = self.slices[a], self.slices[b]
-        mr, ct, mask = self._crop([arr["mr"][ia], arr["ct"][ib], arr["mask"][ia]], rng)
+        ia, ib = int(self.slices[a]), int(self.slices[b])
+        src = self.inputs.slices(ia, ia + 1, rng)[:, 0]
+        src, tgt, mask = self._crop([src, arr[self.task.target][ib], arr["mask"][ia]], rng)
         if rng is not None and self.flip and rng.random() < 0.5:
-            mr, ct, mask = mr[:, ::-1], ct[:, ::-1], mask[:, ::-1]
-        t = lambda x: torch.from_numpy(np.array(x, dtype=np.float32))[None]  # noqa: E731 - copy off the memmap
-        return {"A": t(mr), "B": t(ct), "mask": t(mask)}
+            src, tgt, mask = src[..., ::-1], tgt[:, ::-1], mask[:, ::-1]
+        t = lambda x: torch.from_numpy(np.array(x, dtype=np.float32))  # noqa: E731 - copy off the memmap
+        return {"A": t(src), "B": t(tgt)[None], "mask": t(mask)[None]}
 
 
 class PatchDataset(Dataset):
-    """3D samples: ``{"A","B","mask"}`` of shape (1, D, H, W) cut from one subject's slab."""
+    """3D samples: ``{"A": (C, D, H, W), "B", "mask": (1, D, H, W)}`` cut from one subject's slab."""
 
     def __init__(self, shards: Shards | str | Path, *, patch: tuple[int, int, int],
-                 flip: bool = False, seed: int = 0) -> None:
+                 flip: bool = False, seed: int = 0, task=None) -> None:
         self.shards = shards if isinstance(shards, Shards) else Shards(shards)
         self.patch, self.flip, self.seed = patch, flip, seed
+        self.inputs = _TaskInputs(self.shards, task, seed)
+        self.task = self.inputs.task
         d, (h, w) = patch[0], self.shards.index["inplane"]
         too_small = [s["id"] for s in self.shards.subjects if s["depth"] < d]
         if too_small or patch[1] > h or patch[2] > w:
@@ -296,19 +365,23 @@ class PatchDataset(Dataset):
     def __len__(self) -> int:
         return len(self.shards.subjects)
 
-    def _cut(self, i: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    def _cut(self, i: int, rng: np.random.Generator, with_input: bool) -> dict[str, np.ndarray]:
         s = self.shards.subjects[i]
         d, h, w = self.patch
         H, W = self.shards.index["inplane"]
         z0 = s["offset"] + int(rng.integers(0, s["depth"] - d + 1))
         y0, x0 = int(rng.integers(0, H - h + 1)), int(rng.integers(0, W - w + 1))
-        return {k: a[z0:z0 + d, y0:y0 + h, x0:x0 + w] for k, a in self.shards.arrays.items()}
+        arr = self.shards.arrays
+        out = {k: arr[k][z0:z0 + d, y0:y0 + h, x0:x0 + w] for k in (self.task.target, "mask")}
+        if with_input:
+            out["input"] = self.inputs.slices(z0, z0 + d, rng)[:, :, y0:y0 + h, x0:x0 + w]
+        return out
 
     def __getitem__(self, key) -> dict[str, torch.Tensor]:
         epoch, a, b = (0, int(key), int(key)) if isinstance(key, (int, np.integer)) else key
         rng = np.random.default_rng([self.seed, epoch, a, b])
-        pa = self._cut(a, rng)
-        pb = pa if a == b else self._cut(b, rng)
+        pa = self._cut(a, rng, True)
+        pb = pa if a == b else self._cut(b, rng, False)
         flip = self.flip and rng.random() < 0.5
-        t = lambda x: torch.from_numpy(np.array(x[..., ::-1] if flip else x, dtype=np.float32))[None]  # noqa: E731
-        return {"A": t(pa["mr"]), "B": t(pb["ct"]), "mask": t(pa["mask"])}
+        t = lambda x: torch.from_numpy(np.array(x[..., ::-1] if flip else x, dtype=np.float32))  # noqa: E731
+        return {"A": t(pa["input"]), "B": t(pb[self.task.target])[None], "mask": t(pa["mask"])[None]}
