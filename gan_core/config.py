@@ -37,6 +37,15 @@ class LossWeights:
     structure: float = 0.0  # L8: 1 - SSIM (Gaussian window 11, sigma 1.5)
     frequency: float = 0.0  # L11: L1 between orthonormal k-space spectra
     regulation: float = 0.0  # L12: row/column mean and std profiles
+    # feature/label terms of Table 5, off by default (pix2pix and CycleGAN)
+    shape: float = 0.0       # L6: segmenter (trained on the real labels) agrees with the labels
+    perceptual: float = 0.0  # L7: L1 between encoder features of G(A) and B
+    style: float = 0.0       # L9: Gram-matrix style + feature content distance
+    self_reg: float = 0.0    # L10: generated image stays close to its source (same modality)
+    # UNIT (Liu et al.): VAE reconstruction, KL of the shared latent, cycle KL
+    recon: float = 10.0
+    kl: float = 0.01
+    cycle_kl: float = 0.01
 
 
 @dataclass
@@ -57,6 +66,8 @@ class ModelConfig:
     d_layers: int = 3        # PatchGAN n_layers
     norm: str = "instance"
     dropout: bool = False
+    z_dim: int = 100         # DCGAN / LAPGAN: noise dimension (Radford et al.: 100)
+    levels: int = 3          # LAPGAN: pyramid levels K (K + 1 generators)
     init_type: str = "normal"  # normal (N(0, gain), the GAN papers) | kaiming | xavier | orthogonal
     init_gain: float = 0.02
 
