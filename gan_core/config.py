@@ -42,6 +42,8 @@ class LossWeights:
     perceptual: float = 0.0  # L7: L1 between encoder features of G(A) and B
     style: float = 0.0       # L9: Gram-matrix style + feature content distance
     self_reg: float = 0.0    # L10: generated image stays close to its source (same modality)
+    feature_encoder: str = ""  # perceptual/style extractor: a local ConvEncoder state_dict file;
+    #                            "" = the framework's own discriminator features (no download)
     # UNIT (Liu et al.): VAE reconstruction, KL of the shared latent, cycle KL
     recon: float = 10.0
     kl: float = 0.01

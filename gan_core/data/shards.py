@@ -340,11 +340,16 @@ class SliceDataset(Dataset):
         arr = self.shards.arrays
         ia, ib = int(self.slices[a]), int(self.slices[b])
         src = self.inputs.slices(ia, ia + 1, rng)[:, 0]
-        src, tgt, mask = self._crop([src, arr[self.task.target][ib], arr["mask"][ia]], rng)
+        extra = [arr["labels"][ia]] if "labels" in arr else []
+        src, tgt, mask, *extra = self._crop([src, arr[self.task.target][ib], arr["mask"][ia], *extra], rng)
         if rng is not None and self.flip and rng.random() < 0.5:
             src, tgt, mask = src[..., ::-1], tgt[:, ::-1], mask[:, ::-1]
+            extra = [e[:, ::-1] for e in extra]
         t = lambda x: torch.from_numpy(np.array(x, dtype=np.float32))  # noqa: E731 - copy off the memmap
-        return {"A": t(src), "B": t(tgt)[None], "mask": t(mask)[None]}
+        out = {"A": t(src), "B": t(tgt)[None], "mask": t(mask)[None]}
+        if extra:  # the A slice's tissue labels (shape loss, augmentation)
+            out["labels"] = torch.from_numpy(np.array(extra[0], dtype=np.int64))[None]
+        return out
 
 
 class PatchDataset(Dataset):
@@ -372,7 +377,8 @@ class PatchDataset(Dataset):
         z0 = s["offset"] + int(rng.integers(0, s["depth"] - d + 1))
         y0, x0 = int(rng.integers(0, H - h + 1)), int(rng.integers(0, W - w + 1))
         arr = self.shards.arrays
-        out = {k: arr[k][z0:z0 + d, y0:y0 + h, x0:x0 + w] for k in (self.task.target, "mask")}
+        out = {k: arr[k][z0:z0 + d, y0:y0 + h, x0:x0 + w] for k in (self.task.target, "mask", "labels")
+               if k in arr}
         if with_input:
             out["input"] = self.inputs.slices(z0, z0 + d, rng)[:, :, y0:y0 + h, x0:x0 + w]
         return out
@@ -384,4 +390,7 @@ class PatchDataset(Dataset):
         pb = pa if a == b else self._cut(b, rng, False)
         flip = self.flip and rng.random() < 0.5
         t = lambda x: torch.from_numpy(np.array(x[..., ::-1] if flip else x, dtype=np.float32))  # noqa: E731
-        return {"A": t(pa["input"]), "B": t(pb[self.task.target])[None], "mask": t(pa["mask"])[None]}
+        out = {"A": t(pa["input"]), "B": t(pb[self.task.target])[None], "mask": t(pa["mask"])[None]}
+        if "labels" in pa:
+            out["labels"] = t(pa["labels"])[None].long()
+        return out

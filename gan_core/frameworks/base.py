@@ -59,6 +59,8 @@ def generator_multiple(m) -> int:
 
 #: LossWeights fields that compare a generated image with its target, and their term classes
 PAIR_TERMS = ("gradient", "sharpness", "structure", "frequency", "regulation")
+#: every optional Table-5 term a generator loss can add (the pair terms + label/feature/source ones)
+EXTRA_TERMS = PAIR_TERMS + ("shape", "perceptual", "style", "self_reg")
 
 
 def pair_terms(weights) -> dict[str, tuple[float, nn.Module]]:
@@ -75,6 +77,74 @@ def apply_pair_terms(terms: dict[str, tuple[float, nn.Module]], pred: Tensor, ta
                      prefix: str = "") -> dict[str, Tensor]:
     """Weighted values of ``terms`` on (pred, target), in float32, keyed ``<prefix><name>``."""
     return {f"{prefix}{name}": w * fn(pred.float(), target.float()) for name, (w, fn) in terms.items()}
+
+
+class GeneratorTerms:
+    """The optional Table-5 terms (weight > 0 in ``LossWeights``) added to a generator's loss.
+
+    - pair terms (gradient, sharpness, structure, frequency, regulation) on (pred, target);
+    - ``shape``: :class:`~gan_core.loss_terms.ShapeLoss` (tissue means) against the batch's label
+      map (the shards must hold labels);
+    - ``perceptual`` / ``style``: on the features of a local ConvEncoder file
+      (``loss.feature_encoder``) or, by default, of the framework's own discriminator (the
+      ``features`` callable each call passes); nothing is downloaded;
+    - ``self_reg``: L1 between the output and its source (same-modality tasks: denoising,
+      reconstruction, super-resolution).
+
+    >>> from gan_core.config import LossWeights
+    >>> terms = GeneratorTerms(LossWeights(gradient=1.0))
+    >>> sorted(terms(torch.zeros(1, 1, 8, 8), torch.ones(1, 1, 8, 8), prefix="G_"))
+    ['G_gradient']
+    """
+
+    def __init__(self, weights, device: torch.device | str = "cpu") -> None:
+        from gan_core import loss_terms as lt
+
+        self.pair = pair_terms(weights)
+        self.w = {k: float(getattr(weights, k)) for k in ("shape", "perceptual", "style", "self_reg")
+                  if getattr(weights, k) > 0}
+        self.encoder: nn.Module | None = None
+        if weights.feature_encoder and ("perceptual" in self.w or "style" in self.w):
+            enc = lt.ConvEncoder()
+            lt.PerceptualLoss(enc, weights_path=weights.feature_encoder)  # loads, checks, freezes
+            self.encoder = enc.to(device)
+        self.shape = lt.ShapeLoss("mean")
+        self.self_reg = lt.SelfRegLoss()
+
+    def __bool__(self) -> bool:
+        return bool(self.pair or self.w)
+
+    def __call__(self, pred: Tensor, target: Tensor, *, source: Tensor | None = None,
+                 labels: Tensor | None = None,
+                 features: Callable[[Tensor], list[Tensor]] | None = None,
+                 generated: Tensor | None = None, skip: tuple[str, ...] = (),
+                 prefix: str = "") -> dict[str, Tensor]:
+        """Weighted terms keyed ``<prefix><name>``. ``self_reg`` compares ``generated`` (default
+        ``pred``) with ``source``; ``skip`` leaves out named terms for this call."""
+        from gan_core import loss_terms as lt
+
+        p, t = pred.float(), target.float()
+        out = apply_pair_terms(self.pair, p, t, prefix)
+        if "shape" in self.w and "shape" not in skip:
+            if labels is None:
+                raise ValueError("loss.shape > 0 needs tissue labels in the batch: pack shards from "
+                                 "subjects with a labels.nii.gz")
+            out[f"{prefix}shape"] = self.w["shape"] * self.shape(p, t, labels.long())
+        extractor = self.encoder if self.encoder is not None else features
+        for name, cls in (("perceptual", lt.PerceptualLoss), ("style", lt.StyleContentLoss)):
+            if name in self.w:
+                if extractor is None:
+                    raise ValueError(f"loss.{name} > 0: this framework passes no feature extractor; "
+                                     "set loss.feature_encoder to a local ConvEncoder weights file")
+                out[f"{prefix}{name}"] = self.w[name] * cls(extractor, freeze=False)(p, t)
+        if "self_reg" in self.w and "self_reg" not in skip:
+            g = pred if generated is None else generated
+            if source is None or source.shape != g.shape:
+                raise ValueError("loss.self_reg > 0 needs a source with the output's shape "
+                                 f"(same-modality tasks); got {None if source is None else tuple(source.shape)}"
+                                 f" vs {tuple(g.shape)}")
+            out[f"{prefix}self_reg"] = self.w["self_reg"] * self.self_reg(g.float(), source.float())
+        return out
 
 
 def linear_decay(steps_constant: int, steps_decay: int) -> Callable[[int], float]:

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gan_core.frameworks import register
-from gan_core.frameworks.base import GANFramework, ImagePool, apply_pair_terms, build_gen, pair_terms
+from gan_core.frameworks.base import GANFramework, GeneratorTerms, ImagePool, build_gen
 from gan_core.losses import GANLoss, gradient_penalty
 from gan_core.models import build_discriminator
 
@@ -52,7 +52,7 @@ class CycleGAN(GANFramework):
     def __init__(self, cfg, device="cpu") -> None:
         super().__init__(cfg, device)
         self.crit = GANLoss(cfg.gan_mode)
-        self.extra_terms = pair_terms(cfg.loss)
+        self.extra_terms = GeneratorTerms(cfg.loss, self.device)
         self.pool_A = ImagePool(cfg.pool_size, seed=cfg.seed * 2 + 1)
         self.pool_B = ImagePool(cfg.pool_size, seed=cfg.seed * 2 + 2)
 
@@ -79,8 +79,14 @@ class CycleGAN(GANFramework):
             if w.identity > 0:
                 loss_idt_A = F.l1_loss(G_A(real_B).float(), real_B.float()) * w.cycle * w.identity
                 loss_idt_B = F.l1_loss(G_B(real_A).float(), real_A.float()) * w.cycle * w.identity
-        extra = {**apply_pair_terms(self.extra_terms, rec_A, real_A, "cycle_A_"),
-                 **apply_pair_terms(self.extra_terms, rec_B, real_B, "cycle_B_")}
+        # the extra terms compare each cycle reconstruction with its real image (shape: with the
+        # A slice's labels; self-reg keeps each translation close to its source)
+        extra = {**self.extra_terms(rec_A, real_A, source=real_A, generated=fake_B,
+                                    labels=b.get("labels"), prefix="cycle_A_",
+                                    features=getattr(self.nets["D_B"], "features", None)),
+                 **self.extra_terms(rec_B, real_B, source=real_B, generated=fake_A, skip=("shape",),
+                                    prefix="cycle_B_", features=getattr(self.nets["D_A"], "features", None))
+                 } if self.extra_terms else {}
         loss_G = (loss_G_A + loss_G_B + loss_cyc_A + loss_cyc_B + loss_idt_A + loss_idt_B
                   + sum(extra.values()))
         loss_G.backward()

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gan_core.frameworks import register
-from gan_core.frameworks.base import GANFramework, apply_pair_terms, build_gen, pair_terms
+from gan_core.frameworks.base import GANFramework, GeneratorTerms, build_gen
 from gan_core.losses import GANLoss, gradient_penalty
 from gan_core.models import build_discriminator
 
@@ -45,7 +45,7 @@ class Pix2Pix(GANFramework):
     def __init__(self, cfg, device="cpu") -> None:
         super().__init__(cfg, device)
         self.crit = GANLoss(cfg.gan_mode)
-        self.extra_terms = pair_terms(cfg.loss)
+        self.extra_terms = GeneratorTerms(cfg.loss, self.device)
 
     def train_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         b = self.to_device(batch)
@@ -76,7 +76,8 @@ class Pix2Pix(GANFramework):
             pred = self.frozen["D"](torch.cat([real_A, fake_B], 1))
         loss_G_GAN = self.crit(pred, True, for_discriminator=False) * w.gan
         loss_G_L1 = F.l1_loss(fake_B.float(), real_B.float()) * w.l1
-        extra = apply_pair_terms(self.extra_terms, fake_B, real_B, "G_")
+        extra = self.extra_terms(fake_B, real_B, source=real_A, labels=b.get("labels"), prefix="G_",
+                                 features=lambda x: self.nets["D"].features(torch.cat([real_A, x.to(real_A.dtype)], 1)))
         loss_G = loss_G_GAN + loss_G_L1 + sum(extra.values())
         loss_G.backward()
         self.opts["G"].step()

@@ -93,6 +93,15 @@ class PatchGANDiscriminator(nn.Module):
             )
         return self.model(x)
 
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Activations after every LeakyReLU (the perceptual/style terms' default extractor)."""
+        feats = []
+        for layer in self.model:
+            x = layer(x)
+            if isinstance(layer, nn.LeakyReLU):
+                feats.append(x)
+        return feats
+
 
 def _min_size(n_layers: int) -> int:
     size = 1
@@ -133,3 +142,12 @@ class MultiScaleDiscriminator(nn.Module):
                 x = self.downsample(x)
             outputs.append(d(x))
         return outputs
+
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Every scale's PatchGAN features, finest first."""
+        feats: list[torch.Tensor] = []
+        for i, d in enumerate(self.discriminators):
+            if i:
+                x = self.downsample(x)
+            feats += d.features(x)
+        return feats
