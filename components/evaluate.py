@@ -214,19 +214,19 @@ def _subjects(data_uri: str, root: Path | None, ids: Sequence[str], work: Path,
     return subs
 
 
-def _train_shards(data_uri: str, root: Path | None, work: Path) -> Path:
+def _train_shards(data_uri: str, root: Path | None, work: Path, split: str = "train") -> Path:
+    """The local folder of the preprocess step's ``shards/<split>`` (S3: downloaded)."""
     if root is not None:
-        d = root / "shards" / "train"
+        d = root / "shards" / split
     else:
-        d = work / "shards" / "train"
+        d = work / "shards" / split
         try:
-            storage.download_dir(storage.join(data_uri, "shards", "train"), d)
+            storage.download_dir(storage.join(data_uri, "shards", split), d)
         except storage.StorageNotFoundError as exc:
-            raise EvaluateError(f"{storage.join(data_uri, 'shards', 'train')}: no train shards "
-                                "(needed to fit the baseline)") from exc
+            raise EvaluateError(f"{storage.join(data_uri, 'shards', split)}: no {split} shards") from exc
     if not (d / "index.json").is_file():
-        raise EvaluateError(f"{storage.join(data_uri, 'shards', 'train')}: not a shard directory "
-                            "(no index.json); expected the preprocess step's train shards")
+        raise EvaluateError(f"{storage.join(data_uri, 'shards', split)}: not a shard directory "
+                            f"(no index.json); expected the preprocess step's {split} shards")
     return d
 
 
@@ -345,6 +345,79 @@ def _log_mlflow(tracking_uri: str, experiment: str, run_id: str | None, metrics:
 # --------------------------------------------------------------------------- the step
 
 
+def _evaluate_task_step(fw: Any, data_uri: str, root: Path | None, work: Path,
+                        stack: contextlib.ExitStack, output_uri: str, *, split: str, figures: int,
+                        tracking: str | None, experiment: str, run_id: str | None,
+                        inputs: dict[str, Any], t_start: float) -> dict[str, Any]:
+    """Evaluate a model of any task but MR -> CT (``gan_core.task_evaluation``): the task's
+    metrics and baseline on ``shards/<split>``; no lesion audit (``audit_passed`` is false with
+    the reason). Unconditional synthesis: the in-domain Fréchet distance (``gan_core.fid``)."""
+    from gan_core.task_evaluation import evaluate_task, task_table
+    from gan_core.tasks import build_task
+
+    task = build_task(fw.cfg.task)
+    t0 = time.monotonic()
+    train_dir = _train_shards(data_uri, root, work)
+    test_dir = _train_shards(data_uri, root, work, split)
+    out = Path(stack.enter_context(storage.staged_output(output_uri)))
+    if task.in_channels == 0:
+        from gan_core.synthesis_eval import synthesis_report
+
+        report = synthesis_report({METHOD: fw}, train_dir, test_dir, out, seed=fw.cfg.seed)
+        table = report["table"]
+    else:
+        report = evaluate_task({METHOD: fw}, task, test_dir, out, train_shards=train_dir,
+                               figures=figures)
+        if not report["per_subject"]:
+            reasons = "; ".join(f"{f['subject']}: {f['error']}" for f in report["failed"])
+            raise EvaluateError(f"no subject of split {split!r} in {data_uri} could be evaluated: {reasons}")
+        table = task_table(report)
+    (out / "results.txt").write_text(table + "\n")
+    model_p, base_p = _metric_prefixes(split)
+    metrics: dict[str, float] = {}
+    agg: dict[str, dict[str, float | None]] = {}
+    for name, prefix in ((METHOD, model_p), (f"{METHOD}-raw", f"{model_p}_raw"), ("baseline", base_p)):
+        a = report["aggregate"].get(name)
+        if not a:
+            continue
+        agg[name] = {k: finite_or_none(v["mean"]) for k, v in a.items() if isinstance(v, dict)}
+        for k, v in a.items():
+            if isinstance(v, dict):
+                for stat, tail in (("mean", ""), ("sd", "_sd")):
+                    x = finite_or_none(v.get(stat))
+                    if x is not None:
+                        metrics[f"{prefix}_{k}{tail}"] = x
+    reason = f"no lesion audit for task {task.name!r}"
+    logged_run = None
+    if tracking:
+        logged_run = _log_mlflow(tracking, experiment, run_id, metrics,
+                                 {"audit_passed": "false", "evaluation_uri": output_uri,
+                                  "evaluation_split": split, "medgan.task": task.name}, out)
+    figs = sorted(p.name for p in (out / "figures").glob("*.png")) if (out / "figures").is_dir() else []
+    manifest = _json_safe({
+        "step": "evaluate", "inputs": inputs,
+        "params": {"split": split, "figures": figures, "experiment": experiment,
+                   "tracking_uri": redact_uri(tracking), "task": task.name},
+        "outputs": {"metrics": "metrics.json", "results": "results.txt",
+                    "figures": [f"figures/{n}" for n in figs], "aggregate": agg,
+                    "audit": {"passed": False, "reason": reason}, "audit_passed": False,
+                    "failed": report.get("failed", []), "mlflow_run_id": logged_run,
+                    "framework": fw.cfg.framework, "task": task.name, "unit": task.target_unit},
+        "summary": metrics,
+        "timings": {"total_s": round(time.monotonic() - t_start, 3),
+                    "evaluate_s": round(time.monotonic() - t0, 3)},
+        "code_version": gan_core.__version__, "git_commit": code_info()["git_commit"],
+    })
+    storage.write_json(out / MANIFEST, manifest)
+    if logged_run:
+        from mlflow import MlflowClient
+
+        MlflowClient(tracking_uri=tracking).log_artifact(logged_run, str(out / MANIFEST), "evaluation")
+    log.info("evaluate %s (task %s) on %s/%s -> %s", inputs["model_uri"], task.name, data_uri, split,
+             output_uri)
+    return manifest
+
+
 def run_evaluate(data_uri: str, model_uri: str, output_uri: str, *, tracking_uri: str | None = None,
                  experiment: str = "medgan", run_id: str | None = None, split: str = "test",
                  figures: int = 3) -> dict[str, Any]:
@@ -392,6 +465,13 @@ def run_evaluate(data_uri: str, model_uri: str, output_uri: str, *, tracking_uri
             fw = load_model(model_path, pick_device())
         except (ValueError, FileNotFoundError) as exc:
             raise EvaluateError(f"{storage.join(model_uri, MODEL_FILE)}: {exc}") from exc
+        if fw.cfg.task.name != "mr2ct":  # every other task is scored on the packed shards
+            return _evaluate_task_step(fw, data_uri, root, work, stack, output_uri, split=split,
+                                       figures=figures, tracking=tracking, experiment=experiment,
+                                       run_id=run_id, inputs={"data_uri": data_uri, "model_uri": model_uri,
+                                                              "data_manifest_sha256": data_sha,
+                                                              "model_sha256": model_sha},
+                                       t_start=t_start)
         records = {r["id"]: r for r in data_manifest.get("subjects") or []
                    if isinstance(r, dict) and isinstance(r.get("id"), str)}
         subjects = _subjects(data_uri, root, ids, work, records)

@@ -134,9 +134,10 @@ def with_total_steps(cfg: TrainConfig, steps: int) -> TrainConfig:
 
 
 def build_config(framework: str = "cyclegan", preset_name: str = "demo", config_uri: str | None = None,
-                 overrides: dict[str, Any] | None = None, steps: int | None = None) -> TrainConfig:
+                 overrides: dict[str, Any] | None = None, steps: int | None = None,
+                 task: str = "mr2ct") -> TrainConfig:
     """The run's config: ``config_uri`` (a YAML TrainConfig, e.g. tune's ``best_config.yaml``)
-    if given, else ``preset(preset_name, framework)``; then ``overrides``; then ``steps``.
+    if given, else ``preset(preset_name, framework, task)``; then ``overrides``; then ``steps``.
 
     >>> build_config("pix2pix", "tiny", overrides={"loss.l1": 50}).loss.l1
     50.0
@@ -156,9 +157,10 @@ def build_config(framework: str = "cyclegan", preset_name: str = "demo", config_
             raise TrainStepError(f"config {config_uri}: {e}") from None
     else:
         try:
-            cfg = preset(preset_name, framework)
+            cfg = preset(preset_name, framework, task)
         except (ValueError, KeyError) as e:
-            raise TrainStepError(f"preset {preset_name!r} / framework {framework!r}: {e}") from None
+            raise TrainStepError(f"preset {preset_name!r} / framework {framework!r} / task {task!r}: "
+                                 f"{e}") from None
     if overrides:
         try:
             cfg = apply_overrides(cfg, overrides)
@@ -260,7 +262,8 @@ def _fault_from_env() -> dict[str, Any] | None:
 
 
 def sample_figure(fw: Any, val_dir: str | Path, path: str | Path, n: int = 3) -> Path:
-    """PNG grid, one row per val slice: MR | synthetic CT | CT (CT shown in HU)."""
+    """PNG grid, one row per val slice: input | output | target (CT shown in HU); unconditional
+    synthesis: a row of samples."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -269,17 +272,25 @@ def sample_figure(fw: Any, val_dir: str | Path, path: str | Path, n: int = 3) ->
 
     from gan_core.data.normalize import unit_to_ct
     from gan_core.data.shards import SliceDataset
+    from gan_core.tasks import build_task
     from gan_core.train import translate_slices
 
-    ds = SliceDataset(val_dir, min_body_fraction=0.2)
+    task = build_task(fw.cfg.task)
+    ds = SliceDataset(val_dir, min_body_fraction=0.2, task=task,
+                      image_size=fw.cfg.data.image_size if task.in_channels == 0 else None)
     idx = np.linspace(0, len(ds) - 1, num=min(n, len(ds))).round().astype(int)
+    show = ((lambda x: unit_to_ct(x), (-1000, 2000), " (HU)") if task.target == "ct"
+            else (lambda x: x, (-1, 1), ""))
     fig, axes = plt.subplots(len(idx), 3, figsize=(7.5, 2.6 * len(idx)), squeeze=False)
     for row, i in enumerate(idx):
         s = ds[int(i)]
         pred = translate_slices(fw, s["A"][None])[0, 0].numpy()
-        panels = [(s["A"][0].numpy(), "MR", (-1, 1)),
-                  (unit_to_ct(pred), "synthetic CT (HU)", (-1000, 2000)),
-                  (unit_to_ct(s["B"][0].numpy()), "CT (HU)", (-1000, 2000))]
+        a = s["A"].numpy()
+        a_img = (a.argmax(0) / max(a.shape[0] - 1, 1) * 2 - 1 if a.shape[0] > 1
+                 else a[0] if a.shape[0] == 1 else np.full(pred.shape, -1.0))
+        panels = [(a_img, f"input ({task.source or 'noise'})", (-1, 1)),
+                  (show[0](pred), f"output{show[2]}", show[1]),
+                  (show[0](s["B"][0].numpy()), f"{task.target}{show[2]}", show[1])]
         for ax, (img, title, (lo, hi)) in zip(axes[row], panels):
             ax.imshow(img, cmap="gray", vmin=lo, vmax=hi)
             ax.set_title(title, fontsize=8)
@@ -442,7 +453,7 @@ def _export(result: Any, cfg: TrainConfig, shards_uri: str) -> tuple[Any, int, f
 
 
 def run_train(data_uri: str, output_uri: str, *, framework: str = "cyclegan", preset: str = "demo",
-              config_uri: str | None = None, overrides: dict[str, Any] | None = None,
+              task: str = "mr2ct", config_uri: str | None = None, overrides: dict[str, Any] | None = None,
               num_workers: int = 1, use_gpu: bool = False,
               resources_per_worker: dict[str, float] | None = None, max_failures: int = 2,
               tracking_uri: str | None = None, experiment: str = "medgan",
@@ -468,7 +479,7 @@ def run_train(data_uri: str, output_uri: str, *, framework: str = "cyclegan", pr
         raise TrainStepError(f"num_workers: expected >= 1, got {num_workers}")
     prep = load_preprocess_manifest(data_uri)
     shards_uri = storage.join(data_uri, "shards")
-    cfg = build_config(framework, preset, config_uri, overrides, steps)
+    cfg = build_config(framework, preset, config_uri, overrides, steps, task)
     name = ray_run_name(output_uri, run_name)
     ray_uri = storage.join(output_uri, RAY_DIR)
     storage_path, filesystem = ray_storage(ray_uri)
@@ -575,6 +586,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output-uri", required=True, help="where model.pt, config.yaml, manifest go")
     p.add_argument("--framework", default="cyclegan")
     p.add_argument("--preset", default="demo", help="demo | full | tiny (ignored with --config-uri)")
+    p.add_argument("--task", default="mr2ct", help="gan_core.tasks name (ignored with --config-uri)")
     p.add_argument("--config-uri", help="YAML TrainConfig, e.g. the tune step's best_config.yaml")
     p.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE",
                    help="config override, repeatable: --set loss.l1=50 --set data.batch_size=8")
@@ -590,7 +602,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        m = run_train(a.data_uri, a.output_uri, framework=a.framework, preset=a.preset,
+        m = run_train(a.data_uri, a.output_uri, framework=a.framework, preset=a.preset, task=a.task,
                       config_uri=a.config_uri, overrides=parse_set(a.overrides),
                       num_workers=a.num_workers, use_gpu=a.use_gpu,
                       resources_per_worker=_json_arg(a.resources_per_worker, "--resources-per-worker"),

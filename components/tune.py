@@ -75,6 +75,21 @@ DEFAULT_RANGES: dict[str, tuple[str, float, float]] = {
     "l1": ("loguniform", 10.0, 300.0),
     "cycle": ("loguniform", 1.0, 30.0),
     "identity": ("uniform", 0.0, 1.0),
+    # UNIT (Liu et al. defaults 10 / 0.01 / 10 / 0.01)
+    "recon": ("loguniform", 1.0, 30.0),
+    "kl": ("loguniform", 1e-3, 0.1),
+    "cycle_kl": ("loguniform", 1e-3, 0.1),
+    # the optional Table-5 terms (0 = off in the presets): searched when named in the space or
+    # declared by the task (e.g. k-space reconstruction's frequency term)
+    "gradient": ("uniform", 0.0, 20.0),
+    "sharpness": ("uniform", 0.0, 20.0),
+    "structure": ("uniform", 0.0, 20.0),
+    "frequency": ("loguniform", 1.0, 100.0),
+    "regulation": ("uniform", 0.0, 20.0),
+    "shape": ("uniform", 0.0, 20.0),
+    "perceptual": ("uniform", 0.0, 10.0),
+    "style": ("uniform", 0.0, 10.0),
+    "self_reg": ("uniform", 0.0, 10.0),
 }
 #: Loss terms per framework, for frameworks that do not declare ``loss_terms`` themselves.
 _FRAMEWORK_TERMS: dict[str, tuple[str, ...]] = {
@@ -109,7 +124,12 @@ def default_search_space(framework: str, base: TrainConfig | None = None) -> dic
     """
     base_w = (base.loss if base is not None else LossWeights())
     space: dict[str, list] = {}
-    for term in loss_terms(framework):
+    terms = loss_terms(framework)
+    if base is not None:  # plus the terms the task declares (k-space: frequency)
+        from gan_core.tasks import build_task
+
+        terms += tuple(t for t in build_task(base.task).loss_terms if t not in terms)
+    for term in terms:
         if term in DEFAULT_RANGES:
             kind, lo, hi = DEFAULT_RANGES[term]
         else:  # a term this module does not know yet: a factor 4 around its preset weight
@@ -268,7 +288,7 @@ def _close_children(tracking: str, experiment: str, parent: str,
 
 
 def run_tune(data_uri: str, output_uri: str, *, framework: str = "cyclegan", preset: str = "demo",
-             num_samples: int = 4, max_steps_per_trial: int | None = None,
+             task: str = "mr2ct", num_samples: int = 4, max_steps_per_trial: int | None = None,
              grace_period: int | None = None, search_space: dict[str, Any] | None = None,
              num_workers_per_trial: int = 1, use_gpu: bool = False,
              resources_per_worker: dict[str, float] | None = None,
@@ -296,7 +316,7 @@ def run_tune(data_uri: str, output_uri: str, *, framework: str = "cyclegan", pre
         raise TrainStepError(f"num_samples: expected >= 1, got {num_samples}")
     prep = load_preprocess_manifest(data_uri)
     shards_uri = storage.join(data_uri, "shards")
-    base = build_config(framework, preset, None, overrides, None)  # what best_config.yaml starts from
+    base = build_config(framework, preset, None, overrides, None, task)  # what best_config.yaml starts from
     steps = int(max_steps_per_trial or base.total_steps)
     every = max(1, base.log_every)
     steps = max(every, math.ceil(steps / every) * every)
@@ -434,6 +454,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output-uri", required=True, help="where best_config.yaml and manifest go")
     p.add_argument("--framework", default="cyclegan")
     p.add_argument("--preset", default="demo")
+    p.add_argument("--task", default="mr2ct", help="gan_core.tasks name")
     p.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE",
                    help="config override applied before tuning, repeatable")
     p.add_argument("--num-samples", type=int, default=4)
@@ -453,7 +474,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        m = run_tune(a.data_uri, a.output_uri, framework=a.framework, preset=a.preset,
+        m = run_tune(a.data_uri, a.output_uri, framework=a.framework, preset=a.preset, task=a.task,
                      num_samples=a.num_samples, max_steps_per_trial=a.max_steps_per_trial,
                      grace_period=a.grace_period, search_space=_parse_space(a.space),
                      num_workers_per_trial=a.num_workers_per_trial, use_gpu=a.use_gpu,

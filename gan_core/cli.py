@@ -3,6 +3,7 @@
     medgan phantom --out cohort --subjects 12 --seed 0
     medgan pack --cohort cohort --out shards
     medgan train --framework pix2pix --preset demo --data shards --out runs/pix2pix
+    medgan train --framework pix2pix --task kspace --set task.acceleration=8 --data shards --out runs/k8
     medgan evaluate --model runs/pix2pix --data shards --out eval/
     medgan translate --model runs/pix2pix --input cohort/phantom_000/mr.nii.gz --output sct.nii.gz
     medgan demo --workdir demo_out
@@ -21,6 +22,12 @@ from gan_core.config import PRESETS, apply_overrides, load_config, parse_set, pr
 
 def _frameworks() -> list[str]:
     from gan_core.frameworks import available
+
+    return available()
+
+
+def _tasks() -> list[str]:
+    from gan_core.tasks import available
 
     return available()
 
@@ -56,7 +63,7 @@ def cmd_pack(args: argparse.Namespace) -> int:
 
 
 def build_config(args: argparse.Namespace):
-    cfg = load_config(args.config) if args.config else preset(args.preset, args.framework)
+    cfg = load_config(args.config) if args.config else preset(args.preset, args.framework, args.task)
     overrides = parse_set(args.set)
     if args.steps is not None:
         half = max(args.steps // 2, 0)
@@ -87,6 +94,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         fw = load_model(path, args.device)
         models[name or fw.name] = fw
     data = Path(args.data)
+    tasks = {fw.cfg.task.name for fw in models.values()}
+    if len(tasks) > 1:
+        raise ValueError(f"--model: the models were trained for different tasks {sorted(tasks)}")
+    if tasks != {"mr2ct"}:  # every other task: scored on the packed shards by the task itself
+        from gan_core.task_evaluation import evaluate_task, task_table
+        from gan_core.tasks import build_task
+
+        task = build_task(next(iter(models.values())).cfg.task)
+        report = evaluate_task(models, task, data / args.split, args.out,
+                               train_shards=None if args.no_baseline else data / "train")
+        print(task_table(report))
+        if report["failed"]:
+            print(f"{len(report['failed'])} subject(s) failed: {report['failed']}", file=sys.stderr)
+        return 0
     baseline = fit_baseline(data / "train") if not args.no_baseline else None
     if baseline is not None:
         Path(args.out).mkdir(parents=True, exist_ok=True)
@@ -174,7 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("train", help="train a framework on packed shards")
     sp.add_argument("--framework", default="cyclegan", choices=_frameworks())
     sp.add_argument("--preset", default="demo", choices=PRESETS)
-    sp.add_argument("--config", help="YAML config (overrides --framework/--preset)")
+    sp.add_argument("--task", default="mr2ct", choices=_tasks(),
+                    help="what maps to what (gan_core.tasks); parameters via --set task.<field>=...")
+    sp.add_argument("--config", help="YAML config (overrides --framework/--preset/--task)")
     sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. loss.l1=50 (repeatable)")
     sp.add_argument("--steps", type=int, help="total iterations (half constant, half linear decay)")
     sp.add_argument("--data", required=True, help="shard folder (with train/ and optionally val/)")
@@ -183,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--quiet", action="store_true", help="no progress bar")
     sp.set_defaults(func=cmd_train)
 
-    sp = sub.add_parser("evaluate", help="SynthRAD metrics + baseline + lesion audit + figures")
+    sp = sub.add_parser("evaluate", help="the task's metrics + baseline (+ lesion audit for MR->CT) + figures")
     sp.add_argument("--model", required=True, action="append", metavar="[NAME=]PATH",
                     help="model.pt / run folder (repeatable)")
     sp.add_argument("--data", required=True, help="shard folder (baseline fitted on train/)")

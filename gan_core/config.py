@@ -191,17 +191,24 @@ def preset(name: str, framework: str, task: str | None = None) -> TrainConfig:
         cfg.optim.steps_constant, cfg.optim.steps_decay = 4, 4
         cfg.log_every, cfg.checkpoint_every = 2, 4
     get_framework(framework).configure(cfg, name)
-    set_task_channels(cfg)
+    set_task_defaults(cfg)
     return cfg
 
 
-def set_task_channels(cfg: TrainConfig) -> None:
-    """Set ``model.in_channels`` (and ``out_channels``) from the task (a one-hot label map has
-    ``task.n_classes`` channels; unconditional synthesis none)."""
+def set_task_defaults(cfg: TrainConfig, keep: tuple[str, ...] = ()) -> None:
+    """Set ``model.in_channels`` from the task (a one-hot label map has ``task.n_classes``
+    channels; unconditional synthesis none) and the task's loss weights (``Task.loss_defaults``),
+    except the dotted keys in ``keep`` (explicit overrides win)."""
     from gan_core.tasks import build_task
 
-    cfg.model.in_channels = build_task(cfg.task).in_channels
-    cfg.model.out_channels = 1
+    task = build_task(cfg.task)
+    if "model.in_channels" not in keep:
+        cfg.model.in_channels = task.in_channels
+    if "model.out_channels" not in keep:
+        cfg.model.out_channels = 1
+    for k, v in task.loss_defaults.items():
+        if f"loss.{k}" not in keep:
+            setattr(cfg.loss, k, v)
 
 
 def _coerce(tp: Any, value: Any, where: str) -> Any:
@@ -245,7 +252,16 @@ def from_dict(data: dict[str, Any]) -> TrainConfig:
     task = data.get("task", {}).get("name") if isinstance(data.get("task"), dict) else None
     cfg = preset(name, framework, task) if name else TrainConfig(framework=framework)
     _update(cfg, data)
+    if name and isinstance(data.get("task"), dict):  # task parameters may change the channels
+        set_task_defaults(cfg, keep=tuple(_dotted(data)))
     return cfg
+
+
+def _dotted(d: dict[str, Any], prefix: str = "") -> list[str]:
+    out: list[str] = []
+    for k, v in d.items():
+        out += _dotted(v, f"{prefix}{k}.") if isinstance(v, dict) else [f"{prefix}{k}"]
+    return out
 
 
 def load_config(path: str | Path) -> TrainConfig:
@@ -280,9 +296,8 @@ def apply_overrides(cfg: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
             node = node.setdefault(p, {})
         node[parts[-1]] = value
         _update(cfg, nested)
-    if any(k.startswith("task.") for k in overrides) and not any(
-            k in ("model.in_channels", "model.out_channels") for k in overrides):
-        set_task_channels(cfg)
+    if any(k.startswith("task.") for k in overrides):
+        set_task_defaults(cfg, keep=tuple(overrides))
     return cfg
 
 

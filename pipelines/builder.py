@@ -1,6 +1,7 @@
 """One DAG builder for every task pipeline, and the one CLI (``--compile / --host / --local``).
 
-Per-task files (``pipelines/cyclegan_mr_ct.py``) only pick a name, a framework and defaults.
+Per-task files (``pipelines/cyclegan_mr_ct.py``, ``kspace_recon.py``, ``lowdose_ct.py`` ...) only
+pick a name, a framework, a task and defaults.
 Credentials never travel as parameters: on Kubernetes they come from Secrets as environment
 variables (``medgan-s3``: AWS_*; ``medgan-mlflow``: MLFLOW_TRACKING_*), see docs/deploy.md.
 """
@@ -33,21 +34,26 @@ def _secrets(task: dsl.PipelineTask, mlflow: bool = False) -> dsl.PipelineTask:
     return task
 
 
-def build_pipeline(name: str, *, framework: str, gpus: int = 0, description: str = "") -> Callable:
+def build_pipeline(name: str, *, framework: str, task: str = "mr2ct", register: bool = True,
+                   gpus: int = 0, description: str = "") -> Callable:
     # (no `from __future__ import annotations` in this module: KFP reads the real annotations)
-    """The ingest -> preprocess -> [tune] -> train -> evaluate -> register DAG.
+    """The ingest -> preprocess -> [tune] -> train -> evaluate [-> register] DAG.
 
-    ``framework`` is the default of the pipeline parameter of the same name.
-
+    ``framework`` and ``task`` are the defaults of the pipeline parameters of the same name
+    (``overrides``: a JSON object of dotted config keys, e.g. ``{"task.acceleration": 8}``).
+    ``register``: end with the MLflow registry step (the served model is MR in -> synthetic CT
+    out, so only MR -> CT pipelines register; the others end at evaluate, logged to MLflow).
     ``gpus``: accelerators requested by the GPU steps (train drives Ray; evaluate translates).
     """
 
-    default_framework = framework
+    default_framework, default_task = framework, task
 
     @dsl.pipeline(name=name, description=description or f"{framework}: MR -> synthetic CT")
     def pipeline(
         storage_root: str = "s3://medgan/runs",
         framework: str = default_framework,
+        task: str = default_task,
+        overrides: str = "{}",
         source: str = "phantom",
         subjects: int = 12,
         folder: str = "",
@@ -76,29 +82,34 @@ def build_pipeline(name: str, *, framework: str, gpus: int = 0, description: str
                                           register=register_method, seed=seed))
         with dsl.If(run_tune == True, name="tune-loss-weights"):  # noqa: E712 - KFP condition syntax
             tune = _secrets(ops.tune_op(root=storage_root, job=job, data_uri=prep.output,
-                                        framework=framework, preset=preset, num_samples=tune_samples,
+                                        framework=framework, preset=preset, task=task,
+                                        overrides=overrides, num_samples=tune_samples,
                                         max_steps_per_trial=tune_steps, tracking_uri=tracking_uri,
                                         experiment=experiment, seed=seed), mlflow=True)
             tuned = _secrets(ops.train_op(root=storage_root, job=job, data_uri=prep.output,
-                                          framework=framework, preset=preset, config_uri=tune.output,
+                                          framework=framework, preset=preset, task=task,
+                                          overrides=overrides, config_uri=tune.output,
                                           steps=steps, num_workers=num_workers, use_gpu=use_gpu,
                                           tracking_uri=tracking_uri, experiment=experiment), mlflow=True)
         with dsl.Else(name="preset-loss-weights"):
             plain = _secrets(ops.train_op(root=storage_root, job=job, data_uri=prep.output,
-                                          framework=framework, preset=preset, config_uri="",
+                                          framework=framework, preset=preset, task=task,
+                                          overrides=overrides, config_uri="",
                                           steps=steps, num_workers=num_workers, use_gpu=use_gpu,
                                           tracking_uri=tracking_uri, experiment=experiment), mlflow=True)
         model_uri = dsl.OneOf(tuned.output, plain.output)
         ev = _secrets(ops.evaluate_op(root=storage_root, job=job, data_uri=prep.output, model_uri=model_uri,
                                       tracking_uri=tracking_uri, experiment=experiment), mlflow=True)
-        reg = _secrets(ops.register_op(model_uri=model_uri, eval_uri=ev.outputs["Output"],
-                                       data_uri=prep.output, model_name=model_name,
-                                       tracking_uri=tracking_uri, experiment=experiment,
-                                       require_audit=require_audit), mlflow=True)
         for t in (tuned, plain, ev, tune):
             t.set_caching_options(False)
             if gpus:
                 t.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(gpus)
+        if not register:
+            return ev.outputs["Output"]
+        reg = _secrets(ops.register_op(model_uri=model_uri, eval_uri=ev.outputs["Output"],
+                                       data_uri=prep.output, model_name=model_name,
+                                       tracking_uri=tracking_uri, experiment=experiment,
+                                       require_audit=require_audit), mlflow=True)
         reg.set_caching_options(False)
         return reg.output
 

@@ -34,24 +34,33 @@ def preprocess_op(root: str, job: str, input_uri: str, register: str, seed: int)
 
 
 @dsl.component(base_image=IMAGE)
-def tune_op(root: str, job: str, data_uri: str, framework: str, preset: str, num_samples: int,
-            max_steps_per_trial: int, tracking_uri: str, experiment: str, seed: int) -> str:
+def tune_op(root: str, job: str, data_uri: str, framework: str, preset: str, task: str,
+            overrides: str, num_samples: int, max_steps_per_trial: int, tracking_uri: str,
+            experiment: str, seed: int) -> str:
+    import json
+
     from components.tune import run_tune
 
     out = f"{root.rstrip('/')}/{job}/tune"
-    run_tune(data_uri, out, framework=framework, preset=preset, num_samples=num_samples,
+    run_tune(data_uri, out, framework=framework, preset=preset, task=task,
+             overrides=json.loads(overrides or "{}"), num_samples=num_samples,
              max_steps_per_trial=max_steps_per_trial or None, tracking_uri=tracking_uri or None,
              experiment=experiment, seed=seed)
     return f"{out}/best_config.yaml"
 
 
 @dsl.component(base_image=IMAGE)
-def train_op(root: str, job: str, data_uri: str, framework: str, preset: str, config_uri: str,
-             steps: int, num_workers: int, use_gpu: bool, tracking_uri: str, experiment: str) -> str:
+def train_op(root: str, job: str, data_uri: str, framework: str, preset: str, task: str,
+             overrides: str, config_uri: str, steps: int, num_workers: int, use_gpu: bool,
+             tracking_uri: str, experiment: str) -> str:
+    import json
+
     from components.train import run_train
 
     out = f"{root.rstrip('/')}/{job}/train"
-    run_train(data_uri, out, framework=framework, preset=preset, config_uri=config_uri or None,
+    run_train(data_uri, out, framework=framework, preset=preset, task=task,
+              overrides=None if config_uri else json.loads(overrides or "{}"),
+              config_uri=config_uri or None,
               steps=steps or None, num_workers=num_workers, use_gpu=use_gpu,
               tracking_uri=tracking_uri or None, experiment=experiment, run_name=f"{framework}-{job}")
     return out

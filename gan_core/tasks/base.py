@@ -35,7 +35,7 @@ class Task:
       ``per_sample``: ``True`` when ``degrade`` draws fresh randomness per training sample
       (k-space masks); otherwise it is computed once per subject and cached;
       ``needs``: slab arrays ``degrade`` reads (``"labels"`` must be packed in the shards).
-    """
+    """  # noqa: D205
 
     name: str = "base"
     source: str = "mr"
@@ -43,6 +43,10 @@ class Task:
     in_channels: int = 1
     per_sample: bool = False
     needs: tuple[str, ...] = ()
+    #: ``LossWeights`` fields the task relies on (searched by Ray Tune beside the framework's)
+    loss_terms: tuple[str, ...] = ()
+    #: loss weights the task's presets set (e.g. k-space: a frequency term)
+    loss_defaults: dict[str, float] = {}
 
     def __init__(self, cfg: "TaskConfig") -> None:
         self.cfg = cfg
