@@ -374,3 +374,89 @@ def lesion_audit(
             "soft_tissue_hu": list(soft_tissue_hu),
         },
     }
+
+
+# ----------------------------------------------------------------------------- fastMRI metrics
+# Reconstruction metrics of fastMRI (repository ``facebookresearch/fastMRI``, file
+# ``fastmri/evaluate.py``), used for MR targets (k-space reconstruction, super-resolution). Each
+# takes a ground-truth and a predicted volume ``(Z, H, W)`` (fastMRI: slices of one volume; here the
+# [0, 1] MR magnitude) and computes exactly what fastMRI computes, with no cast and no mask:
+#
+# * NMSE = ||gt - pred||^2 / ||gt||^2 (``np.linalg.norm`` of the whole volume);
+# * PSNR = ``peak_signal_noise_ratio(gt, pred, data_range=gt.max())`` over the whole volume;
+# * SSIM = mean over slices of ``structural_similarity(gt[z], pred[z], data_range=gt.max())``
+#   (skimage's default 7x7 uniform window; the volume's max is the range of every slice).
+#
+# fastMRI centre-crops both volumes to ``W x W`` before scoring; our slabs are already the evaluated
+# field of view, so no crop here. ``gt.max() <= 0`` (an all-background volume) is rejected: the data
+# range, and NMSE's denominator, would be zero.
+FASTMRI_KEYS = ("nmse", "psnr", "ssim")
+__all__ += ["FASTMRI_KEYS", "nmse", "fastmri_psnr", "fastmri_ssim", "fastmri_scores"]
+
+
+def _check_fastmri(gt: Any, pred: Any, where: str, ndim: int | None = None
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    gt, pred = np.asarray(gt), np.asarray(pred)
+    if gt.shape != pred.shape:
+        raise ValueError(f"{where}: ground truth shape {gt.shape} != prediction shape {pred.shape}")
+    if ndim is not None and gt.ndim != ndim:
+        raise ValueError(f"{where}: expected a volume of {ndim} dimensions (Z, H, W), "
+                         f"got shape {gt.shape}")
+    for name, arr in (("ground truth", gt), ("prediction", pred)):
+        if not np.all(np.isfinite(arr)):
+            raise ValueError(f"{where}: {name} holds {int(np.count_nonzero(~np.isfinite(arr)))} "
+                             "non-finite (NaN/inf) values")
+    if gt.size == 0 or not gt.max() > 0:
+        raise ValueError(f"{where}: the ground truth's maximum must be > 0 (it is the data range "
+                         "and NMSE's scale), got an empty or all-zero/negative volume")
+    return gt, pred
+
+
+def nmse(gt: np.ndarray, pred: np.ndarray) -> float:
+    """fastMRI normalised MSE: ``||gt - pred||^2 / ||gt||^2`` over the whole array.
+
+    >>> nmse(np.array([[3.0, 4.0]]), np.array([[3.0, 0.0]]))  # 16 / 25
+    0.64
+    """
+    gt, pred = _check_fastmri(gt, pred, "nmse")
+    return float(np.linalg.norm(gt - pred) ** 2 / np.linalg.norm(gt) ** 2)
+
+
+def fastmri_psnr(gt: np.ndarray, pred: np.ndarray) -> float:
+    """fastMRI PSNR in dB with ``data_range = gt.max()``; ``inf`` for identical arrays.
+
+    >>> round(fastmri_psnr(np.array([[0.0, 2.0]]), np.array([[0.0, 1.0]])), 4)  # 10 log10(4 / 0.5)
+    9.0309
+    """
+    gt, pred = _check_fastmri(gt, pred, "fastmri_psnr")
+    with np.errstate(divide="ignore"):
+        value = peak_signal_noise_ratio(gt, pred, data_range=gt.max())
+    return float(value)
+
+
+def fastmri_ssim(gt: np.ndarray, pred: np.ndarray) -> float:
+    """fastMRI SSIM: mean over the slices of a ``(Z, H, W)`` volume (H, W >= 7), range ``gt.max()``.
+
+    >>> v = np.linspace(0, 1, 2 * 8 * 8).reshape(2, 8, 8)
+    >>> fastmri_ssim(v, v)
+    1.0
+    """
+    gt, pred = _check_fastmri(gt, pred, "fastmri_ssim", ndim=3)
+    if min(gt.shape[1:]) < 2 * SSIM_CROP + 1:
+        raise ValueError(f"fastmri_ssim: slices must be at least {2 * SSIM_CROP + 1}x"
+                         f"{2 * SSIM_CROP + 1} (skimage's 7x7 window), got shape {gt.shape}")
+    maxval = gt.max()
+    total = 0
+    for z in range(gt.shape[0]):  # summed in slice order and divided, as fastMRI does
+        total = total + structural_similarity(gt[z], pred[z], data_range=maxval)
+    return float(total / gt.shape[0])
+
+
+def fastmri_scores(gt: np.ndarray, pred: np.ndarray) -> dict[str, float]:
+    """fastMRI's three metrics for one volume: ``{"nmse", "psnr", "ssim"}``.
+
+    >>> v = np.linspace(0, 1, 8 * 8 * 8).reshape(8, 8, 8)
+    >>> s = fastmri_scores(v, v); (s["nmse"], s["psnr"], s["ssim"])
+    (0.0, inf, 1.0)
+    """
+    return {"nmse": nmse(gt, pred), "psnr": fastmri_psnr(gt, pred), "ssim": fastmri_ssim(gt, pred)}
