@@ -27,6 +27,7 @@ from gan_core.metrics import aggregate
 from gan_core.tasks import Task
 
 BASELINE = "baseline"
+INPUT = "input"
 
 
 def predict_volume(fw: GANFramework, image: np.ndarray, batch_size: int = 16) -> np.ndarray:
@@ -100,7 +101,7 @@ def evaluate_task(models: dict[str, GANFramework], task: Task, test_shards: str 
     postprocesses = type(task).postprocess is not Task.postprocess
     per_subject, failed, methods = [], [], []
     for i in (range(len(sh.subjects)) if subjects is None else subjects):
-        sid = sh.subjects[i]["id"]
+        sid = sh.subjects[i]["id"] if 0 <= i < len(sh.subjects) else f"#{i}"
         try:
             slab = sh.subject_slab(i)
             deg = task.degrade(slab, np.random.default_rng([seed, i]))
@@ -113,6 +114,9 @@ def evaluate_task(models: dict[str, GANFramework], task: Task, test_shards: str 
             base = task.baseline(deg, slab)
             if base is not None:
                 preds[BASELINE] = base
+            if task.source == task.target and deg.image.shape[0] == 1 and (
+                    base is None or not np.array_equal(base, deg.image[0])):
+                preds[INPUT] = deg.image[0]  # the degraded input itself, as a reference
             per_subject.append({"subject": sid, **{n: task.metrics(p, slab) for n, p in preds.items()}})
             methods = methods or list(preds)
             if len(per_subject) <= figures:
