@@ -58,7 +58,7 @@ class FeatureExtractor:
         self.feature_scale = float(feature_scale)
 
     def fit(self, train_images: np.ndarray | torch.Tensor, train_labels: np.ndarray | torch.Tensor,
-            *, n_classes: int = 10, steps: int = 2000, batch_size: int = 8, lr: float = 2e-3,
+            *, n_classes: int = 10, steps: int = 2000, batch_size: int = 8, lr: float = 3e-3,
             seed: int = 0, widths: Sequence[int] = (16, 32, 64)) -> "FeatureExtractor":
         """Train the encoder by segmenting tissue on real training slices ``(N, 1, H, W)`` with
         labels ``(N, H, W)`` (see :func:`gan_core.segment.train_segmenter`), then set

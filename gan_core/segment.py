@@ -210,7 +210,7 @@ def soft_dice_loss(logits: Tensor, target: Tensor, eps: float = 1.0) -> Tensor:
 
 
 def train_segmenter(images: ArrayLike, labels: ArrayLike, *, n_classes: int, steps: int,
-                    batch_size: int = 8, lr: float = 2e-3, seed: int = 0,
+                    batch_size: int = 8, lr: float = 3e-3, seed: int = 0,
                     device: str | torch.device = "cpu", widths: Sequence[int] = (16, 32, 64),
                     flip: bool = True, dice_weight: float = 1.0) -> SegUNet:
     """Train a :class:`SegUNet` on ``images (N, 1, H, W)`` / ``labels (N, H, W)``.
