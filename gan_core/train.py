@@ -208,6 +208,10 @@ def train(cfg: TrainConfig, data_dir: str | Path, out_dir: str | Path, *,
                               world_size=world_size, start=start * bs)
     loader = DataLoader(ds, batch_size=bs, sampler=sampler, num_workers=cfg.data.num_workers,
                         pin_memory=device.type == "cuda", drop_last=True,
+                        # its own generator: starting the iterator must not draw from the global
+                        # RNG that the frameworks' noise (DCGAN z, dropout) uses, or a resumed
+                        # run would diverge from an uninterrupted one
+                        generator=torch.Generator().manual_seed(cfg.seed * 1000 + rank),
                         persistent_workers=cfg.data.num_workers > 0)
     total = cfg.total_steps if max_steps is None else min(cfg.total_steps, max_steps)
     history_path = out_dir / "history.jsonl"

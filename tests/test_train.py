@@ -14,9 +14,11 @@ def _params(fw):
             for n, p in net.named_parameters()}
 
 
-@pytest.mark.parametrize("name", ["pix2pix", "cyclegan"])
-def test_exact_resume(tiny_shards, tmp_path, name):
-    cfg = apply_overrides(preset("tiny", name), {"checkpoint_every": 2, "log_every": 2})
+@pytest.mark.parametrize("name,task", [("pix2pix", "mr2ct"), ("cyclegan", "mr2ct"), ("unit", "mr2ct"),
+                                       ("dcgan", "synth"), ("lapgan", "synth"), ("dcgan", "labels2ct"),
+                                       ("pix2pix", "kspace")])
+def test_exact_resume(tiny_shards, tmp_path, name, task):
+    cfg = apply_overrides(preset("tiny", name, task), {"checkpoint_every": 2, "log_every": 2})
     full = train(cfg, tiny_shards, tmp_path / "full", progress=False)
     part = train(cfg, tiny_shards, tmp_path / "part", max_steps=4, progress=False)
     assert part.steps == 4 and not (tmp_path / "part" / "model.pt").exists()

@@ -356,8 +356,10 @@ class LapGANLevelGenerator(nn.Module):
 class LapGANDiscriminator(nn.Module):
     """``D_k``: a level (with its condition concatenated, if any) ``(N, in_channels, *size)`` -> ``(N, 1)``.
 
-    ``n_layers`` 5x5 stride-2 convs (LeakyReLU(0.2), norm but on the first), then one convolution
-    over the whole remaining map (flatten + linear). Works for any ``size``.
+    ``n_layers`` 5x5 convs (LeakyReLU(0.2), norm but on the first), stride 2 while the map is at
+    least 8 voxels along every axis, else stride 1 (so a coarse 4 x 4 level keeps its map and the
+    second layer's norm sees more than one value per channel); then one convolution over the whole
+    remaining map (flatten + linear). Works for any ``size``.
 
     >>> LapGANDiscriminator(2, size=10, base_filters=4)(torch.zeros(2, 2, 10, 10)).shape
     torch.Size([2, 1])
@@ -374,10 +376,10 @@ class LapGANDiscriminator(nn.Module):
         layers: list[nn.Module] = []
         cin, end = in_channels, self.size
         for i in range(n_layers):
-            cout = base_filters * min(2**i, 8)
+            cout, stride = base_filters * min(2**i, 8), 2 if min(end) >= 8 else 1
             layers += _conv_block(c, cin, cout, norm, spatial_dims, nn.LeakyReLU(0.2, True),
-                                  use_norm=i > 0, kernel_size=5, stride=2, padding=2)
-            cin, end = cout, tuple((s + 1) // 2 for s in end)
+                                  use_norm=i > 0, kernel_size=5, stride=stride, padding=2)
+            cin, end = cout, tuple((s + stride - 1) // stride for s in end)
         layers.append(c(cin, 1, kernel_size=end))
         self.model = nn.Sequential(*layers)
         if init_type is not None:
