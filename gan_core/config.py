@@ -68,6 +68,7 @@ class ModelConfig:
     d_layers: int = 3        # PatchGAN n_layers
     norm: str = "instance"
     dropout: bool = False
+    residual: bool = False   # G(x) = clamp(x + alpha * net(x)), alpha from 0 (same-modality tasks)
     z_dim: int = 100         # DCGAN / LAPGAN: noise dimension (Radford et al.: 100)
     levels: int = 3          # LAPGAN: pyramid levels K (K + 1 generators)
     init_type: str = "normal"  # normal (N(0, gain), the GAN papers) | kaiming | xavier | orthogonal
@@ -197,8 +198,8 @@ def preset(name: str, framework: str, task: str | None = None) -> TrainConfig:
 
 def set_task_defaults(cfg: TrainConfig, keep: tuple[str, ...] = ()) -> None:
     """Set ``model.in_channels`` from the task (a one-hot label map has ``task.n_classes``
-    channels; unconditional synthesis none) and the task's loss weights (``Task.loss_defaults``),
-    except the dotted keys in ``keep`` (explicit overrides win)."""
+    channels; unconditional synthesis none), the task's loss weights (``Task.loss_defaults``) and
+    model choices (``Task.model_defaults``), except the dotted keys in ``keep`` (overrides win)."""
     from gan_core.tasks import build_task
 
     task = build_task(cfg.task)
@@ -206,9 +207,10 @@ def set_task_defaults(cfg: TrainConfig, keep: tuple[str, ...] = ()) -> None:
         cfg.model.in_channels = task.in_channels
     if "model.out_channels" not in keep:
         cfg.model.out_channels = 1
-    for k, v in task.loss_defaults.items():
-        if f"loss.{k}" not in keep:
-            setattr(cfg.loss, k, v)
+    for section, defaults in (("loss", task.loss_defaults), ("model", task.model_defaults)):
+        for k, v in defaults.items():
+            if f"{section}.{k}" not in keep:
+                setattr(getattr(cfg, section), k, v)
 
 
 def _coerce(tp: Any, value: Any, where: str) -> Any:

@@ -123,3 +123,21 @@ def test_evaluate_task_lists_kspace_raw_and_data_consistent_outputs(tiny_shards,
     agg = rep["aggregate"]
     # hard data consistency only replaces measured frequencies with the truth's: never worse
     assert agg["net"]["nmse"]["mean"] <= agg["net-raw"]["nmse"]["mean"] + 1e-9
+
+
+@pytest.mark.parametrize("task", ["lowdose", "kspace", "superres"])
+def test_same_modality_tasks_train_a_residual_generator_that_starts_as_identity(task):
+    from gan_core.frameworks import build_framework
+    from gan_core.models.residual import ResidualGenerator
+
+    cfg = preset("tiny", "pix2pix", task)
+    fw = build_framework(cfg)
+    g = fw.nets["G"]
+    assert cfg.model.residual and isinstance(g, ResidualGenerator)
+    x = torch.rand(2, 1, 32, 32) * 2 - 1
+    assert torch.equal(g(x), x)
+    fw.train_step({"A": x, "B": (x + 0.1).clamp(-1, 1), "mask": torch.ones_like(x)})
+    assert g.alpha.grad is not None and float(g.alpha) != 0.0  # the correction starts to learn
+    assert not preset("tiny", "pix2pix", "mr2ct").model.residual
+    with pytest.raises(ValueError, match="residual"):
+        build_framework(apply_overrides(preset("tiny", "pix2pix", "labels2ct"), {"model.residual": True}))

@@ -45,7 +45,15 @@ def build_gen(m, in_channels: int, out_channels: int) -> nn.Module:
         kw.update(n_blocks=m.n_blocks, n_downsampling=m.n_downsampling)
     elif m.generator == "convnet":
         kw.update(n_layers=m.g_layers)
-    return build_generator(m.generator, **kw)
+    net = build_generator(m.generator, **kw)
+    if getattr(m, "residual", False):
+        if in_channels != out_channels:
+            raise ValueError(f"model.residual needs as many input as output channels, got "
+                             f"{in_channels} -> {out_channels} (a same-modality task)")
+        from gan_core.models.residual import ResidualGenerator
+
+        net = ResidualGenerator(net)
+    return net
 
 
 def generator_multiple(m) -> int:

@@ -47,6 +47,8 @@ class Task:
     loss_terms: tuple[str, ...] = ()
     #: loss weights the task's presets set (e.g. k-space: a frequency term)
     loss_defaults: dict[str, float] = {}
+    #: model choices the task's presets set (same-modality tasks: a residual generator)
+    model_defaults: dict[str, object] = {}
 
     def __init__(self, cfg: "TaskConfig") -> None:
         self.cfg = cfg

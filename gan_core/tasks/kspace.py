@@ -145,6 +145,7 @@ class KSpaceReconstruction(Task):
     #: its weight is searched by Ray Tune like the framework's own terms
     loss_terms = ("frequency",)
     loss_defaults = {"frequency": 10.0}
+    model_defaults = {"residual": True}  # learn the de-aliasing, not the image
 
     def __init__(self, cfg) -> None:
         super().__init__(cfg)

@@ -153,6 +153,7 @@ class LowDoseCT(Task):
     """Simulated low-dose CT -> original CT (see the module docstring)."""
 
     source, target = "ct", "ct"
+    model_defaults = {"residual": True}  # learn the noise, not the image (as RED-CNN / DnCNN)
     fov_mm: float = FOV_MM
     baseline_filter: str = "nlm"
 

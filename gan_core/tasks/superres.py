@@ -87,6 +87,7 @@ class SuperResolution(Task):
     """Cubic-interpolated thick-slice MR -> the original thin-slice MR (module docstring)."""
 
     source, target = "mr", "mr"
+    model_defaults = {"residual": True}  # learn the missing detail, not the image
     thick: bool = False
 
     def __init__(self, cfg) -> None:
