@@ -8,6 +8,8 @@ import torch.multiprocessing as mp
 from gan_core.config import apply_overrides, preset
 from gan_core.train import load_model, train
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 def _params(fw):
     return {f"{k}.{n}": p.detach().clone() for k, net in fw.networks().items()

@@ -354,4 +354,4 @@ class ImagePool:
     def load_state_dict(self, sd: dict[str, Any], device: torch.device | str = "cpu") -> None:
         self.size = sd["size"]
         self.images = [t.to(device) for t in sd["images"]]
-        self.gen.set_state(sd["gen"])
+        self.gen.set_state(sd["gen"].cpu())  # a CUDA map_location moves it; set_state needs CPU

@@ -56,9 +56,18 @@ def latent_kl(mu: Tensor) -> Tensor:
     return mu.float().pow(2).mean()
 
 
-def sample_latent(mu: Tensor, training: bool) -> Tensor:
-    """``mu + N(0, I)`` when ``training`` (reparameterised, unit variance), else ``mu``."""
-    return mu + torch.randn_like(mu) if training else mu
+def sample_latent(mu: Tensor, training: bool, generator: torch.Generator | None = None) -> Tensor:
+    """``mu + N(0, I)`` when ``training`` (reparameterised, unit variance), else ``mu``.
+
+    ``generator``: the noise's RNG (on ``mu``'s device; default the global one).
+
+    >>> mu = torch.zeros(2, 3)
+    >>> torch.equal(sample_latent(mu, False), mu), bool(sample_latent(mu, True).abs().sum() > 0)
+    (True, True)
+    """
+    if not training:
+        return mu
+    return mu + torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
 
 
 def residual_stack(channels: int, n: int, *, spatial_dims: int, norm: str,
@@ -177,7 +186,7 @@ class SharedLatentVAE(nn.Module):
     :func:`sample_latent` in training mode) and returns a dict: ``mu_A``/``mu_B`` (latent means),
     ``x_aa``/``x_bb`` (within-domain reconstructions), ``x_ab``/``x_ba`` (translations),
     ``mu_ab`` = E_B(x_ab) / ``mu_ba`` = E_A(x_ba) (re-encoded means), ``x_aba`` = G_A(z_ab) /
-    ``x_bab`` = G_B(z_ba) (cycle reconstructions).
+    ``x_bab`` = G_B(z_ba) (cycle reconstructions). ``generator``: the latent noise's RNG.
     """
 
     def __init__(self, channels_a: int = 1, channels_b: int = 1, *, spatial_dims: int = 2,
@@ -229,13 +238,17 @@ class SharedLatentVAE(nn.Module):
         """Image in domain ``domain`` from latent ``z``."""
         return self._pair(domain)[1](z)
 
-    def translate(self, x: Tensor, src: str, dst: str) -> Tensor:
+    def translate(self, x: Tensor, src: str, dst: str, generator: torch.Generator | None = None) -> Tensor:
         """``G_dst(z)`` with ``z`` sampled from ``E_src(x)`` (the mean itself in eval mode)."""
-        return self.decode(sample_latent(self.encode(x, src), self.training), dst)
+        return self.decode(sample_latent(self.encode(x, src), self.training, generator), dst)
 
-    def forward(self, x_a: Tensor, x_b: Tensor) -> dict[str, Tensor]:
+    def forward(self, x_a: Tensor, x_b: Tensor,
+                generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        def z(mu: Tensor) -> Tensor:
+            return sample_latent(mu, self.training, generator)
+
         mu_a, mu_b = self.E_A(x_a), self.E_B(x_b)
-        z_a, z_b = sample_latent(mu_a, self.training), sample_latent(mu_b, self.training)
+        z_a, z_b = z(mu_a), z(mu_b)
         x_ab, x_ba = self.G_B(z_a), self.G_A(z_b)
         mu_ab, mu_ba = self.E_B(x_ab), self.E_A(x_ba)
         return {
@@ -243,6 +256,5 @@ class SharedLatentVAE(nn.Module):
             "x_aa": self.G_A(z_a), "x_bb": self.G_B(z_b),
             "x_ab": x_ab, "x_ba": x_ba,
             "mu_ab": mu_ab, "mu_ba": mu_ba,
-            "x_aba": self.G_A(sample_latent(mu_ab, self.training)),
-            "x_bab": self.G_B(sample_latent(mu_ba, self.training)),
+            "x_aba": self.G_A(z(mu_ab)), "x_bab": self.G_B(z(mu_ba)),
         }
