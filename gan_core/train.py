@@ -123,12 +123,15 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> GANFrame
 def validate(fw: GANFramework, shard_dir: str | Path, max_slices: int = 64) -> float:
     """Mean absolute error inside the body mask, in the task's target units (HU for CT targets,
     the [0, 1] magnitude for MR), over (up to) ``max_slices`` val slices (3D models: every val
-    subject, translated by sliding patches). Unconditional synthesis has no per-image target: NaN.
+    subject, translated by sliding patches). Unconditional synthesis has no per-image target:
+    there it is the 1-D Wasserstein distance between the pixel intensities of ``max_slices``
+    samples and as many val slices (a cheap proxy for Ray Tune; ``gan_core.synthesis_eval`` has
+    the Fréchet distance).
     """
     task = build_task(fw.cfg.task)
-    if task.in_channels == 0:
-        return float("nan")
     scale = task.target_scale
+    if task.in_channels == 0:
+        return synthesis_distance(fw, shard_dir, task, n=max_slices) * scale
     err = n = 0.0
     if fw.cfg.model.spatial_dims == 3:
         from gan_core.translate import translate_patches  # (translate imports this module)
@@ -151,6 +154,19 @@ def validate(fw: GANFramework, shard_dir: str | Path, max_slices: int = 64) -> f
         err += float(((pred - s["B"][None]).abs() * scale)[m].sum())
         n += float(m.sum())
     return err / max(n, 1.0)
+
+
+@torch.no_grad()
+def synthesis_distance(fw: GANFramework, shard_dir: str | Path, task, n: int = 64) -> float:
+    """W1 distance (in [-1, 1] units) between pixel intensities of ``n`` samples and ``n`` val
+    slices (seeded crops of the model's size): 0 when the intensity distributions agree."""
+    s = fw.cfg.data.image_size
+    ds = SliceDataset(shard_dir, image_size=s, min_body_fraction=fw.cfg.data.min_body_fraction,
+                      seed=fw.cfg.seed, task=task)
+    idx = np.linspace(0, len(ds) - 1, num=min(n, len(ds))).round().astype(int)
+    real = np.sort(np.concatenate([ds[(0, int(i), int(i))]["B"].numpy().ravel() for i in idx]))
+    fake = np.sort(fw.generate(torch.zeros(len(idx), 0, s, s)).cpu().numpy().ravel())
+    return float(np.abs(real - fake).mean())
 
 
 def translate_slices(fw: GANFramework, x: torch.Tensor) -> torch.Tensor:

@@ -141,3 +141,17 @@ def test_same_modality_tasks_train_a_residual_generator_that_starts_as_identity(
     assert not preset("tiny", "pix2pix", "mr2ct").model.residual
     with pytest.raises(ValueError, match="residual"):
         build_framework(apply_overrides(preset("tiny", "pix2pix", "labels2ct"), {"model.residual": True}))
+
+
+def test_unconditional_synthesis_validates_by_intensity_distance(tiny_shards):
+    """Synthesis has no per-image target: validation is the W1 distance of pixel intensities
+    between samples and val slices, in the target's units (HU), finite and bounded."""
+    from gan_core.frameworks import build_framework
+    from gan_core.train import synthesis_distance, validate
+
+    cfg = preset("tiny", "dcgan", "synth")
+    fw = build_framework(cfg)
+    v = validate(fw, tiny_shards / "val")
+    assert math.isfinite(v) and 0 < v < 4024
+    d = synthesis_distance(fw, tiny_shards / "val", build_task(cfg.task))
+    assert v == pytest.approx(d * build_task(cfg.task).target_scale)
