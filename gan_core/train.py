@@ -165,7 +165,11 @@ def synthesis_distance(fw: GANFramework, shard_dir: str | Path, task, n: int = 6
                       seed=fw.cfg.seed, task=task)
     idx = np.linspace(0, len(ds) - 1, num=min(n, len(ds))).round().astype(int)
     real = np.sort(np.concatenate([ds[(0, int(i), int(i))]["B"].numpy().ravel() for i in idx]))
-    fake = np.sort(fw.generate(torch.zeros(len(idx), 0, s, s)).cpu().numpy().ravel())
+    if hasattr(fw, "sample"):  # seeded noise: the same samples at every validation
+        fake = fw.sample(len(idx), generator=torch.Generator().manual_seed(fw.cfg.seed))
+    else:
+        fake = fw.generate(torch.zeros(len(idx), 0, s, s))
+    fake = np.sort(fake.cpu().numpy().ravel())
     return float(np.abs(real - fake).mean())
 
 
