@@ -155,3 +155,17 @@ def test_unconditional_synthesis_validates_by_intensity_distance(tiny_shards):
     assert math.isfinite(v) and 0 < v < 4024
     d = synthesis_distance(fw, tiny_shards / "val", build_task(cfg.task))
     assert v == pytest.approx(d * build_task(cfg.task).target_scale)
+
+
+def test_cli_trains_and_evaluates_an_application_task(tiny_shards, tmp_path, capsys):
+    from gan_core.cli import main
+
+    run = tmp_path / "run"
+    assert main(["train", "--framework", "pix2pix", "--preset", "tiny", "--task", "lowdose",
+                 "--set", "task.dose=0.1", "--data", str(tiny_shards), "--out", str(run), "--quiet"]) == 0
+    assert main(["evaluate", "--model", f"net={run}", "--data", str(tiny_shards),
+                 "--out", str(tmp_path / "eval")]) == 0
+    out = capsys.readouterr().out
+    assert "| net |" in out and "| baseline |" in out and "| input |" in out
+    rep = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert rep["task"] == "lowdose" and rep["task_config"]["dose"] == 0.1 and not rep["failed"]
