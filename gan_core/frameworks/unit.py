@@ -241,9 +241,12 @@ class UNIT(GANFramework):
             "cycle_kl_B": latent_kl(out["mu_ba"]) * w.cycle_kl,
         }
         if self.extra_terms:  # optional Table-5 terms on the cycle reconstructions, as CycleGAN
-            terms.update(self.extra_terms(out["x_aba"], x_a, source=out["x_ab"], labels=b.get("labels"),
-                                          prefix="cycle_A_", features=self.nets["D_A"].features))
-            terms.update(self.extra_terms(out["x_bab"], x_b, source=out["x_ba"], prefix="cycle_B_",
+            # (self-reg: each translation stays close to its source; shape: the A slice's labels)
+            terms.update(self.extra_terms(out["x_aba"], x_a, source=x_a, generated=out["x_ab"],
+                                          labels=b.get("labels"), prefix="cycle_A_",
+                                          features=self.nets["D_A"].features))
+            terms.update(self.extra_terms(out["x_bab"], x_b, source=x_b, generated=out["x_ba"],
+                                          skip=("shape",), prefix="cycle_B_",
                                           features=self.nets["D_B"].features))
         loss_G = sum(terms.values())
         loss_G.backward()
