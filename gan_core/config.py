@@ -68,7 +68,7 @@ class ModelConfig:
     d_layers: int = 3        # PatchGAN n_layers
     norm: str = "instance"
     dropout: bool = False
-    residual: bool = False   # G(x) = clamp(x + alpha * net(x)), alpha from 0 (same-modality tasks)
+    residual: bool = False   # G(x) = clamp(x + net(x)), net starts at 0 (same-modality tasks)
     z_dim: int = 100         # DCGAN / LAPGAN: noise dimension (Radford et al.: 100)
     levels: int = 3          # LAPGAN: pyramid levels K (K + 1 generators)
     init_type: str = "normal"  # normal (N(0, gain), the GAN papers) | kaiming | xavier | orthogonal

@@ -182,6 +182,9 @@ class GANFramework:
         self.nets: dict[str, nn.Module] = self.build_networks()
         for net in self.nets.values():
             init_weights(net, cfg.model.init_type, cfg.model.init_gain)
+            for m in net.modules():
+                if hasattr(m, "zero_last"):  # a residual generator starts as the identity
+                    m.zero_last()
             net.to(self.device)
             if self._channels_last:
                 net.to(memory_format=torch.channels_last)
