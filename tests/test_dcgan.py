@@ -217,8 +217,8 @@ def test_train_end_to_end_resume_and_load_model(tiny_shards, tmp_path, task):
     assert res.steps == c.total_steps and res.model_path.exists()
     assert {"G", "D", "G_GAN"} <= set(res.last)
     assert all(math.isfinite(v) for k, v in res.last.items() if k != "val_mae")
-    if task == "synth":
-        assert math.isnan(res.val_mae)  # no per-image target
+    if task == "synth":  # no per-image target: W1 distance of intensities to val slices, in HU
+        assert 0 < res.val_mae < 4024
     else:
         assert 0 < res.val_mae < 3000  # HU
     fw = load_model(res.model_path)
