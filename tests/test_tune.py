@@ -25,6 +25,19 @@ def test_search_space_is_generic_over_loss_terms():
     assert space == {"loss.gan": ["uniform", 0.5, 2.0], "loss.l1": ["loguniform", 10.0, 300.0]}
 
 
+def test_search_space_covers_new_frameworks_and_task_terms():
+    from components.train import build_config
+    from components.tune import default_search_space
+
+    unit = default_search_space("unit")
+    assert set(unit) == {"loss.gan", "loss.recon", "loss.kl", "loss.cycle", "loss.cycle_kl"}
+    assert unit["loss.kl"] == ["loguniform", 1e-3, 0.1]
+    assert set(default_search_space("dcgan")) == {"loss.gan"}
+    # the k-space task adds its frequency term to the framework's own
+    kspace = default_search_space("pix2pix", build_config("pix2pix", "tiny", task="kspace"))
+    assert set(kspace) == {"loss.gan", "loss.l1", "loss.frequency"}
+
+
 def test_bad_search_space_is_named(tiny_shards, tmp_path):
     from components.train import TrainStepError
     from components.tune import run_tune
