@@ -66,13 +66,28 @@ def save_figure(path: Path, mr: np.ndarray, ct: np.ndarray, preds: dict[str, np.
             ax.set_axis_off()
             if r == 0:
                 ax.set_title(title, fontsize=8)
-    fig.tight_layout()
+    return write_figure(fig, path)
+
+
+def write_figure(fig, path: Path, dpi: int = 80, pad: float | None = None) -> Path:
+    """Lay out, save atomically (temp name, then rename) and close a matplotlib figure."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout(**({} if pad is None else {"pad": pad}))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=80)
+    fig.savefig(tmp, dpi=dpi)
     plt.close(fig)
     os.replace(tmp, path)
     return path
+
+
+def write_report(report: dict, out_dir: Path, name: str = "metrics.json") -> Path:
+    """Write a report as strict JSON (non-finite numbers as null) atomically."""
+    tmp = out_dir / f".{name}.tmp"
+    tmp.write_text(json.dumps(_finite(report), indent=2, allow_nan=False))
+    os.replace(tmp, out_dir / name)
+    return out_dir / name
 
 
 def evaluate_subjects(models: dict[str, GANFramework], subjects: Sequence[SubjectFiles],
@@ -118,9 +133,7 @@ def evaluate_subjects(models: dict[str, GANFramework], subjects: Sequence[Subjec
             }
         summary[name] = agg
     report = {"methods": methods, "aggregate": summary, "per_subject": per_subject, "failed": failed}
-    tmp = out_dir / ".metrics.json.tmp"
-    tmp.write_text(json.dumps(_finite(report), indent=2, allow_nan=False))
-    os.replace(tmp, out_dir / "metrics.json")
+    write_report(report, out_dir)
     return report
 
 

@@ -11,14 +11,12 @@ floor a perfect generator would reach with this many samples.
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from gan_core.evaluation import _finite
+from gan_core.evaluation import write_figure, write_report
 from gan_core.fid import FeatureExtractor, fd_score
 from gan_core.frameworks import GANFramework
 from gan_core.segment import load_slices
@@ -63,13 +61,7 @@ def save_grid(path: Path, images: np.ndarray, cols: int = 8) -> Path:
         ax.axis("off")
     for ax, im in zip(axes.ravel(), images):
         ax.imshow(im[0].T, cmap="gray", vmin=-1, vmax=1, origin="lower")
-    fig.tight_layout(pad=0.1)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=80)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return write_figure(fig, path, pad=0.1)
 
 
 def synthesis_report(models: dict[str, GANFramework], train_shards: str | Path,
@@ -114,7 +106,5 @@ def synthesis_report(models: dict[str, GANFramework], train_shards: str | Path,
               "n_train_real": int(len(tr_img)), "n_test_real": int(len(te_img)), "repeats": repeats,
               "extractor": "SegUNet encoder trained on the real train split (fd_encoder.pt)",
               "methods": list(agg), "aggregate": agg, "failed": [], "table": "\n".join(lines)}
-    tmp = out_dir / ".metrics.json.tmp"
-    tmp.write_text(json.dumps(_finite(report), indent=2, allow_nan=False))
-    os.replace(tmp, out_dir / "metrics.json")
+    write_report(report, out_dir)
     return report

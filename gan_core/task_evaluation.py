@@ -12,8 +12,6 @@ path with the lesion audit stays in ``gan_core.evaluation``.
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 from typing import Sequence
 
@@ -21,7 +19,7 @@ import numpy as np
 import torch
 
 from gan_core.data.shards import Shards
-from gan_core.evaluation import _finite
+from gan_core.evaluation import write_figure, write_report
 from gan_core.frameworks import GANFramework
 from gan_core.metrics import aggregate
 from gan_core.tasks import Task
@@ -77,13 +75,7 @@ def save_task_figure(path: Path, task: Task, image: np.ndarray, target: np.ndarr
                       vmax=hi, origin="lower")
             ax.set_title(title, fontsize=7)
             ax.axis("off")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return write_figure(fig, path, dpi=90)
 
 
 def evaluate_task(models: dict[str, GANFramework], task: Task, test_shards: str | Path,
@@ -128,9 +120,7 @@ def evaluate_task(models: dict[str, GANFramework], task: Task, test_shards: str 
     report = {"task": task.name, "target": task.target, "unit": task.target_unit,
               "task_config": vars(task.cfg) if hasattr(task.cfg, "__dict__") else {},
               "methods": methods, "aggregate": summary, "per_subject": per_subject, "failed": failed}
-    tmp = out_dir / ".metrics.json.tmp"
-    tmp.write_text(json.dumps(_finite(report), indent=2, allow_nan=False))
-    os.replace(tmp, out_dir / "metrics.json")
+    write_report(report, out_dir)
     return report
 
 

@@ -81,6 +81,19 @@ def check_unconditional_input(fw: GANFramework, x: Tensor, size: tuple[int, ...]
     return int(x.shape[0])
 
 
+def dcgan_recipe(cfg, preset: str, name: str) -> None:
+    """Radford et al.'s recipe (shared with LAPGAN): vanilla GAN, Adam 2e-4 / beta1 0.5,
+    BatchNorm, N(0, 0.02) init, no image pool; ``full``: 64 x 64 images, batch 64, 64 filters."""
+    m = cfg.model
+    cfg.gan_mode, cfg.pool_size = "vanilla", 0
+    cfg.optim.lr, cfg.optim.beta1 = 2e-4, 0.5
+    m.generator = m.discriminator = name
+    m.norm, m.init_type, m.init_gain, m.dropout = "batch", "normal", 0.02, False
+    if preset == "full":
+        cfg.data.image_size, cfg.data.batch_size = 64, 64
+        m.g_filters = m.d_filters = 64
+
+
 @register("dcgan")
 class DCGAN(GANFramework):
     paired = True
@@ -90,15 +103,8 @@ class DCGAN(GANFramework):
 
     @classmethod
     def configure(cls, cfg, preset: str) -> None:
-        m = cfg.model
-        cfg.gan_mode, cfg.pool_size = "vanilla", 0
-        cfg.optim.lr, cfg.optim.beta1 = 2e-4, 0.5
-        m.generator = m.discriminator = "dcgan"
-        m.norm, m.init_type, m.init_gain, m.dropout = "batch", "normal", 0.02, False
+        dcgan_recipe(cfg, preset, "dcgan")
         cfg.loss.l1 = 0.0
-        if preset == "full":
-            cfg.data.image_size, cfg.data.batch_size = 64, 64
-            m.g_filters = m.d_filters = 64
 
     @property
     def conditional(self) -> bool:

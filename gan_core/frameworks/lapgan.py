@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from gan_core.frameworks import register
 from gan_core.frameworks.base import GANFramework
-from gan_core.frameworks.dcgan import check_unconditional_input, evaluating, image_shape
+from gan_core.frameworks.dcgan import check_unconditional_input, dcgan_recipe, evaluating, image_shape
 from gan_core.losses import GANLoss, gradient_penalty
 from gan_core.models.dcgan import LapGANCoarseGenerator, LapGANDiscriminator, LapGANLevelGenerator
 
@@ -111,15 +111,9 @@ class LAPGAN(GANFramework):
 
     @classmethod
     def configure(cls, cfg, preset: str) -> None:
-        m = cfg.model
-        cfg.gan_mode, cfg.pool_size = "vanilla", 0
-        cfg.optim.lr, cfg.optim.beta1 = 2e-4, 0.5
-        m.generator = m.discriminator = "lapgan"
-        m.norm, m.init_type, m.init_gain, m.dropout = "batch", "normal", 0.02, False
+        dcgan_recipe(cfg, preset, "lapgan")
         if preset == "full":
-            cfg.data.image_size, cfg.data.batch_size = 64, 64
-            m.g_filters = m.d_filters = 64
-            m.levels = 3
+            cfg.model.levels = 3
 
     @property
     def levels(self) -> int:
