@@ -1,18 +1,22 @@
-"""One DAG builder for every task pipeline, and the one CLI (``--compile / --host / --local``).
+"""One DAG builder for every application: ingest -> preprocess -> [tune] -> train -> evaluate
+[-> register].
 
-Per-task files (``pipelines/cyclegan_mr_ct.py``, ``kspace_recon.py``, ``lowdose_ct.py`` ...) only
-pick a name, a framework, a task and defaults.
-Credentials never travel as parameters: on Kubernetes they come from Secrets as environment
-variables (``medgan-s3``: AWS_*; ``medgan-mlflow``: MLFLOW_TRACKING_*), see docs/deploy.md.
+The applications (name, framework, task, defaults) are rows of ``pipelines/apps.py``; the CLI is
+``python -m pipelines``. Credentials never travel as parameters: on Kubernetes they come from Secrets
+as environment variables (``medgan-s3``: AWS_*; ``medgan-mlflow``: MLFLOW_TRACKING_*), see
+docs/deploy.md.
+
+>>> p = build_pipeline("toy", framework="pix2pix", task="kspace", register=False, description="toy")
+>>> parameter_types(p)["subjects"] is int
+True
 """
 
 
-import argparse
+import inspect
 import os
-import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from kfp import dsl, kubernetes
 
@@ -34,25 +38,48 @@ def _secrets(task: dsl.PipelineTask, mlflow: bool = False) -> dsl.PipelineTask:
     return task
 
 
-def build_pipeline(name: str, *, framework: str, task: str = "mr2ct", register: bool = True,
-                   gpus: int = 0, description: str = "") -> Callable:
-    # (no `from __future__ import annotations` in this module: KFP reads the real annotations)
-    """The ingest -> preprocess -> [tune] -> train -> evaluate [-> register] DAG.
+GPUS_ENV = "MEDGAN_PIPELINE_GPUS"
 
-    ``framework`` and ``task`` are the defaults of the pipeline parameters of the same name
-    (``overrides``: a JSON object of dotted config keys, e.g. ``{"task.acceleration": 8}``).
+
+def gpus_from_env() -> int:
+    """Accelerators each train/tune/evaluate step requests: ``$MEDGAN_PIPELINE_GPUS``, default 1.
+
+    ``MEDGAN_PIPELINE_GPUS=0 python -m pipelines kspace_recon --compile k.yaml`` compiles a CPU DAG.
+    """
+    raw = os.environ.get(GPUS_ENV, "1")
+    try:
+        gpus = int(raw)
+    except ValueError:
+        gpus = -1
+    if gpus < 0:
+        raise ValueError(f"{GPUS_ENV}: expected a non-negative integer (GPUs per step), got {raw!r}")
+    return gpus
+
+
+def build_pipeline(name: str, *, framework: str, task: str, register: bool, description: str,
+                   gpus: int = 0, defaults: Mapping[str, Any] | None = None) -> Callable:
+    # (no `from __future__ import annotations` in this module: KFP reads the real annotations)
+    """The ingest -> preprocess -> [tune] -> train -> evaluate [-> register] DAG, named ``name``.
+
+    ``framework`` and ``task`` are the defaults of the pipeline parameters of the same name: any
+    name ``gan_core`` resolves at run time (``gan_core.frameworks.get_framework`` /
+    ``gan_core.tasks.get_task``), the builder holds no list of them. ``defaults``: other pipeline
+    parameters' defaults (e.g. ``{"subjects": 8}``; ``overrides`` is a JSON object of dotted config
+    keys, e.g. ``'{"task.acceleration": 8}'``).
     ``register``: end with the MLflow registry step (the served model is MR in -> synthetic CT
     out, so only MR -> CT pipelines register; the others end at evaluate, logged to MLflow).
     ``gpus``: accelerators requested by the GPU steps (train drives Ray; evaluate translates).
     """
+    defaults = dict(defaults or {})
+    for key in ("framework", "task"):
+        if key in defaults:
+            raise ValueError(f"pipeline {name!r}: pass {key} as build_pipeline({key}=...), not in defaults")
+    defaults.update(framework=framework, task=task)
 
-    default_framework, default_task = framework, task
-
-    @dsl.pipeline(name=name, description=description or f"{framework}: MR -> synthetic CT")
     def pipeline(
         storage_root: str = "s3://medgan/runs",
-        framework: str = default_framework,
-        task: str = default_task,
+        framework: str = "",  # set from `framework` below
+        task: str = "",  # set from `task` below
         overrides: str = "{}",
         source: str = "phantom",
         subjects: int = 12,
@@ -113,7 +140,63 @@ def build_pipeline(name: str, *, framework: str, task: str = "mr2ct", register: 
         reg.set_caching_options(False)
         return reg.output
 
-    return pipeline
+    _set_defaults(name, pipeline, defaults)
+    return dsl.pipeline(name=name, description=description)(pipeline)
+
+
+def _typed(key: str, kind: type, value: Any) -> Any:
+    """``value`` as a pipeline parameter of type ``kind`` (an int is a float; a bool is no int)."""
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+        return value
+    raise ValueError(f"pipeline parameter {key!r}: expected {kind.__name__}, got {value!r}")
+
+
+def _set_defaults(name: str, fn: Callable, defaults: Mapping[str, Any]) -> None:
+    """Replace the defaults of ``fn``'s parameters (all keyword parameters with a default)."""
+    params = inspect.signature(fn).parameters
+    unknown = sorted(set(defaults) - set(params))
+    if unknown:
+        raise ValueError(f"pipeline {name!r}: unknown parameter(s) {unknown}; known: {sorted(params)}")
+    fn.__defaults__ = tuple(_typed(k, p.annotation, defaults[k]) if k in defaults else p.default
+                            for k, p in params.items())
+
+
+def parameter_types(pipeline: Callable) -> dict[str, type]:
+    """Each pipeline parameter's Python type (``str``, ``int``, ``float`` or ``bool``)."""
+    return {k: p.annotation for k, p in inspect.signature(pipeline.pipeline_func).parameters.items()}
+
+
+def parse_params(pipeline: Callable, pairs: list[str]) -> dict[str, Any]:
+    """``["subjects=8", "run_tune=true", 'overrides={"task.dose": 0.1}']`` -> typed parameters.
+
+    A ``str`` parameter takes the text as written; the others are read as YAML scalars.
+
+    >>> p = build_pipeline("toy", framework="pix2pix", task="kspace", register=False, description="")
+    >>> parse_params(p, ["subjects=8", "run_tune=true", "overrides={}"])
+    {'subjects': 8, 'run_tune': True, 'overrides': '{}'}
+    """
+    import yaml
+
+    types = parameter_types(pipeline)
+    params: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep:
+            raise ValueError(f"--param {pair!r}: expected KEY=VALUE")
+        if key not in types:
+            raise ValueError(f"--param {pair!r}: unknown pipeline parameter {key!r}; known: {sorted(types)}")
+        kind = types[key]
+        if kind is str:
+            params[key] = text
+            continue
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ValueError(f"--param {pair!r}: expected a {kind.__name__}: {exc}") from None
+        params[key] = _typed(key, kind, value)
+    return params
 
 
 def run_local(pipeline: Callable, workdir: str | Path, **params: Any) -> dict:
@@ -131,40 +214,3 @@ def run_local(pipeline: Callable, workdir: str | Path, **params: Any) -> dict:
     task = pipeline(storage_root=str(workdir / "runs"), tracking_uri=tracking, **params)
     return {"output": getattr(task, "output", None), "seconds": time.perf_counter() - t0,
             "tracking_uri": tracking, "workdir": str(workdir)}
-
-
-def main(pipeline: Callable, argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=(pipeline.description or pipeline.name) + "  (KFP v2)")
-    mode = p.add_mutually_exclusive_group(required=True)
-    mode.add_argument("--compile", metavar="OUT.yaml", help="write the pipeline IR")
-    mode.add_argument("--host", metavar="URL", help="submit a run to this Kubeflow Pipelines API")
-    mode.add_argument("--local", action="store_true", help="run here with kfp.local on embedded defaults")
-    p.add_argument("--experiment", default=None, help="KFP experiment name (with --host)")
-    p.add_argument("--workdir", default="medgan_local", help="with --local: where everything is written")
-    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
-                   help="pipeline parameter (repeatable), e.g. subjects=8, run_tune=true")
-    args = p.parse_args(argv)
-    import yaml
-
-    params = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.param)}
-    if args.compile:
-        from kfp import compiler
-
-        compiler.Compiler().compile(pipeline, package_path=args.compile)
-        print(f"wrote {args.compile}")
-    elif args.host:
-        import kfp
-
-        client = kfp.Client(host=args.host)
-        run = client.create_run_from_pipeline_func(pipeline, arguments=params,
-                                                   experiment_name=args.experiment)
-        print(f"submitted run {run.run_id} to {args.host}")
-    else:
-        res = run_local(pipeline, args.workdir, **params)
-        print(f"pipeline finished in {res['seconds']:.0f}s; registry result: {res['output']}")
-        print(f"browse: mlflow ui --backend-store-uri {res['tracking_uri']}")
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit("run a task pipeline, e.g. python pipelines/cyclegan_mr_ct.py --help")

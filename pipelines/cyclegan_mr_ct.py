@@ -1,21 +1,18 @@
-"""MR -> synthetic CT with CycleGAN: ingest -> preprocess/register -> [tune] -> train -> evaluate -> register.
+"""MR -> synthetic CT: ingest -> preprocess/register -> [tune] -> train -> evaluate -> register.
+
+The documented entry point, the same as ``python -m pipelines cyclegan_mr_ct ...``:
 
     python pipelines/cyclegan_mr_ct.py --compile cyclegan_mr_ct.yaml
     python pipelines/cyclegan_mr_ct.py --host https://kfp.example.org --experiment sct
     python pipelines/cyclegan_mr_ct.py --local --workdir medgan_local
+
+Run as a file, Python puts ``pipelines/`` (not the repo root) on ``sys.path``; ``pipelines`` is
+then the installed package (``pip install -e .``).
 """
 
-from __future__ import annotations
-
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from pipelines.builder import build_pipeline, main  # noqa: E402
-
-pipeline = build_pipeline("cyclegan-mr-ct", framework="cyclegan",
-                          gpus=int(os.environ.get("MEDGAN_PIPELINE_GPUS", "1")))
+from pipelines.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main(pipeline))
+    sys.exit(main(["cyclegan_mr_ct", *sys.argv[1:]]))

@@ -7,8 +7,10 @@ from pathlib import Path
 import yaml
 from kfp import components
 
+from pipelines.apps import build_app
 from pipelines.builder import run_local
-from pipelines.cyclegan_mr_ct import pipeline
+
+pipeline = build_app("cyclegan_mr_ct", gpus=1)
 
 
 def test_compile_loads_back_with_secrets_and_gpus(tmp_path):

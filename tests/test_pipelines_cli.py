@@ -1,0 +1,146 @@
+"""``python -m pipelines``: lists the table, rejects bad input with status 2, compiles a framework or
+task registered at runtime, keeps ``MEDGAN_PIPELINE_GPUS``, and the documented entry file
+``pipelines/cyclegan_mr_ct.py`` runs from any folder without touching ``sys.path``."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from kfp import components
+
+from pipelines.apps import APPS, build_app
+from pipelines.builder import GPUS_ENV
+from pipelines.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def _defaults(ir: Path) -> dict:
+    inputs = components.load_component_from_file(str(ir)).component_spec.inputs
+    return {k: v.default for k, v in inputs.items()}
+
+
+def test_list_prints_every_app_and_its_description(tmp_path):
+    res = _cli("-m", "pipelines", "--list", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    assert len(lines) == len(APPS)
+    for name, app in APPS.items():
+        (line,) = [ln for ln in lines if ln.split()[0] == name]
+        assert f"{app.framework}/{app.task}" in line and app.description in line
+
+
+def test_unknown_app_is_rejected_with_status_2(tmp_path):
+    res = _cli("-m", "pipelines", "no_such_app", "--compile", "x.yaml", cwd=tmp_path)
+    assert res.returncode == 2
+    assert "unknown application 'no_such_app'" in res.stderr and "kspace_recon" in res.stderr
+    assert not (tmp_path / "x.yaml").exists()
+
+
+@pytest.mark.parametrize("param, message", [
+    ("subjcts=3", "unknown pipeline parameter 'subjcts'"),
+    ("subjects=many", "'subjects': expected int"),
+    ("framework=no_such_gan", "unknown framework 'no_such_gan'"),
+    ("task=no_such_task", "unknown task 'no_such_task'"),
+    ("subjects", "expected KEY=VALUE"),
+])
+def test_bad_params_are_rejected_with_status_2(param, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["kspace_recon", "--compile", str(tmp_path / "k.yaml"), "--param", param])
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_mode_is_required(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["kspace_recon"])
+    assert exit_.value.code == 2 and "--compile" in capsys.readouterr().err
+
+
+def test_compile_params_become_the_compiled_defaults(tmp_path):
+    out = tmp_path / "k.yaml"
+    assert main(["kspace_recon", "--compile", str(out), "--param", "subjects=5", "--param", "run_tune=true",
+                 "--param", 'overrides={"task.acceleration": 8}']) == 0
+    d = _defaults(out)
+    assert d["subjects"] == 5 and d["run_tune"] is True and d["task"] == "kspace"
+    assert json.loads(d["overrides"]) == {"task.acceleration": 8}
+    assert [p.name for p in tmp_path.iterdir()] == ["k.yaml"]  # no temporary left behind
+
+
+@pytest.fixture
+def toy_names():
+    """A framework and a task registered at runtime (not shipped in gan_core)."""
+    from gan_core import frameworks, tasks
+
+    @frameworks.register("toy_cli_gan")
+    class ToyGAN(frameworks.GANFramework):
+        pass
+
+    @tasks.register("toy_cli_task")
+    class ToyTask(tasks.Task):
+        pass
+
+    yield "toy_cli_gan", "toy_cli_task"
+    frameworks._REGISTRY.pop("toy_cli_gan", None)
+    tasks._REGISTRY.pop("toy_cli_task", None)
+
+
+def test_a_runtime_registered_framework_and_task_compile(toy_names, tmp_path):
+    framework, task = toy_names
+    out = tmp_path / "toy.yaml"
+    assert main(["ct_to_mr", "--compile", str(out), "--param", f"framework={framework}",
+                 "--param", f"task={task}"]) == 0
+    d = _defaults(out)
+    assert d["framework"] == framework and d["task"] == task
+    # the same names as the builder's own defaults, no app row needed
+    from pipelines.builder import build_pipeline
+
+    p = build_pipeline("toy", framework=framework, task=task, register=False, description="toy")
+    assert p.component_spec.inputs["framework"].default == framework
+
+
+def _accelerators(pipeline, tmp_path) -> set[str]:
+    from kfp import compiler
+
+    out = tmp_path / "p.yaml"
+    compiler.Compiler().compile(pipeline, package_path=str(out))
+    execs = next(yaml.safe_load_all(out.read_text()))["deploymentSpec"]["executors"]
+    return {name: e["container"].get("resources", {}).get("accelerator", {}).get("resourceCount")
+            for name, e in execs.items()}
+
+
+def test_pipeline_gpus_env(tmp_path, monkeypatch):
+    monkeypatch.delenv(GPUS_ENV, raising=False)
+    counts = _accelerators(build_app("lowdose_ct"), tmp_path)
+    assert {n for n, c in counts.items() if c == "1"} == {
+        "exec-train-op", "exec-train-op-2", "exec-evaluate-op", "exec-tune-op"}
+    assert counts["exec-ingest-op"] is None and counts["exec-preprocess-op"] is None
+    monkeypatch.setenv(GPUS_ENV, "2")
+    assert {c for n, c in _accelerators(build_app("lowdose_ct"), tmp_path).items() if "train" in n} == {"2"}
+    monkeypatch.setenv(GPUS_ENV, "0")
+    assert set(_accelerators(build_app("lowdose_ct"), tmp_path).values()) == {None}
+    monkeypatch.setenv(GPUS_ENV, "two")
+    with pytest.raises(ValueError, match=f"{GPUS_ENV}: expected a non-negative integer"):
+        build_app("lowdose_ct")
+
+
+def test_the_entry_file_runs_from_another_folder(tmp_path):
+    """``python pipelines/cyclegan_mr_ct.py`` puts pipelines/ (not the repo) on sys.path: the
+    installed package must resolve, with no sys.path edits anywhere in pipelines/."""
+    res = _cli(str(REPO / "pipelines" / "cyclegan_mr_ct.py"), "--compile", "c.yaml",
+               "--param", "framework=pix2pix", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    comp = components.load_component_from_file(str(tmp_path / "c.yaml"))
+    assert comp.name == "cyclegan-mr-ct" and comp.component_spec.inputs["framework"].default == "pix2pix"
+    assert "register-op" in (tmp_path / "c.yaml").read_text()
+    for src in (REPO / "pipelines").glob("*.py"):
+        text = src.read_text()
+        assert "sys.path.insert" not in text and "sys.path.append" not in text, src
