@@ -90,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.compile or args.host or args.local):
         p.error("one of --compile OUT.yaml, --host URL or --local is required")
     try:
-        params = parse_params(build_app(args.app), args.param)
+        pipeline = build_app(args.app)
+        params = parse_params(pipeline, args.param)
         _check_names(params)
     except (KeyError, ValueError) as exc:
         p.error(str(exc.args[0]) if exc.args else str(exc))
@@ -101,11 +102,11 @@ def main(argv: list[str] | None = None) -> int:
         import kfp
 
         client = kfp.Client(host=args.host)
-        run = client.create_run_from_pipeline_func(build_app(args.app), arguments=params,
+        run = client.create_run_from_pipeline_func(pipeline, arguments=params,
                                                    experiment_name=args.experiment)
         print(f"submitted run {run.run_id} to {args.host}")
     else:
-        res = run_local(build_app(args.app), args.workdir, **params)
+        res = run_local(pipeline, args.workdir, **params)
         print(f"pipeline finished in {res['seconds']:.0f}s; result: {res['output']}")
         print(f"browse: mlflow ui --backend-store-uri {res['tracking_uri']}")
     return 0
