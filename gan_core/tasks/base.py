@@ -73,7 +73,7 @@ class Task:
         """Scores of a ``(Z, H, W)`` prediction in [-1, 1] against ``slab[target]``.
 
         CT targets: SynthRAD MAE / PSNR / SSIM in HU inside the body mask. MR targets: fastMRI
-        NMSE / PSNR / SSIM on the [0, 1] magnitude (``gan_core.metrics``).
+        NMSE / PSNR / SSIM on the [0, 1] magnitude (``gan_core.eval.metrics``).
         """
         from gan_core.eval import metrics as M
 
