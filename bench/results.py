@@ -27,7 +27,8 @@ import torch  # noqa: E402
 from gan_core.cli import pack_cohort  # noqa: E402
 from gan_core.config import apply_overrides, preset  # noqa: E402
 from gan_core.data.phantom import write_cohort  # noqa: E402
-from gan_core.task_evaluation import evaluate_task, task_table  # noqa: E402
+from gan_core.eval.evaluate import evaluate  # noqa: E402
+from gan_core.eval.report import results_table  # noqa: E402
 from gan_core.tasks import build_task  # noqa: E402
 from gan_core.train import load_model, train  # noqa: E402
 
@@ -74,10 +75,12 @@ def run_translation(shards: Path, work: Path, steps: int | None, device: str, on
                 models[fw_name], sec["runs"][fw_name] = _train(cfg, shards, work / "runs" / tag, device)
                 print(f"  {title}: {fw_name} trained in {sec['runs'][fw_name]['train_s']} s", flush=True)
             task = build_task(next(iter(models.values())).cfg.task)
-            rep = evaluate_task(models, task, shards / "test", work / "eval" / task_name,
-                                train_shards=shards / "train")
+            rep = evaluate(models, task, shards / "test", work / "eval" / task_name,
+                           train_shards=shards / "train")
             sec.update(unit=rep["unit"], aggregate=rep["aggregate"], methods=rep["methods"],
-                       failed=rep["failed"], table=task_table(rep))
+                       failed=rep["failed"], table=results_table(rep))
+            if "audit" in rep:
+                sec["audit"] = {m: a.get("reason") for m, a in rep["audit"].items()}
         except Exception as exc:  # noqa: BLE001 - reported, the other experiments still run
             sec["error"] = f"{type(exc).__name__}: {exc}"
             traceback.print_exc()
@@ -87,16 +90,14 @@ def run_translation(shards: Path, work: Path, steps: int | None, device: str, on
 
 
 def run_synthesis(shards: Path, work: Path, steps: int | None, device: str) -> dict:
-    from gan_core.synthesis_eval import synthesis_report
-
     sec: dict = {"title": "Unconditional CT slice synthesis", "runs": {}}
     try:
         models = {}
         for fw_name in ("dcgan", "lapgan"):
             cfg = _config(fw_name, "synth", {"data.image_size": 64}, steps)  # whole slices
             models[fw_name], sec["runs"][fw_name] = _train(cfg, shards, work / "runs" / f"synth-{fw_name}", device)
-        rep = synthesis_report(models, shards / "train", shards / "test", work / "eval" / "synth",
-                               seed=0, device=device)
+        rep = evaluate(models, build_task(next(iter(models.values())).cfg.task), shards / "test",
+                       work / "eval" / "synth", train_shards=shards / "train", seed=0, device=device)
         sec.update(rep)
     except Exception as exc:  # noqa: BLE001
         sec["error"] = f"{type(exc).__name__}: {exc}"
@@ -106,7 +107,7 @@ def run_synthesis(shards: Path, work: Path, steps: int | None, device: str) -> d
 
 
 def run_augmentation(shards: Path, work: Path, steps: int | None, device: str, n_real: int) -> dict:
-    from gan_core.augmentation import augmentation_table, run_augmentation_experiment
+    from gan_core.eval.augmentation import augmentation_table, run_augmentation_experiment
 
     sec: dict = {"title": "Augmentation with label-conditioned DCGAN slices"}
     try:

@@ -1,26 +1,32 @@
 """Pipeline step ``evaluate``: score a trained generator on held-out subjects beside the baseline.
 
 Reads a preprocess output (``manifest.json`` with ``step == "preprocess"`` and ``splits``,
-``subjects/<id>/{mr,ct,mask,lesion?}.nii.gz``, ``shards/train``) and a train output (``model.pt``,
-``manifest.json`` with ``step == "train"`` and ``mlflow_run_id``). For every subject of ``split``
-it translates the MR and computes the SynthRAD2023 MAE/PSNR/SSIM in HU inside the body mask and
-the lesion hallucination audit (``gan_core.evaluation.evaluate_subjects``), next to the
-non-learned MR->HU intensity-regression baseline fitted on the train shards. A subject that cannot
-be read is listed under ``failed`` and the others are still evaluated.
+``shards/{train,<split>}``) and a train output (``model.pt``, ``manifest.json`` with
+``step == "train"`` and ``mlflow_run_id``). Every task is scored by the one evaluator
+(``gan_core.eval.evaluate.evaluate``) on the subjects of ``split`` in ``shards/<split>``: the
+task's metrics (MR -> CT: SynthRAD2023 MAE/PSNR/SSIM in HU inside the body mask) next to its
+non-learned baseline fitted on ``shards/train``, and the task's audit where it has one (MR -> CT:
+the lesion hallucination audit); unconditional synthesis is scored by the in-domain Fréchet
+distance. A subject that cannot be scored is listed under ``failed`` and the others are still
+evaluated; when none can be, the step fails naming each subject and its error.
 
 Output (published atomically through ``storage.staged_output``)::
 
-    <out>/metrics.json    per subject + aggregate per method (gan_core.evaluation report)
-    <out>/results.txt     the plain-text table (mean ± sd)
-    <out>/figures/*.png   MR | CT | sCT | |error| for the first ``figures`` subjects
+    <out>/metrics.json    per subject + aggregate per method (gan_core.eval.evaluate report)
+    <out>/results.txt     the results table (mean ± sd; the audit verdict where the task audits)
+    <out>/figures/*.png   the task's figure panels for the first ``figures`` subjects
     <out>/manifest.json   step "evaluate": aggregate metrics, audit summary, audit_passed, and
                           ``summary``: the flat numeric metrics also logged to MLflow
 
-MLflow (when a tracking URI is given or ``MLFLOW_TRACKING_URI`` is set): metrics ``test_mae_hu``,
-``test_psnr``, ``test_ssim``, ``baseline_mae_hu`` ... and ``audit_*`` counts are logged to the
-training run (``run_id`` argument, else the train manifest's ``mlflow_run_id``, else a new run in
-``experiment``), with metrics.json, results.txt, the figures and the manifest as artifacts under
-``evaluation/`` and the tag ``audit_passed``.
+MLflow (when a tracking URI is given or ``MLFLOW_TRACKING_URI`` is set): metrics
+``test_<metric>`` / ``test_<metric>_sd`` for the model, ``test_raw_<metric>`` for its output
+before the task's post-processing, ``baseline_<metric>`` for the baseline (the task's names:
+``test_mae_hu``, ``test_psnr``, ``test_ssim``, ``baseline_mae_hu`` ... for MR -> CT;
+``test_nmse`` ... for k-space), and, where the task audits, the ``audit_*`` counts. They are
+logged to the training run (``run_id`` argument, else the train manifest's ``mlflow_run_id``,
+else a new run in ``experiment``), with metrics.json, results.txt, the figures and the manifest
+as artifacts under ``evaluation/`` and the tags ``audit_passed`` (false, with the reason in the
+manifest, when the task has no audit) and ``medgan.task``.
 
 >>> run_evaluate("work/processed", "work/train", "work/eval",               # doctest: +SKIP
 ...              tracking_uri="http://127.0.0.1:5000")["outputs"]["audit_passed"]
@@ -51,15 +57,16 @@ import gan_core
 from components import storage
 
 __all__ = [
-    "EvaluateError", "run_evaluate", "audit_summary", "read_manifest", "resolve_tracking_uri",
-    "redact_uri", "code_info", "finite_or_none", "main",
+    "EvaluateError", "run_evaluate", "read_manifest", "resolve_tracking_uri", "redact_uri",
+    "code_info", "finite_or_none", "main",
 ]
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 MODEL_FILE = "model.pt"
-METHOD = "model"  # key of the trained generator in metrics.json (the other method is "baseline")
+METHOD = "model"  # key of the trained generator in metrics.json
+BASELINE = "baseline"  # the task's non-learned method (gan_core.eval.evaluate.BASELINE)
 
 
 from components.mlflow_utils import redact_uri, resolve_tracking_uri  # noqa: E402  (one source of truth)
@@ -184,36 +191,7 @@ def fetched_file(uri: str) -> Iterator[Path]:
 # --------------------------------------------------------------------------- inputs
 
 
-def _subjects(data_uri: str, root: Path | None, ids: Sequence[str], work: Path,
-              records: dict[str, dict[str, Any]]) -> list[Any]:
-    """SubjectFiles for ``ids`` (S3: each subject folder downloaded under ``work``).
-
-    File names come from the manifest's per-subject ``files`` (paths relative to the data root)
-    when present, else the layout ``subjects/<id>/{mr,ct,mask,lesion}.nii.gz``. A missing subject
-    or file is not fatal here: its load fails in evaluate_subjects and the subject is listed
-    under ``failed`` with the reason.
-    """
-    from gan_core.data.shards import SubjectFiles
-
-    base = root if root is not None else work
-    subs = []
-    for sid in ids:
-        files = (records.get(sid) or {}).get("files") or {}
-        rel = {k: files.get(k) or f"subjects/{sid}/{k}.nii.gz" for k in ("mr", "ct", "mask", "lesion")}
-        if root is None:
-            folders = sorted({str(Path(r).parent) for r in rel.values()})
-            for folder in folders:
-                try:
-                    storage.download_dir(storage.join(data_uri, folder), work / folder)
-                except storage.StorageNotFoundError as exc:
-                    log.warning("subject %s: %s", sid, exc)
-        lesion = base / rel["lesion"]
-        subs.append(SubjectFiles(sid, str(base / rel["mr"]), str(base / rel["ct"]), str(base / rel["mask"]),
-                                 str(lesion) if lesion.exists() else None))
-    return subs
-
-
-def _train_shards(data_uri: str, root: Path | None, work: Path, split: str = "train") -> Path:
+def _shards(data_uri: str, root: Path | None, work: Path, split: str) -> Path:
     """The local folder of the preprocess step's ``shards/<split>`` (S3: downloaded)."""
     if root is not None:
         d = root / "shards" / split
@@ -229,55 +207,7 @@ def _train_shards(data_uri: str, root: Path | None, work: Path, split: str = "tr
     return d
 
 
-# --------------------------------------------------------------------------- audit
-
-
-def audit_summary(report: dict[str, Any], method: str = METHOD) -> dict[str, Any]:
-    """Cohort verdict of the lesion hallucination audit for ``method`` in an evaluate report.
-
-    ``passed`` is True only when at least one subject was audited (had a lesion mask file) and
-    every audited subject passed: each evaluable true lesion preserved and no invented lesion.
-    Lesion-free subjects (an empty lesion mask) are audited for invented lesions only.
-
-    >>> rep = {"per_subject": [{"subject": "a", "has_lesion": False, "model": {"audit": {
-    ...     "n_true": 0, "n_evaluable": 0, "n_preserved": 0, "n_invented": 1, "passed": False}}}],
-    ...     "failed": []}
-    >>> s = audit_summary(rep); (s["passed"], s["lesion_free_subjects_with_invented"])
-    (False, 1)
-    """
-    rows = report.get("per_subject", [])
-    audited = [r for r in rows if isinstance(r.get(method), dict) and "audit" in r[method]]
-    lesion_rows = [r for r in audited if r.get("has_lesion")]
-    free_rows = [r for r in audited if not r.get("has_lesion")]
-    a = lambda r: r[method]["audit"]  # noqa: E731
-    s: dict[str, Any] = {
-        "subjects_evaluated": len(rows),
-        "subjects_failed": len(report.get("failed", [])),
-        "subjects_audited": len(audited),
-        "subjects_not_audited": sorted(r["subject"] for r in rows if r not in audited),
-        "subjects_passed": sum(bool(a(r)["passed"]) for r in audited),
-        "lesion_subjects": len(lesion_rows),
-        "lesion_subjects_all_preserved": sum(a(r)["n_preserved"] == a(r)["n_evaluable"] for r in lesion_rows),
-        "lesions_true": sum(int(a(r)["n_true"]) for r in audited),
-        "lesions_evaluable": sum(int(a(r)["n_evaluable"]) for r in audited),
-        "lesions_preserved": sum(int(a(r)["n_preserved"]) for r in audited),
-        "lesion_free_subjects": len(free_rows),
-        "lesion_free_subjects_with_invented": sum(int(a(r)["n_invented"]) > 0 for r in free_rows),
-        "lesions_invented": sum(int(a(r)["n_invented"]) for r in audited),
-        "failing_subjects": sorted(r["subject"] for r in audited if not a(r)["passed"]),
-    }
-    if not audited:
-        s["passed"], s["reason"] = False, "no subject had a lesion mask: audit not performed"
-    elif s["failing_subjects"]:
-        s["passed"] = False
-        s["reason"] = (f"{len(s['failing_subjects'])}/{len(audited)} audited subjects failed: "
-                       f"{s['lesions_preserved']}/{s['lesions_evaluable']} evaluable lesions preserved, "
-                       f"{s['lesions_invented']} invented")
-    else:
-        s["passed"] = True
-        s["reason"] = (f"all {len(audited)} audited subjects passed: {s['lesions_preserved']}/"
-                       f"{s['lesions_evaluable']} evaluable lesions preserved, none invented")
-    return s
+# --------------------------------------------------------------------------- metrics
 
 
 def _metric_prefixes(split: str) -> tuple[str, str]:
@@ -286,23 +216,29 @@ def _metric_prefixes(split: str) -> tuple[str, str]:
     return ("test", "baseline") if split == "test" else (f"eval_{split}", f"baseline_{split}")
 
 
-def _mlflow_metrics(report: dict[str, Any], audit: dict[str, Any], split: str) -> dict[str, float]:
+def _mlflow_metrics(report: dict[str, Any], audit: dict[str, Any] | None, split: str,
+                    aliases: dict[str, str]) -> dict[str, float]:
+    """Flat metrics: mean and sd of each of the task's metrics (named through ``aliases``, e.g.
+    ``mae`` -> ``mae_hu``) for the model, its raw output and the baseline; the numeric fields
+    of the audit summary as ``audit_*``; subject counts."""
     model_p, base_p = _metric_prefixes(split)
     out: dict[str, float] = {}
-    for name, prefix in ((METHOD, model_p), ("baseline", base_p)):
-        agg = report["aggregate"].get(name) or {}
-        for key, suffix in (("mae", "mae_hu"), ("psnr", "psnr"), ("ssim", "ssim")):
-            if key in agg:
+    for name, prefix in ((METHOD, model_p), (f"{METHOD}-raw", f"{model_p}_raw"), (BASELINE, base_p)):
+        for key, v in (report["aggregate"].get(name) or {}).items():
+            if isinstance(v, dict):
                 for stat, tail in (("mean", ""), ("sd", "_sd")):
-                    v = finite_or_none(agg[key][stat])
-                    if v is not None:
-                        out[f"{prefix}_{suffix}{tail}"] = v
-    for key in ("subjects_audited", "subjects_passed", "lesions_true", "lesions_evaluable",
-                "lesions_preserved", "lesions_invented", "lesion_free_subjects_with_invented"):
-        out[f"audit_{key}"] = float(audit[key])
-    out["audit_passed"] = 1.0 if audit["passed"] else 0.0
-    out[f"{model_p}_subjects"] = float(audit["subjects_evaluated"])
-    out[f"{model_p}_subjects_failed"] = float(audit["subjects_failed"])
+                    x = finite_or_none(v.get(stat))
+                    if x is not None:
+                        out[f"{prefix}_{aliases.get(key, key)}{tail}"] = x
+    if audit is not None:
+        for key, v in audit.items():
+            if isinstance(v, bool):
+                out[f"audit_{key}"] = 1.0 if v else 0.0
+            elif isinstance(v, (int, float)):
+                out[f"audit_{key}"] = float(v)
+    if "per_subject" in report:
+        out[f"{model_p}_subjects"] = float(len(report["per_subject"]))
+        out[f"{model_p}_subjects_failed"] = float(len(report["failed"]))
     return out
 
 
@@ -344,79 +280,6 @@ def _log_mlflow(tracking_uri: str, experiment: str, run_id: str | None, metrics:
 # --------------------------------------------------------------------------- the step
 
 
-def _evaluate_task_step(fw: Any, data_uri: str, root: Path | None, work: Path,
-                        stack: contextlib.ExitStack, output_uri: str, *, split: str, figures: int,
-                        tracking: str | None, experiment: str, run_id: str | None,
-                        inputs: dict[str, Any], t_start: float) -> dict[str, Any]:
-    """Evaluate a model of any task but MR -> CT (``gan_core.task_evaluation``): the task's
-    metrics and baseline on ``shards/<split>``; no lesion audit (``audit_passed`` is false with
-    the reason). Unconditional synthesis: the in-domain Fréchet distance (``gan_core.fid``)."""
-    from gan_core.task_evaluation import evaluate_task, task_table
-    from gan_core.tasks import build_task
-
-    task = build_task(fw.cfg.task)
-    t0 = time.monotonic()
-    train_dir = _train_shards(data_uri, root, work)
-    test_dir = _train_shards(data_uri, root, work, split)
-    out = Path(stack.enter_context(storage.staged_output(output_uri)))
-    if task.in_channels == 0:
-        from gan_core.synthesis_eval import synthesis_report
-
-        report = synthesis_report({METHOD: fw}, train_dir, test_dir, out, seed=fw.cfg.seed)
-        table = report["table"]
-    else:
-        report = evaluate_task({METHOD: fw}, task, test_dir, out, train_shards=train_dir,
-                               figures=figures)
-        if not report["per_subject"]:
-            reasons = "; ".join(f"{f['subject']}: {f['error']}" for f in report["failed"])
-            raise EvaluateError(f"no subject of split {split!r} in {data_uri} could be evaluated: {reasons}")
-        table = task_table(report)
-    (out / "results.txt").write_text(table + "\n")
-    model_p, base_p = _metric_prefixes(split)
-    metrics: dict[str, float] = {}
-    agg: dict[str, dict[str, float | None]] = {}
-    for name, prefix in ((METHOD, model_p), (f"{METHOD}-raw", f"{model_p}_raw"), ("baseline", base_p)):
-        a = report["aggregate"].get(name)
-        if not a:
-            continue
-        agg[name] = {k: finite_or_none(v["mean"]) for k, v in a.items() if isinstance(v, dict)}
-        for k, v in a.items():
-            if isinstance(v, dict):
-                for stat, tail in (("mean", ""), ("sd", "_sd")):
-                    x = finite_or_none(v.get(stat))
-                    if x is not None:
-                        metrics[f"{prefix}_{k}{tail}"] = x
-    reason = f"no lesion audit for task {task.name!r}"
-    logged_run = None
-    if tracking:
-        logged_run = _log_mlflow(tracking, experiment, run_id, metrics,
-                                 {"audit_passed": "false", "evaluation_uri": output_uri,
-                                  "evaluation_split": split, "medgan.task": task.name}, out)
-    figs = sorted(p.name for p in (out / "figures").glob("*.png")) if (out / "figures").is_dir() else []
-    manifest = _json_safe({
-        "step": "evaluate", "inputs": inputs,
-        "params": {"split": split, "figures": figures, "experiment": experiment,
-                   "tracking_uri": redact_uri(tracking), "task": task.name},
-        "outputs": {"metrics": "metrics.json", "results": "results.txt",
-                    "figures": [f"figures/{n}" for n in figs], "aggregate": agg,
-                    "audit": {"passed": False, "reason": reason}, "audit_passed": False,
-                    "failed": report.get("failed", []), "mlflow_run_id": logged_run,
-                    "framework": fw.cfg.framework, "task": task.name, "unit": task.target_unit},
-        "summary": metrics,
-        "timings": {"total_s": round(time.monotonic() - t_start, 3),
-                    "evaluate_s": round(time.monotonic() - t0, 3)},
-        "code_version": gan_core.__version__, "git_commit": code_info()["git_commit"],
-    })
-    storage.write_json(out / MANIFEST, manifest)
-    if logged_run:
-        from mlflow import MlflowClient
-
-        MlflowClient(tracking_uri=tracking).log_artifact(logged_run, str(out / MANIFEST), "evaluation")
-    log.info("evaluate %s (task %s) on %s/%s -> %s", inputs["model_uri"], task.name, data_uri, split,
-             output_uri)
-    return manifest
-
-
 def run_evaluate(data_uri: str, model_uri: str, output_uri: str, *, tracking_uri: str | None = None,
                  experiment: str = "medgan", run_id: str | None = None, split: str = "test",
                  figures: int = 3) -> dict[str, Any]:
@@ -426,7 +289,9 @@ def run_evaluate(data_uri: str, model_uri: str, output_uri: str, *, tracking_uri
     >>> m["outputs"]["aggregate"]["model"]["mae"], m["outputs"]["audit_passed"]  # doctest: +SKIP
     (142.3, False)
     """
-    from gan_core.evaluation import evaluate_subjects, fit_baseline, results_table
+    from gan_core.eval.evaluate import EvaluationFailed, evaluate
+    from gan_core.eval.report import results_table
+    from gan_core.tasks import build_task
     from gan_core.train import load_model, pick_device
 
     t_start = time.monotonic()
@@ -464,56 +329,53 @@ def run_evaluate(data_uri: str, model_uri: str, output_uri: str, *, tracking_uri
             fw = load_model(model_path, pick_device())
         except (ValueError, FileNotFoundError) as exc:
             raise EvaluateError(f"{storage.join(model_uri, MODEL_FILE)}: {exc}") from exc
-        if fw.cfg.task.name != "mr2ct":  # every other task is scored on the packed shards
-            return _evaluate_task_step(fw, data_uri, root, work, stack, output_uri, split=split,
-                                       figures=figures, tracking=tracking, experiment=experiment,
-                                       run_id=run_id, inputs={"data_uri": data_uri, "model_uri": model_uri,
-                                                              "data_manifest_sha256": data_sha,
-                                                              "model_sha256": model_sha},
-                                       t_start=t_start)
-        records = {r["id"]: r for r in data_manifest.get("subjects") or []
-                   if isinstance(r, dict) and isinstance(r.get("id"), str)}
-        subjects = _subjects(data_uri, root, ids, work, records)
-        baseline = fit_baseline(_train_shards(data_uri, root, work))
+        task = build_task(fw.cfg.task)
+        train_dir = _shards(data_uri, root, work, "train")
+        test_dir = _shards(data_uri, root, work, split)
         timings["load_s"] = round(time.monotonic() - t0, 3)
 
         out = Path(stack.enter_context(storage.staged_output(output_uri)))
         t0 = time.monotonic()
-        report = evaluate_subjects({METHOD: fw}, subjects, baseline, out, figures=figures)
+        try:
+            report = evaluate({METHOD: fw}, task, test_dir, out, train_shards=train_dir,
+                              figures=figures, subjects=ids)
+        except EvaluationFailed as exc:
+            raise EvaluateError(f"no subject of split {split!r} in {data_uri} could be evaluated: "
+                                f"{exc.reasons}") from exc
         timings["evaluate_s"] = round(time.monotonic() - t0, 3)
-        if not report["per_subject"]:
-            reasons = "; ".join(f"{f['subject']}: {f['error']}" for f in report["failed"])
-            raise EvaluateError(f"no subject of split {split!r} in {data_uri} could be evaluated: {reasons}")
         for f in report["failed"]:
             log.warning("subject %s not evaluated: %s", f["subject"], f["error"])
         (out / "results.txt").write_text(results_table(report) + "\n")
-        audit = audit_summary(report)
-        agg = {name: {k: finite_or_none(report["aggregate"][name][k]["mean"]) for k in ("mae", "psnr", "ssim")}
-               for name in report["methods"] if report["aggregate"].get(name)}
+        task_audit = (report.get("audit") or {}).get(METHOD)
+        audit = task_audit or {"passed": False, "reason": f"task {task.name!r} has no audit"}
+        agg = {name: {k: finite_or_none(v["mean"]) for k, v in a.items() if isinstance(v, dict)}
+               for name, a in report["aggregate"].items() if a}
         figs = sorted(p.name for p in (out / "figures").glob("*.png")) if (out / "figures").is_dir() else []
 
-        metrics = _mlflow_metrics(report, audit, split)
+        metrics = _mlflow_metrics(report, task_audit, split, task.metric_aliases)
         logged_run = None
         if tracking:
             t0 = time.monotonic()
             tags = {"audit_passed": str(audit["passed"]).lower(), "evaluation_uri": output_uri,
-                    "evaluation_split": split}
+                    "evaluation_split": split, "medgan.task": task.name}
             logged_run = _log_mlflow(tracking, experiment, run_id, metrics, tags, out)
             timings["mlflow_s"] = round(time.monotonic() - t0, 3)
         timings["total_s"] = round(time.monotonic() - t_start, 3)
+        evaluated = (len(report["per_subject"]) if "per_subject" in report
+                     else len(ids) - len(report["failed"]))
         manifest = _json_safe({
             "step": "evaluate",
             "inputs": {"data_uri": data_uri, "model_uri": model_uri,
                        "data_manifest_sha256": data_sha, "model_sha256": model_sha},
             "params": {"split": split, "figures": figures, "experiment": experiment,
-                       "tracking_uri": redact_uri(tracking)},
+                       "tracking_uri": redact_uri(tracking), "task": task.name},
             "outputs": {"metrics": "metrics.json", "results": "results.txt",
                         "figures": [f"figures/{n}" for n in figs],
                         "aggregate": agg, "audit": audit, "audit_passed": audit["passed"],
                         "failed": report["failed"], "mlflow_run_id": logged_run,
-                        "framework": fw.cfg.framework},
+                        "framework": fw.cfg.framework, "task": task.name, "unit": task.target_unit},
             "summary": metrics,
-            "counts": {"subjects": len(ids), "evaluated": len(report["per_subject"]),
+            "counts": {"subjects": len(ids), "evaluated": evaluated,
                        "failed": len(report["failed"]), "figures": len(figs)},
             "timings": timings,
             "code_version": gan_core.__version__,
@@ -524,8 +386,8 @@ def run_evaluate(data_uri: str, model_uri: str, output_uri: str, *, tracking_uri
             from mlflow import MlflowClient
 
             MlflowClient(tracking_uri=tracking).log_artifact(logged_run, str(out / MANIFEST), "evaluation")
-    log.info("evaluate %s on %s/%s -> %s: MAE %.1f HU, audit %s", model_uri, data_uri, split,
-             output_uri, agg[METHOD]["mae"] or float("nan"), "passed" if audit["passed"] else "failed")
+    log.info("evaluate %s (task %s) on %s/%s -> %s: %s; audit %s", model_uri, task.name, data_uri,
+             split, output_uri, agg.get(METHOD), "passed" if audit["passed"] else "failed")
     return manifest
 
 
@@ -533,7 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``python -m components.evaluate`` argument parser."""
     p = argparse.ArgumentParser(prog="python -m components.evaluate",
                                 description="Evaluate a trained generator on held-out subjects beside the "
-                                            "intensity-regression baseline; metrics, figures, audit, MLflow.")
+                                            "task's baseline; metrics, figures, audit, MLflow.")
     p.add_argument("--data-uri", required=True, help="preprocess output (local folder or s3://)")
     p.add_argument("--model-uri", required=True, help="train output holding model.pt + manifest.json")
     p.add_argument("--output-uri", required=True, help="where metrics.json, figures/ and manifest.json go")

@@ -84,8 +84,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from gan_core.data.shards import Shards
-    from gan_core.evaluation import evaluate_subjects, fit_baseline, results_table
+    from gan_core.eval.evaluate import evaluate
+    from gan_core.eval.report import results_table
+    from gan_core.tasks import build_task
     from gan_core.train import load_model
 
     models = {}
@@ -93,31 +94,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         name, _, path = spec.rpartition("=")
         fw = load_model(path, args.device)
         models[name or fw.name] = fw
-    data = Path(args.data)
     tasks = {fw.cfg.task.name for fw in models.values()}
     if len(tasks) > 1:
         raise ValueError(f"--model: the models were trained for different tasks {sorted(tasks)}")
-    if tasks != {"mr2ct"}:  # every other task: scored on the packed shards by the task itself
-        from gan_core.task_evaluation import evaluate_task, task_table
-        from gan_core.tasks import build_task
-
-        task = build_task(next(iter(models.values())).cfg.task)
-        report = evaluate_task(models, task, data / args.split, args.out,
-                               train_shards=None if args.no_baseline else data / "train")
-        print(task_table(report))
-        if report["failed"]:
-            print(f"{len(report['failed'])} subject(s) failed: {report['failed']}", file=sys.stderr)
-        return 0
-    baseline = fit_baseline(data / "train") if not args.no_baseline else None
-    if baseline is not None:
-        Path(args.out).mkdir(parents=True, exist_ok=True)
-        baseline.save(Path(args.out) / "baseline.json")
-    sh = Shards(data / args.split)
-    subjects = [sh.subject_files(i) for i in range(len(sh.subjects))]
-    report = evaluate_subjects(models, subjects, baseline, args.out)
+    data = Path(args.data)
+    task = build_task(next(iter(models.values())).cfg.task)
+    report = evaluate(models, task, data / args.split, args.out,
+                      train_shards=None if args.no_baseline else data / "train",
+                      figures=args.figures, device=args.device)
     print(results_table(report))
     if report["failed"]:
-        print(f"{len(report['failed'])} subject(s) failed: {report['failed']}", file=sys.stderr)
+        print(f"{len(report['failed'])} subject(s) failed: "
+              + "; ".join(f"{f['subject']}: {f['error']}" for f in report["failed"]), file=sys.stderr)
     return 0
 
 
@@ -134,7 +122,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """Phantom cohort -> shards -> pix2pix + CycleGAN on CPU -> evaluation vs baseline -> translate."""
     from gan_core.data.phantom import write_cohort
     from gan_core.data.shards import Shards
-    from gan_core.evaluation import evaluate_subjects, fit_baseline, results_table
+    from gan_core.eval.evaluate import evaluate
+    from gan_core.eval.report import results_table
+    from gan_core.tasks import build_task
     from gan_core.train import train
     from gan_core.translate import translate_file
 
@@ -161,11 +151,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
         models[fw_name] = load_model(res.model_path)
     print("[4/5] evaluate on the held-out test subjects (SynthRAD metrics, HU, body mask)")
-    baseline = fit_baseline(shards / "train")
-    sh = Shards(shards / "test")
-    test = [sh.subject_files(i) for i in range(len(sh.subjects))]
-    report = evaluate_subjects(models, test, baseline, work / "eval")
-    first = test[0]
+    report = evaluate(models, build_task(models["pix2pix"].cfg.task), shards / "test", work / "eval",
+                      train_shards=shards / "train", figures=3)
+    first = Shards(shards / "test").subject_files(0)
     out = translate_file(work / "runs" / "pix2pix", first.mr, work / "sct_pix2pix.nii.gz", mask_path=first.mask)
     print(f"[5/5] translated {first.mr} -> {out}")
     print()
@@ -206,13 +194,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--quiet", action="store_true", help="no progress bar")
     sp.set_defaults(func=cmd_train)
 
-    sp = sub.add_parser("evaluate", help="the task's metrics + baseline (+ lesion audit for MR->CT) + figures")
+    sp = sub.add_parser("evaluate", help="the task's metrics, baseline, audit (MR->CT: lesions) and figures")
     sp.add_argument("--model", required=True, action="append", metavar="[NAME=]PATH",
                     help="model.pt / run folder (repeatable)")
     sp.add_argument("--data", required=True, help="shard folder (baseline fitted on train/)")
     sp.add_argument("--split", default="test", choices=("train", "val", "test"))
     sp.add_argument("--out", required=True, help="folder for metrics.json and figures/")
     sp.add_argument("--no-baseline", action="store_true")
+    sp.add_argument("--figures", type=int, default=2, help="PNG figures of the first N subjects")
     sp.add_argument("--device", default="cpu")
     sp.set_defaults(func=cmd_evaluate)
 

@@ -10,7 +10,7 @@ import pytest
 from scipy import ndimage
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from gan_core import metrics as M
+from gan_core.eval import metrics as M
 from gan_core.config import TaskConfig
 from gan_core.data.normalize import unit_to_ct
 from gan_core.data.shards import Shards, SliceDataset

@@ -1,4 +1,4 @@
-"""The synthetic-data augmentation experiment (gan_core.augmentation)."""
+"""The synthetic-data augmentation experiment (gan_core.eval.augmentation)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from gan_core.augmentation import (
+from gan_core.eval.augmentation import (
     augmentation_table,
     class_names,
     lut_synthesizer,

@@ -1,4 +1,4 @@
-"""Non-learned MR -> HU baseline (gan_core.baseline)."""
+"""Non-learned MR -> HU baseline (gan_core.eval.baseline)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from gan_core.baseline import IntensityRegressionBaseline
+from gan_core.eval.baseline import IntensityRegressionBaseline
 from gan_core.data.normalize import mr_to_unit
 
 

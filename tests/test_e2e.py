@@ -9,7 +9,8 @@ from gan_core.cli import main, pack_cohort
 from gan_core.config import preset
 from gan_core.data.phantom import write_cohort
 from gan_core.data.shards import Shards
-from gan_core.evaluation import evaluate_subjects, fit_baseline
+from gan_core.eval.evaluate import evaluate
+from gan_core.tasks import build_task
 from gan_core.train import load_model, train
 
 
@@ -21,9 +22,9 @@ def test_demo_preset_beats_baseline_on_held_out_subjects(tmp_path):
     assert not set(splits["train"]) & set(splits["test"])
     res = train(preset("demo", "pix2pix"), shards, tmp_path / "run", progress=False)
     sh = Shards(shards / "test")
-    report = evaluate_subjects({"pix2pix": load_model(res.model_path)},
-                               [sh.subject_files(i) for i in range(len(sh.subjects))],
-                               fit_baseline(shards / "train"), tmp_path / "eval", figures=1)
+    fw = load_model(res.model_path)
+    report = evaluate({"pix2pix": fw}, build_task(fw.cfg.task), shards / "test", tmp_path / "eval",
+                      train_shards=shards / "train", figures=1)
     model, base = report["aggregate"]["pix2pix"]["mae"]["mean"], report["aggregate"]["baseline"]["mae"]["mean"]
     assert model < base, f"pix2pix MAE {model:.1f} HU is not below the baseline's {base:.1f} HU"
     assert report["aggregate"]["pix2pix"]["ssim"]["mean"] > report["aggregate"]["baseline"]["ssim"]["mean"]

@@ -11,11 +11,12 @@ from pathlib import Path
 
 import boto3
 import moto.server as moto_server
+import numpy as np
 import pytest
 from mlflow import MlflowClient
 
 from components import storage
-from components.evaluate import EvaluateError, audit_summary, main, run_evaluate
+from components.evaluate import EvaluateError, main, run_evaluate
 from tests.mlflow_server import preprocess_output, train_output
 
 
@@ -50,7 +51,9 @@ def test_evaluate_writes_report_and_logs_to_the_training_run(data, trained, serv
     assert report["methods"] == ["model", "baseline"]
     assert sorted(p.name for p in (out / "figures").iterdir()) == [f"{ids[0]}.png"]  # figures=1
     assert (out / "figures" / f"{ids[0]}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "MAE [HU]" in (out / "results.txt").read_text()
+    results = (out / "results.txt").read_text()
+    assert "| method | mae | psnr | ssim | audit |" in results and "| model |" in results
+    assert f"audit of model: {m['outputs']['audit']['reason']}" in results
     assert json.loads((out / "manifest.json").read_text()) == m
 
     # manifest: inputs hashed, aggregate = metrics.json means, audit consistent with per-subject audits
@@ -65,6 +68,7 @@ def test_evaluate_writes_report_and_logs_to_the_training_run(data, trained, serv
     audits = [r["model"]["audit"] for r in report["per_subject"]]
     assert m["outputs"]["audit_passed"] is all(a["passed"] for a in audits)
     assert m["outputs"]["audit"]["lesions_true"] == sum(a["n_true"] for a in audits)
+    assert m["outputs"]["audit"] == report["audit"]["model"] and m["outputs"]["task"] == "mr2ct"
     assert m["outputs"]["mlflow_run_id"] == run_id
 
     # MLflow: metrics, tag and artifacts on the training run
@@ -74,6 +78,7 @@ def test_evaluate_writes_report_and_logs_to_the_training_run(data, trained, serv
     assert run.data.metrics["test_ssim"] == pytest.approx(agg["model"]["ssim"])
     assert run.data.metrics["baseline_mae_hu"] == pytest.approx(agg["baseline"]["mae"])
     assert run.data.metrics["audit_lesions_true"] == m["outputs"]["audit"]["lesions_true"]
+    assert run.data.metrics["audit_passed"] == float(m["outputs"]["audit_passed"])
     assert run.data.metrics["test_subjects"] == len(ids)
     assert "val_mae" in run.data.metrics  # training's own metric is untouched
     assert m["summary"]["test_mae_hu"] == pytest.approx(agg["model"]["mae"])
@@ -93,7 +98,12 @@ def test_corrupted_subject_is_reported_and_the_rest_evaluated(data, trained, ser
     assert len(ids) >= 2
     broken = tmp_path / "processed"
     shutil.copytree(data, broken)
-    (broken / "subjects" / ids[0] / "mr.nii.gz").write_bytes(b"\x1f\x8b not really a nifti")
+    index = json.loads((broken / "shards" / "test" / "index.json").read_text())
+    entry = next(e for e in index["subjects"] if e["id"] == ids[0])
+    ct = np.load(broken / "shards" / "test" / "ct.npy", mmap_mode="r+")
+    ct[entry["offset"]:entry["offset"] + entry["depth"]] = np.nan  # a corrupted subject
+    ct.flush()
+    del ct
     model_dir, _ = trained
     out = tmp_path / "eval"
     # CLI path; no --run-id and a train manifest without one -> a new run in the experiment
@@ -108,7 +118,7 @@ def test_corrupted_subject_is_reported_and_the_rest_evaluated(data, trained, ser
     m = json.loads((out / "manifest.json").read_text())
     assert printed["failed"] == 1 and printed["evaluated"] == len(ids) - 1
     assert [f["subject"] for f in m["outputs"]["failed"]] == [ids[0]]
-    assert "mr.nii.gz" in m["outputs"]["failed"][0]["error"]
+    assert "non-finite" in m["outputs"]["failed"][0]["error"]
     report = json.loads((out / "metrics.json").read_text())
     assert [r["subject"] for r in report["per_subject"]] == ids[1:]
     client = MlflowClient(tracking_uri=server)
@@ -150,21 +160,26 @@ def test_bad_inputs_name_the_file_and_field(data, trained, tmp_path):
                  "--output-uri", str(tmp_path / "o6")]) == 1
 
 
-def test_audit_summary_verdicts():
-    def row(sid, has_lesion, **a):
-        base = {"n_true": 0, "n_evaluable": 0, "n_preserved": 0, "n_invented": 0, "passed": True}
-        return {"subject": sid, "has_lesion": has_lesion, "model": {"audit": {**base, **a}}}
+def test_a_task_without_audit_uses_its_own_metric_names(data, tmp_path, monkeypatch):
+    """CT -> MR through the same step: fastMRI metric names, no audit_* metrics, audit_passed
+    false with the reason."""
+    from gan_core.config import preset
+    from gan_core.frameworks import build_framework
+    from gan_core.train import save_model
 
-    ok = audit_summary({"per_subject": [row("a", True, n_true=1, n_evaluable=1, n_preserved=1),
-                                        row("b", False)], "failed": []})
-    assert ok["passed"] and ok["lesion_subjects_all_preserved"] == 1 and ok["failing_subjects"] == []
-    lost = audit_summary({"per_subject": [row("a", True, n_true=2, n_evaluable=2, n_preserved=1, passed=False),
-                                          row("b", False, n_invented=2, passed=False)], "failed": []})
-    assert not lost["passed"] and lost["failing_subjects"] == ["a", "b"]
-    assert lost["lesion_free_subjects_with_invented"] == 1 and lost["lesions_invented"] == 2
-    none = audit_summary({"per_subject": [{"subject": "c", "has_lesion": False, "model": {"mae": 1.0}}],
-                          "failed": []})
-    assert not none["passed"] and none["subjects_not_audited"] == ["c"] and "not performed" in none["reason"]
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    fw = build_framework(preset("tiny", "pix2pix", "ct2mr"))
+    model_dir = tmp_path / "ct2mr"
+    model_dir.mkdir()
+    save_model(fw, model_dir / "model.pt")
+    (model_dir / "manifest.json").write_text(json.dumps({"step": "train", "mlflow_run_id": None}))
+    m = run_evaluate(str(data), str(model_dir), str(tmp_path / "e"), figures=1)
+    o = m["outputs"]
+    assert o["task"] == "ct2mr" and o["unit"] == "[0,1]" and set(o["aggregate"]) == {"model", "baseline"}
+    assert o["audit_passed"] is False and o["audit"]["reason"] == "task 'ct2mr' has no audit"
+    assert {"test_nmse", "test_psnr", "test_ssim", "baseline_nmse", "test_subjects"} <= set(m["summary"])
+    assert not [k for k in m["summary"] if k.startswith("audit_") or k.endswith("_hu")]
+    assert m["counts"]["evaluated"] == len(_test_ids(data)) and m["counts"]["figures"] == 1
 
 
 @pytest.fixture()

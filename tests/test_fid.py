@@ -1,12 +1,12 @@
-"""In-domain Fréchet distance (gan_core.fid)."""
+"""In-domain Fréchet distance (gan_core.eval.fid)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from gan_core.fid import FeatureExtractor, fd_score, frechet_distance, statistics
-from gan_core.segment import load_slices
+from gan_core.eval.fid import FeatureExtractor, fd_score, frechet_distance, statistics
+from gan_core.eval.segment import load_slices
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -1,4 +1,4 @@
-"""SynthRAD2023-exact metrics and the lesion hallucination audit (gan_core.metrics)."""
+"""SynthRAD2023-exact metrics and the lesion hallucination audit (gan_core.eval.metrics)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from skimage.metrics import structural_similarity
 
-from gan_core.metrics import DYNAMIC_RANGE, aggregate, lesion_audit, mae, psnr, score, ssim
+from gan_core.eval.metrics import DYNAMIC_RANGE, aggregate, lesion_audit, mae, psnr, score, ssim
 
 
 def _ball(shape, centre, radius):

@@ -1,4 +1,4 @@
-"""The tissue segmenter, its training and the Dice scores (gan_core.segment)."""
+"""The tissue segmenter, its training and the Dice scores (gan_core.eval.segment)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from gan_core.segment import (
+from gan_core.eval.segment import (
     SegUNet,
     class_mean,
     dice_per_class,

@@ -1,8 +1,10 @@
-"""Tasks: registry, channels and loss defaults from the config, labels in the shards, the
-datasets' inputs per task, the simple tasks' baselines, and the generic task evaluation."""
+"""Tasks: registry, channels and loss defaults from the config, labels and lesions in the shards,
+the datasets' inputs per task, the simple tasks' baselines, and the one evaluator
+(gan_core.eval.evaluate) with each task's metrics, baseline and audit, from Python and the CLI."""
 
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -37,11 +39,25 @@ def test_preset_takes_channels_and_loss_defaults_from_the_task():
 
 def test_shards_carry_tissue_labels(tiny_shards):
     sh = Shards(tiny_shards / "train")
-    assert sh.index["arrays"] == ["mr", "ct", "mask", "labels"]
+    assert sh.index["arrays"] == ["mr", "ct", "mask", "labels", "lesion"]
     lab = sh.arrays["labels"]
     assert lab.dtype == np.uint8 and lab.shape == sh.arrays["ct"].shape and lab.max() > 3
     body = sh.arrays["mask"] > 0
     assert (lab[~body] == 0).mean() > 0.95  # outside the head: air
+
+
+def test_shards_carry_the_lesion_masks_in_slab_layout(tiny_shards):
+    from gan_core.data.nifti import load_volume
+
+    sh = Shards(tiny_shards / "train")
+    with_lesion = 0
+    for i in range(len(sh.subjects)):
+        files = sh.subject_files(i)
+        want = np.moveaxis(load_volume(files.lesion).array > 0, 2, 0)  # (X, Y, Z) -> (Z, X, Y)
+        got = sh.subject_slab(i)["lesion"]
+        assert got.dtype == np.uint8 and np.array_equal(got > 0, want)
+        with_lesion += bool(want.any())
+    assert with_lesion >= 1  # the cohort has lesions to audit
 
 
 def test_dataset_inputs_follow_the_task(tiny_shards):
@@ -94,31 +110,106 @@ def ct2mr_model(tiny_shards, tmp_path_factory):
     return load_model(res.model_path)
 
 
-def test_evaluate_task_scores_models_and_baseline_and_survives_a_bad_subject(ct2mr_model, tiny_shards, tmp_path):
-    from gan_core.task_evaluation import evaluate_task, task_table
+def test_evaluate_scores_models_and_baseline_and_survives_a_bad_subject(ct2mr_model, tiny_shards, tmp_path):
+    from gan_core.eval.evaluate import evaluate
+    from gan_core.eval.report import results_table
 
     task = build_task(ct2mr_model.cfg.task)
-    rep = evaluate_task({"p2p": ct2mr_model}, task, tiny_shards / "test", tmp_path,
-                        train_shards=tiny_shards / "train", subjects=[0, 99])
+    rep = evaluate({"p2p": ct2mr_model}, task, tiny_shards / "test", tmp_path,
+                   train_shards=tiny_shards / "train", subjects=[0, 99, "nobody"])
     assert rep["methods"] == ["p2p", "baseline"] and rep["unit"] == "[0,1]"
-    assert [f["subject"] for f in rep["failed"]] == ["#99"]
-    assert len(rep["per_subject"]) == 1
+    assert [f["subject"] for f in rep["failed"]] == ["#99", "nobody"]
+    assert "not in" in rep["failed"][1]["error"]
+    assert len(rep["per_subject"]) == 1 and "audit" not in rep  # CT -> MR has no audit
     row = rep["per_subject"][0]
     assert set(row["p2p"]) == {"nmse", "psnr", "ssim"} and all(math.isfinite(v) for v in row["p2p"].values())
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["task"] == "ct2mr" and saved["aggregate"]["baseline"]["n"] == 1
-    assert "| p2p |" in task_table(rep)
+    assert "| p2p |" in results_table(rep) and "audit" not in results_table(rep)
     assert list((tmp_path / "figures").glob("*.png"))
 
 
-def test_evaluate_task_lists_kspace_raw_and_data_consistent_outputs(tiny_shards, tmp_path):
+def test_evaluate_raises_naming_every_subject_when_all_fail(ct2mr_model, tiny_shards, tmp_path):
+    from gan_core.eval.evaluate import EvaluationFailed, evaluate
+
+    with pytest.raises(EvaluationFailed, match=r"could be evaluated: nobody: KeyError.*; #7: IndexError") as e:
+        evaluate({"p2p": ct2mr_model}, build_task(ct2mr_model.cfg.task), tiny_shards / "test",
+                 tmp_path, subjects=["nobody", 7])
+    assert [f["subject"] for f in e.value.failed] == ["nobody", "#7"]
+    assert json.loads((tmp_path / "metrics.json").read_text())["failed"] == e.value.failed
+
+
+def test_mr2ct_evaluation_audits_lesions_in_hu_as_the_nifti_audit(tiny_shards, tmp_path):
+    """MR -> CT on the shards: SynthRAD metrics in HU, the lesion audit per method with the
+    subject's spacing (same numbers as auditing the NIfTI volumes), and the cohort verdict."""
+    from gan_core.data.nifti import load_volume
+    from gan_core.eval.evaluate import evaluate
+    from gan_core.eval.metrics import lesion_audit
+    from gan_core.eval.report import results_table
     from gan_core.frameworks import build_framework
-    from gan_core.task_evaluation import evaluate_task
+
+    cfg = preset("tiny", "pix2pix")
+    fw = build_framework(cfg)
+    fw.train(False)
+    task = build_task(cfg.task)
+    rep = evaluate({"net": fw}, task, tiny_shards / "test", tmp_path, train_shards=tiny_shards / "train",
+                   figures=1)
+    assert rep["methods"] == ["net", "baseline"] and rep["unit"] == "HU" and not rep["failed"]
+    sh = Shards(tiny_shards / "test")
+    for i, row in enumerate(rep["per_subject"]):
+        files = sh.subject_files(i)
+        lesion, ct = load_volume(files.lesion), load_volume(files.ct)
+        assert row["has_lesion"] == bool(lesion.array.any())
+        assert set(row["net"]) == {"mae", "psnr", "ssim", "audit"} and 0 < row["baseline"]["mae"] < 500
+        # the audit of the NIfTI volumes (X, Y, Z) with the NIfTI spacing gives the same verdict
+        base_hu = np.moveaxis(task.baseline(task.degrade(sh.subject_slab(i), None), sh.subject_slab(i)), 0, 2)
+        from gan_core.data.normalize import unit_to_ct
+
+        direct = lesion_audit(ct.array, unit_to_ct(base_hu), lesion.array, load_volume(files.mask).array,
+                              spacing=ct.spacing)
+        got = row["baseline"]["audit"]
+        for k in ("n_true", "n_evaluable", "n_preserved", "n_invented", "passed"):
+            assert got[k] == direct[k], k
+        for a, b in zip(got["lesions"], direct["lesions"]):
+            assert a["true_contrast"] == pytest.approx(b["true_contrast"], abs=1e-3)
+    verdict = rep["audit"]["net"]
+    assert verdict["subjects_audited"] == len(rep["per_subject"])
+    assert verdict["passed"] is all(r["net"]["audit"]["passed"] for r in rep["per_subject"])
+    assert verdict["lesions_true"] == sum(r["net"]["audit"]["n_true"] for r in rep["per_subject"])
+    table = results_table(rep)
+    assert "| net |" in table and "audit" in table and verdict["reason"] in table
+    assert len(list((tmp_path / "figures").glob("*.png"))) == 1
+
+
+def test_mr2ct_audit_summary_verdicts():
+    task = build_task(TaskConfig())
+
+    def row(sid, has_lesion, **a):
+        base = {"n_true": 0, "n_evaluable": 0, "n_preserved": 0, "n_invented": 0, "passed": True}
+        return {"subject": sid, "has_lesion": has_lesion, "model": {"audit": {**base, **a}}}
+
+    ok = task.audit_summary({"per_subject": [row("a", True, n_true=1, n_evaluable=1, n_preserved=1),
+                                             row("b", False)], "failed": []}, "model")
+    assert ok["passed"] and ok["lesion_subjects_all_preserved"] == 1 and ok["failing_subjects"] == []
+    lost = task.audit_summary({"per_subject": [
+        row("a", True, n_true=2, n_evaluable=2, n_preserved=1, passed=False),
+        row("b", False, n_invented=2, passed=False)], "failed": []}, "model")
+    assert not lost["passed"] and lost["failing_subjects"] == ["a", "b"]
+    assert lost["lesion_free_subjects_with_invented"] == 1 and lost["lesions_invented"] == 2
+    none = task.audit_summary({"per_subject": [{"subject": "c", "has_lesion": False, "model": {"mae": 1.0}}],
+                               "failed": []}, "model")
+    assert not none["passed"] and none["subjects_not_audited"] == ["c"] and "not performed" in none["reason"]
+    assert build_task(TaskConfig(name="ct2mr")).audit_summary({"per_subject": []}, "model") is None
+
+
+def test_evaluate_lists_kspace_raw_and_data_consistent_outputs(tiny_shards, tmp_path):
+    from gan_core.eval.evaluate import evaluate
+    from gan_core.frameworks import build_framework
 
     cfg = preset("tiny", "pix2pix", "kspace")
     fw = build_framework(cfg)
     fw.train(False)
-    rep = evaluate_task({"net": fw}, build_task(cfg.task), tiny_shards / "test", tmp_path)
+    rep = evaluate({"net": fw}, build_task(cfg.task), tiny_shards / "test", tmp_path)
     assert rep["methods"] == ["net", "net-raw", "baseline"]
     agg = rep["aggregate"]
     # hard data consistency only replaces measured frequencies with the truth's: never worse
@@ -159,6 +250,17 @@ def test_unconditional_synthesis_validates_by_intensity_distance(tiny_shards):
     assert v == pytest.approx(d * build_task(cfg.task).target_scale)
 
 
+def _break_subjects(shards, dst, split: str, n: int):
+    """A copy of ``shards`` whose first ``n`` subjects of ``split`` hold NaN CT; returns their ids."""
+    shutil.copytree(shards, dst)
+    sh = Shards(dst / split)
+    ct = np.load(dst / split / "ct.npy", mmap_mode="r+")
+    for s in sh.subjects[:n]:
+        ct[s["offset"]:s["offset"] + s["depth"]] = np.nan
+    ct.flush()
+    return [s["id"] for s in sh.subjects[:n]]
+
+
 def test_cli_trains_and_evaluates_an_application_task(tiny_shards, tmp_path, capsys):
     from gan_core.cli import main
 
@@ -171,3 +273,20 @@ def test_cli_trains_and_evaluates_an_application_task(tiny_shards, tmp_path, cap
     assert "| net |" in out and "| baseline |" in out and "| input |" in out
     rep = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert rep["task"] == "lowdose" and rep["task_config"]["dose"] == 0.1 and not rep["failed"]
+
+    # one bad subject is reported and the others scored; all bad: a non-zero exit naming them
+    n_test = len(Shards(tiny_shards / "test").subjects)
+    assert n_test >= 2
+    (bad,) = _break_subjects(tiny_shards, tmp_path / "one_bad", "test", 1)
+    assert main(["evaluate", "--model", f"net={run}", "--data", str(tmp_path / "one_bad"),
+                 "--out", str(tmp_path / "eval1"), "--figures", "0"]) == 0
+    captured = capsys.readouterr()
+    rep = json.loads((tmp_path / "eval1" / "metrics.json").read_text())
+    assert [f["subject"] for f in rep["failed"]] == [bad] and len(rep["per_subject"]) == n_test - 1
+    assert f"1 subject(s) failed: {bad}: " in captured.err
+    bad_all = _break_subjects(tiny_shards, tmp_path / "all_bad", "test", n_test)
+    assert main(["evaluate", "--model", f"net={run}", "--data", str(tmp_path / "all_bad"),
+                 "--out", str(tmp_path / "eval2")]) == 2
+    err = capsys.readouterr().err
+    assert "medgan evaluate: error: no subject of" in err
+    assert all(f"{sid}: " in err for sid in bad_all) and "Error" in err

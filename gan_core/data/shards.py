@@ -6,6 +6,7 @@ axial slices stacked along the first axis (volumes ``(X, Y, Z)`` -> ``(Z, X, Y)`
     mr.npy   float32 (N, H, W) in [-1, 1]      ct.npy  float32 (N, H, W) in [-1, 1]
     mask.npy uint8   (N, H, W)                 index.json  subjects, offsets, affines, sources
     labels.npy uint8 (N, H, W)  tissue labels, only when every subject has a labels file
+    lesion.npy uint8 (N, H, W)  lesion masks, when any subject has a lesion file (the others: 0)
 
 Samples are read through ``np.load(mmap_mode="r")``: no NIfTI decompression per sample. Every
 subject is padded/cropped in-plane to the same ``(H, W)``; depths may differ. 2D samples are
@@ -139,6 +140,9 @@ def pack_shards(subjects: Sequence[SubjectFiles], out_dir: str | Path, *,
         with_labels = all(s.labels for s in subjects)
         lb_arr = (np.lib.format.open_memmap(tmp / "labels.npy", "w+", np.uint8, (total, *inplane))
                   if with_labels else None)
+        with_lesion = any(s.lesion for s in subjects)
+        ls_arr = (np.lib.format.open_memmap(tmp / "lesion.npy", "w+", np.uint8, (total, *inplane))
+                  if with_lesion else None)
         entries, off = [], 0
         for s in subjects:
             mr, ct, mask = load_volume(s.mr), load_volume(s.ct), load_volume(s.mask)
@@ -159,16 +163,24 @@ def pack_shards(subjects: Sequence[SubjectFiles], out_dir: str | Path, *,
                 if lab.array.min() < 0 or lab.array.max() > 255 or not np.all(lab.array == np.round(lab.array)):
                     raise ValueError(f"subject {s.id}: {s.labels}: expected integer labels 0..255")
                 lb_arr[off:off + z] = np.moveaxis(_fit_inplane(lab.array.astype(np.uint8), inplane, 0)[0], 2, 0)
+            if ls_arr is not None:  # a subject without a lesion file has none marked
+                les = np.zeros(m.shape, np.uint8)
+                if s.lesion:
+                    lvol = load_volume(s.lesion)
+                    check_same_grid(ct, lvol, names=(f"{s.id} CT", f"{s.id} lesion"))
+                    les = (lvol.array > 0).astype(np.uint8)
+                ls_arr[off:off + z] = np.moveaxis(_fit_inplane(les, inplane, 0)[0], 2, 0)
             entries.append({"id": s.id, "offset": off, "depth": z, "shape": list(mr.array.shape),
                             "pad": pads, "affine": ct.affine.tolist(), "spacing": list(ct.spacing),
                             "mr_percentiles": [lo, hi], "source": asdict(s)})
             off += z
-        for a in (mr_arr, ct_arr, mk_arr, lb_arr):
+        for a in (mr_arr, ct_arr, mk_arr, lb_arr, ls_arr):
             if a is not None:
                 a.flush()
-        del mr_arr, ct_arr, mk_arr, lb_arr
+        del mr_arr, ct_arr, mk_arr, lb_arr, ls_arr
         index = {"version": SHARD_VERSION, "n_slices": total, "inplane": list(inplane),
-                 "arrays": ["mr", "ct", "mask"] + (["labels"] if with_labels else []),
+                 "arrays": ["mr", "ct", "mask"] + (["labels"] if with_labels else [])
+                 + (["lesion"] if with_lesion else []),
                  "subjects": entries}
         (tmp / "index.json").write_text(json.dumps(index, indent=2, sort_keys=True))
         if out_dir.exists():

@@ -73,15 +73,61 @@ class Task:
         """Scores of a ``(Z, H, W)`` prediction in [-1, 1] against ``slab[target]``.
 
         CT targets: SynthRAD MAE / PSNR / SSIM in HU inside the body mask. MR targets: fastMRI
-        NMSE / PSNR / SSIM on the [0, 1] magnitude (``gan_core.metrics``).
+        NMSE / PSNR / SSIM on the [0, 1] magnitude (``gan_core.eval.metrics``).
         """
-        from gan_core import metrics as M
+        from gan_core.eval import metrics as M
 
         gt = np.asarray(slab[self.target], np.float32)
         mask = np.asarray(slab["mask"]) > 0
         if self.target == "ct":
             return M.score(unit_to_ct(gt), unit_to_ct(np.asarray(pred, np.float32)), mask)
         return M.fastmri_scores(to_magnitude(gt), to_magnitude(pred))
+
+    # -- what the evaluation asks of a task (gan_core.eval.evaluate) -------------------------
+    #: names under which metrics are tracked (e.g. MLflow), where they differ from the keys
+    metric_aliases: dict[str, str] = {}
+
+    @property
+    def postprocesses(self) -> bool:
+        """True when :meth:`postprocess` does something (the raw output is scored too)."""
+        return type(self).postprocess is not Task.postprocess
+
+    def subject_fields(self, slab: dict[str, np.ndarray]) -> dict[str, Any]:
+        """Extra per-subject fields of an evaluation report (default: none)."""
+        return {}
+
+    def audit(self, pred: np.ndarray, slab: dict[str, np.ndarray],
+              spacing: tuple[float, float, float] | None) -> dict[str, Any] | None:
+        """A per-subject audit of a prediction beyond the metrics (``spacing``: mm per slab
+        axis), or None when the task has none (default)."""
+        return None
+
+    def audit_summary(self, report: dict[str, Any], method: str) -> dict[str, Any] | None:
+        """The cohort verdict of :meth:`audit` for ``method`` in a report (``passed``, ``reason``
+        and counts), or None when the task has no audit (default)."""
+        return None
+
+    def figure_panels(self, image: np.ndarray, slab: dict[str, np.ndarray],
+                      preds: dict[str, np.ndarray], z: int) -> list[tuple[str, np.ndarray, dict]]:
+        """One figure row at slice ``z``: ``(title, 2D image, imshow keywords)`` per panel.
+
+        Default: input | target | each method | |error| of each, all in [-1, 1].
+        """
+        target = np.asarray(slab[self.target], np.float32)
+        if image.shape[0] > 1:  # one-hot labels: show the label index
+            shown = np.argmax(image[:, z], 0) / (image.shape[0] - 1) * 2 - 1
+        else:
+            shown = image[0, z] if image.shape[0] == 1 else np.full_like(target[z], -1.0)
+        gray, err = dict(cmap="gray", vmin=-1, vmax=1), dict(cmap="magma", vmin=0, vmax=0.5)
+        return ([("input", shown, gray), (f"target ({self.target})", target[z], gray)]
+                + [(name, p[z], gray) for name, p in preds.items()]
+                + [(f"|err| {name}", np.abs(p[z] - target[z]), err) for name, p in preds.items()])
+
+    def cohort_report(self, models: dict[str, Any], test_shards, out_dir, *, train_shards=None,
+                      seed: int = 0, device: str = "cpu") -> dict[str, Any] | None:
+        """A report computed over the whole cohort instead of per subject (unconditional
+        synthesis: the Fréchet distance), or None to be scored per subject (default)."""
+        return None
 
     # -- shared ------------------------------------------------------------------------------
     @property

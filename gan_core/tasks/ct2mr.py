@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from gan_core.baseline import IntensityRegressionBaseline
+from gan_core.eval.baseline import IntensityRegressionBaseline
 from gan_core.tasks import register
 from gan_core.tasks.base import Degraded, Task
 

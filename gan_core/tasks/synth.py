@@ -1,7 +1,7 @@
 """Unconditional synthesis of ``TaskConfig.modality`` slices (DCGAN, LAPGAN): no network input.
 
 ``A`` has zero channels; the framework draws its own noise. Quality is measured by the
-in-domain Fréchet distance (``gan_core.fid``), not by a per-subject metric.
+in-domain Fréchet distance (``gan_core.eval.fid``), not by a per-subject metric.
 """
 
 from __future__ import annotations
@@ -26,3 +26,14 @@ class Synthesis(Task):
     def degrade(self, slab, rng) -> Degraded:
         z, h, w = np.asarray(slab[self.target]).shape
         return Degraded(np.zeros((0, z, h, w), np.float32))
+
+    def cohort_report(self, models, test_shards, out_dir, *, train_shards=None, seed=0,
+                      device="cpu") -> dict:
+        """In-domain Fréchet distance of each model's samples to the real test slices
+        (``gan_core.eval.synthesis.synthesis_report``); needs the real training split."""
+        from gan_core.eval.synthesis import synthesis_report
+
+        if train_shards is None:
+            raise ValueError("synth: the in-domain Fréchet distance needs the training shards "
+                             "(its feature extractor is trained on the real training split)")
+        return synthesis_report(models, train_shards, test_shards, out_dir, seed=seed, device=device)

@@ -1,6 +1,6 @@
 """Quality of unconditional synthesis (DCGAN, LAPGAN): in-domain Fréchet distance + sample grids.
 
-The extractor is trained on the REAL training split (``gan_core.fid``: the encoder of a tissue
+The extractor is trained on the REAL training split (``gan_core.eval.fid``: the encoder of a tissue
 segmenter, not ImageNet Inception). Every model's samples are compared with the held-out test
 slices; the FD between the real training and real test slices is reported beside them as the
 floor a perfect generator would reach with this many samples.
@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gan_core.evaluation import write_figure, write_report
-from gan_core.fid import FeatureExtractor, fd_score
+from gan_core.eval.fid import FeatureExtractor, fd_score
+from gan_core.eval.report import save_grid
+from gan_core.eval.segment import load_slices
 from gan_core.frameworks import GANFramework
-from gan_core.segment import load_slices
 
 REAL = "real (train vs test)"
 
@@ -48,29 +48,14 @@ def sample(fw: GANFramework, n: int, seed: int, batch_size: int = 64) -> np.ndar
     return np.concatenate(out).astype(np.float32)
 
 
-def save_grid(path: Path, images: np.ndarray, cols: int = 8) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    n = len(images)
-    rows = max(1, -(-n // cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(1.2 * cols, 1.2 * rows), squeeze=False)
-    for ax in axes.ravel():
-        ax.axis("off")
-    for ax, im in zip(axes.ravel(), images):
-        ax.imshow(im[0].T, cmap="gray", vmin=-1, vmax=1, origin="lower")
-    return write_figure(fig, path, pad=0.1)
-
-
 def synthesis_report(models: dict[str, GANFramework], train_shards: str | Path,
                      test_shards: str | Path, out_dir: str | Path, *, seed: int = 0,
                      device: str = "cpu", n_samples: int | None = None, repeats: int = 3,
                      extractor: FeatureExtractor | None = None, extractor_steps: int = 1500,
                      min_body_fraction: float = 0.1) -> dict:
     """FD (mean ± sd over ``repeats`` sample draws) of each model vs the real test slices, the
-    real train-vs-test floor, sample grids; writes ``metrics.json`` and the extractor weights."""
+    real train-vs-test floor; writes the sample grids and the extractor weights under ``out_dir``
+    and returns the report (``gan_core.eval.evaluate.evaluate`` writes it as ``metrics.json``)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if not models:
@@ -106,5 +91,4 @@ def synthesis_report(models: dict[str, GANFramework], train_shards: str | Path,
               "n_train_real": int(len(tr_img)), "n_test_real": int(len(te_img)), "repeats": repeats,
               "extractor": "SegUNet encoder trained on the real train split (fd_encoder.pt)",
               "methods": list(agg), "aggregate": agg, "failed": [], "table": "\n".join(lines)}
-    write_report(report, out_dir)
     return report

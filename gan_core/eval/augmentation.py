@@ -10,7 +10,7 @@ training set improve segmentation of held-out subjects? :func:`run_augmentation_
   ``synthesize(one_hot(labels))`` — label maps are cheap relative to paired images (an atlas,
   a segmentation of unpaired scans, or edited maps), so the default uses every training subject's
   labels although only ``n_real_subjects`` come with real images;
-* two arms with the same steps and seed: a segmenter (:func:`gan_core.segment.train_segmenter`)
+* two arms with the same steps and seed: a segmenter (:func:`gan_core.eval.segment.train_segmenter`)
   on real only, and one on real + synthetic (slices drawn uniformly from the union);
 * evaluation per held-out test subject over its whole volume (3D Dice per class, then the mean
   over the foreground classes present; background excluded), reported as mean ± sd over test
@@ -40,7 +40,7 @@ from torch import Tensor
 
 from gan_core.data.phantom import TISSUES
 from gan_core.data.shards import Shards
-from gan_core.segment import class_mean, dice_per_class, load_slices, predict, train_segmenter
+from gan_core.eval.segment import class_mean, dice_per_class, load_slices, predict, train_segmenter
 from gan_core.tasks.labels2ct import one_hot
 
 __all__ = ["Synthesizer", "lut_synthesizer", "synthesize_slices", "run_augmentation_experiment",

@@ -3,7 +3,7 @@
 The standard FID (Heusel et al. 2017) compares Inception-v3 features learnt on natural photos;
 for CT/MR slices those features are out of domain and no ImageNet weights are needed here. This
 module uses an *in-domain* encoder instead: the encoder half of the tissue segmenter
-:class:`gan_core.segment.SegUNet`, trained to segment tissue on the REAL training split
+:class:`gan_core.eval.segment.SegUNet`, trained to segment tissue on the REAL training split
 (:meth:`FeatureExtractor.fit`), or loaded from a user's own local weights file
 (:meth:`FeatureExtractor.load`). A slice's feature vector is the global average pool of the
 encoder's bottleneck (``F = widths[-1]`` channels), divided by one scalar ``feature_scale``: the
@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from scipy import linalg
 
-from gan_core.segment import SegUNet, load_segmenter, save_segmenter, segmenter_extra, train_segmenter
+from gan_core.eval.segment import SegUNet, load_segmenter, save_segmenter, segmenter_extra, train_segmenter
 
 __all__ = ["FeatureExtractor", "statistics", "frechet_distance", "fd_score"]
 
@@ -42,7 +42,7 @@ __all__ = ["FeatureExtractor", "statistics", "frechet_distance", "fd_score"]
 class FeatureExtractor:
     """Global-average-pooled bottleneck features of an in-domain segmenter's encoder.
 
-    ``model``: an existing :class:`SegUNet` (e.g. the one :func:`gan_core.segment.train_segmenter`
+    ``model``: an existing :class:`SegUNet` (e.g. the one :func:`gan_core.eval.segment.train_segmenter`
     returned); otherwise call :meth:`fit` or :meth:`load` before :meth:`features`.
     ``feature_scale``: features are divided by it (see the module docstring).
     """
@@ -50,7 +50,7 @@ class FeatureExtractor:
     def __init__(self, model: SegUNet | None = None, *, feature_scale: float = 1.0,
                  device: str | torch.device = "cpu") -> None:
         if model is not None and not isinstance(model, SegUNet):
-            raise TypeError(f"model: expected a gan_core.segment.SegUNet, got {type(model).__name__}")
+            raise TypeError(f"model: expected a gan_core.eval.segment.SegUNet, got {type(model).__name__}")
         if not (np.isfinite(feature_scale) and feature_scale > 0):
             raise ValueError(f"feature_scale: expected a finite value > 0, got {feature_scale}")
         self.device = torch.device(device)
@@ -61,7 +61,7 @@ class FeatureExtractor:
             *, n_classes: int = 10, steps: int = 2000, batch_size: int = 8, lr: float = 3e-3,
             seed: int = 0, widths: Sequence[int] = (16, 32, 64)) -> "FeatureExtractor":
         """Train the encoder by segmenting tissue on real training slices ``(N, 1, H, W)`` with
-        labels ``(N, H, W)`` (see :func:`gan_core.segment.train_segmenter`), then set
+        labels ``(N, H, W)`` (see :func:`gan_core.eval.segment.train_segmenter`), then set
         ``feature_scale`` from those slices' features; returns ``self``."""
         self.model = train_segmenter(train_images, train_labels, n_classes=n_classes, steps=steps,
                                      batch_size=batch_size, lr=lr, seed=seed, device=self.device,
@@ -73,7 +73,7 @@ class FeatureExtractor:
         return self
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write the weights and ``feature_scale`` (a :func:`gan_core.segment.save_segmenter` file)."""
+        """Write the weights and ``feature_scale`` (a :func:`gan_core.eval.segment.save_segmenter` file)."""
         save_segmenter(self._require(), path, extra={"feature_scale": self.feature_scale,
                                                      "features": "gap_bottleneck"})
 
