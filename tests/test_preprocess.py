@@ -18,18 +18,9 @@ import SimpleITK as sitk
 
 from components import storage
 from components.ingest import run_ingest
-from components.preprocess import (
-    MANIFEST,
-    PreprocessError,
-    main,
-    nifti_affine,
-    preprocess_subject,
-    register_mr_to_ct,
-    run_preprocess,
-    sitk_image,
-    to_xyz,
-)
+from components.preprocess import MANIFEST, PreprocessError, main, preprocess_subject, run_preprocess
 from gan_core.data.nifti import load_volume
+from gan_core.data.register import RegistrationError, nifti_affine, register_mr_to_ct, sitk_image, to_xyz
 from gan_core.data.shards import Shards, SubjectFiles
 from tests.test_storage import endpoint, s3  # noqa: F401 - pytest fixtures
 
@@ -123,7 +114,7 @@ def test_affine_mode_refines_rigid(raw: Path, sid: str) -> None:
     _, none = register_mr_to_ct(ct, mr, mode="none")
     assert none["metric_after"] == none["metric_before"] == rig["metric_before"]
     assert np.allclose(none["transform"]["matrix_ras"], np.eye(4))
-    with pytest.raises(PreprocessError, match="unknown mode 'bspline'"):
+    with pytest.raises(RegistrationError, match="unknown mode 'bspline'"):
         register_mr_to_ct(ct, mr, mode="bspline")
 
 
@@ -215,7 +206,7 @@ def test_nifti_affine_matches_simpleitk_writer(tmp_path: Path) -> None:
     assert np.array_equal(sitk.GetArrayFromImage(back), sitk.GetArrayFromImage(img))
     sheared = np.eye(4)
     sheared[0, 1] = 0.5
-    with pytest.raises(PreprocessError, match="sheared"):
+    with pytest.raises(RegistrationError, match="sheared"):
         sitk_image(np.zeros((2, 2, 2)), sheared)
 
 
