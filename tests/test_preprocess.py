@@ -348,3 +348,26 @@ def test_cli(raw: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     with pytest.raises(SystemExit):
         main(["--input-uri", "a", "--output-uri", "b", "--spacing", "3,3"])
     assert main.__module__ == "components.preprocess"
+
+
+@pytest.mark.parametrize("mode", ["rigid", "none"])
+def test_fields_of_view_that_do_not_overlap_are_named(tmp_path: Path, mode: str) -> None:
+    """No raw ITK exception: the error names the subject, both files and what was expected."""
+    shape, affine = (24, 24, 12), np.diag([4.0, 4.0, 6.0, 1.0])
+    grid = np.indices(shape).sum(0).astype(np.float32)
+    ct_file, mr_file = tmp_path / "ct.nii.gz", tmp_path / "mr.nii.gz"
+    nib.save(nib.Nifti1Image(grid * 10.0 - 1000.0, affine), ct_file)
+    far = affine.copy()
+    far[:3, 3] = [500.0, 0.0, 0.0]  # 500 mm to the left of a 96 mm wide CT
+    nib.save(nib.Nifti1Image(grid, far), mr_file)
+    with pytest.raises(PreprocessError) as err:
+        preprocess_subject("far_001", {"mr": mr_file, "ct": ct_file}, tmp_path / "out",
+                           spacing=None, register=mode)
+    msg = str(err.value)
+    assert msg.startswith(f"far_001: cannot register MR file {mr_file} to CT file {ct_file}")
+    assert "expected MR and CT volumes with overlapping fields of view" in msg
+    assert "CT [0.0, 92.0] x [0.0, 92.0] x [0.0, 66.0] mm" in msg
+    assert "MR [500.0, 592.0] x [0.0, 92.0] x [0.0, 66.0] mm" in msg
+    assert not isinstance(err.value.__cause__, RuntimeError)  # the ITK error is wrapped once
+    assert isinstance(err.value.__cause__.__cause__, RuntimeError)
+    assert not (tmp_path / "out").exists()
