@@ -134,3 +134,12 @@ def test_sources_resolve_from_any_working_directory(cohort: Path, tmp_path: Path
     shutil.move(str(work), moved)
     f = Shards(moved / "shards/test").subject_files(0)
     assert Path(f.ct) == moved / "cohort" / f.id / "ct.nii.gz" and Path(f.ct).is_file()
+
+
+@pytest.mark.parametrize("module", ["gan_core.data.staging", "gan_core.data.pack"])
+def test_docstring_examples_run(module: str) -> None:
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0

@@ -371,3 +371,12 @@ def test_fields_of_view_that_do_not_overlap_are_named(tmp_path: Path, mode: str)
     assert not isinstance(err.value.__cause__, RuntimeError)  # the ITK error is wrapped once
     assert isinstance(err.value.__cause__.__cause__, RuntimeError)
     assert not (tmp_path / "out").exists()
+
+
+def test_register_docstring_examples_run() -> None:
+    import doctest
+
+    import gan_core.data.register as register
+
+    result = doctest.testmod(register, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0

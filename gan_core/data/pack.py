@@ -84,7 +84,13 @@ def pack_cohort(cohort: str | Path, out: str | Path, *,
 
     Returns the subject ids of each split (also written to ``<out>/splits.json``).
 
-    >>> # pack_cohort("cohort", "shards", split=(0.6, 0.2, 0.2), seed=0)["test"]  ->  ['phantom_003', ...]
+    >>> import tempfile
+    >>> from gan_core.data.phantom import write_cohort
+    >>> d = Path(tempfile.mkdtemp())
+    >>> _ = write_cohort(d / "cohort", subjects=3, seed=0, shape=(32, 32, 16), spacing=(6.0, 6.0, 9.0))
+    >>> ids = pack_cohort(d / "cohort", d / "shards")
+    >>> [len(ids[k]) for k in SPLITS], sorted(p.name for p in (d / "shards").iterdir())
+    ([1, 1, 1], ['splits.json', 'test', 'train', 'val'])
     """
     subs = {s.id: s for s in cohort_subjects(cohort)}
     ids = split_subjects(list(subs), split, seed)
