@@ -1,5 +1,10 @@
 """Pipeline step ``preprocess``: resample, register MR to CT, mask, clip, split, pack shards.
 
+The geometry and the registration algorithm live in :mod:`gan_core.data.register`; this step
+reads and checks the files, runs it per subject, writes NIfTI files, packs the shards
+(:func:`gan_core.data.pack.pack_splits`: all splits published together or none) and records
+the manifest.
+
 Reads an ``ingest`` output (``<in>/manifest.json`` + ``<in>/subjects/...``) and writes::
 
     <out>/subjects/<id>/mr.nii.gz     MR (float32) registered to and resampled on the CT grid
@@ -7,29 +12,23 @@ Reads an ``ingest`` output (``<in>/manifest.json`` + ``<in>/subjects/...``) and 
                                       [-1024, 3000]
     <out>/subjects/<id>/mask.nii.gz   body mask (uint8): the ingest mask, else computed from the CT
     <out>/subjects/<id>/lesion.nii.gz, labels.nii.gz   when the ingest had them (nearest neighbour)
-    <out>/shards/{train,val,test}/    gan_core.data.shards.pack_shards (split by subject)
+    <out>/shards/{train,val,test}/    gan_core.data.pack.pack_splits (split by subject)
     <out>/manifest.json               step "preprocess": splits, per-subject registration and
                                       sha256, shard checksums, failed subjects, counts, timings
 
 Geometry. NIfTI files are read with nibabel (:func:`gan_core.data.nifti.load_volume`, which
 rejects truncated files: SimpleITK 2.5 silently zero-fills a truncated ``.nii.gz``) and handled
-as SimpleITK images (LPS world coordinates, :func:`sitk_image`). The target grid covers the
-CT's physical extent, centred on the CT's centre, with ``spacing`` (``None`` keeps the CT grid).
-Written NIfTI files go through :func:`gan_core.data.nifti.save_volume` (byte-deterministic) with
-the RAS affine ``diag(-1, -1, 1, 1) @ A_lps`` (see :func:`nifti_affine`), arrays in (X, Y, Z).
+as SimpleITK images (:func:`gan_core.data.register.sitk_image`). The target grid covers the
+CT's physical extent with ``spacing`` (``None`` keeps the CT grid). Written NIfTI files go
+through :func:`gan_core.data.nifti.save_volume` (byte-deterministic) with the RAS affine of the
+grid, arrays in (X, Y, Z).
 
-Registration (``register="rigid"`` or ``"affine"``; ``"none"`` keeps the scanner alignment): MR
-(moving) to the resampled CT (fixed), Mattes mutual information (50 bins), regular-step gradient
-descent with physical-shift scales, 2 levels (shrink 2, 1; smoothing 1, 0 voxels), random 25 %
-sampling with a fixed seed, started from the better of the identity and a geometry-centred
-initialisation; ``affine`` refines the rigid result and is kept only if it lowers the metric
-(else the rigid result, with a ``note``). It runs single-threaded, so a rerun gives
-identical transforms and byte-identical files. ``metric_before``/``metric_after`` are the
-Mattes MI values (all voxels) at the identity and at the solution; SimpleITK returns the
-*negative* mutual information, so **lower is better**. A solution worse than the identity is
-rejected (identity kept, ``accepted: false`` and a ``flag``). ``transform.matrix_ras`` maps a CT
-world point (RAS mm) to the MR world point showing the same anatomy (the phantom's
-``meta.misalignment.matrix`` convention).
+Registration (``register="rigid"`` or ``"affine"``; ``"none"`` keeps the scanner alignment):
+:func:`gan_core.data.register.register_mr_to_ct`, MR (moving) to the resampled CT (fixed),
+Mattes mutual information, single-threaded so a rerun gives identical transforms and
+byte-identical files; its record (metrics before/after, ``accepted``, ``flag``, transform) is
+kept per subject in the manifest. A subject whose MR and CT cannot be registered (fields of
+view that do not overlap) fails with an error naming the subject and both files.
 
 Shard indexes store each subject's NIfTI paths relative to the shard directory
 (``../../subjects/<id>/mr.nii.gz``), so the output can be moved or downloaded anywhere.
@@ -51,15 +50,13 @@ CLI: ``python -m components.preprocess --input-uri URI --output-uri URI [--spaci
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import json
 import logging
 import math
-import os
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -71,18 +68,27 @@ from components import storage
 from gan_core.data.masks import body_mask
 from gan_core.data.nifti import NiftiError, load_volume, save_volume
 from gan_core.data.normalize import CT_MAX, CT_MIN
-from gan_core.data.shards import SubjectFiles, pack_shards, split_subjects
+from gan_core.data.pack import SPLITS, pack_splits
+from gan_core.data.register import (
+    REGISTER_MODES,
+    RegistrationError,
+    nifti_affine,
+    register_mr_to_ct,
+    registration_settings,
+    resample,
+    sitk_image,
+    target_grid,
+    to_xyz,
+)
+from gan_core.data.shards import SubjectFiles, split_subjects
 
 __all__ = [
-    "REGISTER_MODES", "HU_CLIP", "MASK_THRESHOLD_HU", "PreprocessError", "nifti_affine",
-    "to_xyz", "sitk_image", "target_grid", "mattes_metric", "register_mr_to_ct",
-    "transform_matrix_ras",
+    "HU_CLIP", "MASK_THRESHOLD_HU", "PreprocessError",
     "preprocess_subject", "read_ingest_manifest", "run_preprocess", "main",
 ]
 
 log = logging.getLogger(__name__)
 
-REGISTER_MODES = ("none", "rigid", "affine")
 #: CT window kept in the output (HU); the same range the normaliser maps to [-1, 1].
 HU_CLIP = (float(CT_MIN), float(CT_MAX))
 #: CT threshold of the computed body mask (air vs tissue).
@@ -90,16 +96,6 @@ MASK_THRESHOLD_HU = -500.0
 MANIFEST = "manifest.json"
 SUBJECTS_DIR = "subjects"
 SHARDS_DIR = "shards"
-SPLITS = ("train", "val", "test")
-#: Registration settings (recorded in the manifest).
-HISTOGRAM_BINS = 50
-SAMPLING_PERCENTAGE = 0.25
-SAMPLING_SEED = 20230  # must be non-zero: 0 means "seed from the wall clock" in SimpleITK
-SHRINK_FACTORS = (2, 1)
-SMOOTHING_SIGMAS_VOXELS = (1.0, 0.0)
-MAX_ITERATIONS = 200
-
-_FLIP = np.diag([-1.0, -1.0, 1.0, 1.0])  # LPS <-> RAS, its own inverse
 _LABEL_FILES = ("lesion", "labels")
 _DTYPES = {"mr": np.float32, "ct": np.int16, "mask": np.uint8, "lesion": np.uint8,
            "labels": np.uint8}
@@ -109,248 +105,7 @@ class PreprocessError(ValueError):
     """Bad input or arguments for preprocess; the message names the URI/file/field."""
 
 
-# --------------------------------------------------------------------------- geometry
-
-
-def nifti_affine(img: sitk.Image) -> np.ndarray:
-    """RAS voxel-to-world affine (nibabel convention) of a 3D SimpleITK image.
-
-    SimpleITK works in LPS: ``x_lps = origin + D @ diag(spacing) @ ijk``; NIfTI/nibabel in RAS,
-    hence the flip of the first two world axes.
-
-    >>> img = sitk.Image([4, 4, 2], sitk.sitkUInt8); img.SetSpacing((2.0, 2.0, 3.0))
-    >>> img.SetOrigin((10.0, 20.0, 30.0))
-    >>> nifti_affine(img).tolist()[0], nifti_affine(img).tolist()[2]
-    ([-2.0, 0.0, 0.0, -10.0], [0.0, 0.0, 3.0, 30.0])
-    """
-    d = np.asarray(img.GetDirection(), dtype=float).reshape(3, 3)
-    lps = np.eye(4)
-    lps[:3, :3] = d @ np.diag(img.GetSpacing())
-    lps[:3, 3] = img.GetOrigin()
-    return _FLIP @ lps
-
-
-def to_xyz(img: sitk.Image) -> np.ndarray:
-    """Voxel array in nibabel order (X, Y, Z); SimpleITK's own arrays are (Z, Y, X).
-
-    >>> to_xyz(sitk.Image([3, 2, 1], sitk.sitkUInt8)).shape
-    (3, 2, 1)
-    """
-    return np.ascontiguousarray(np.transpose(sitk.GetArrayFromImage(img), (2, 1, 0)))
-
-
-def _centre(img: sitk.Image) -> np.ndarray:
-    return np.asarray(img.TransformContinuousIndexToPhysicalPoint(
-        [(n - 1) / 2.0 for n in img.GetSize()]))
-
-
-def target_grid(ct: sitk.Image, spacing: Sequence[float] | None) -> sitk.Image:
-    """Reference grid with ``spacing`` over the CT's physical extent (same centre/direction).
-
-    ``size = round(ct_size * ct_spacing / spacing)``; ``spacing=None`` returns ``ct`` itself.
-
-    >>> ct = sitk.Image([48, 48, 24], sitk.sitkInt16); ct.SetSpacing((4.0, 4.0, 6.0))
-    >>> ref = target_grid(ct, (6.0, 6.0, 9.0))
-    >>> ref.GetSize(), ref.GetSpacing()
-    ((32, 32, 16), (6.0, 6.0, 9.0))
-    """
-    if spacing is None:
-        return ct
-    sp = np.asarray(spacing, dtype=float)
-    size = np.maximum(1, np.rint(np.asarray(ct.GetSize()) * np.asarray(ct.GetSpacing()) / sp))
-    d = np.asarray(ct.GetDirection(), dtype=float).reshape(3, 3)
-    origin = _centre(ct) - d @ ((size - 1) / 2.0 * sp)
-    ref = sitk.Image([int(n) for n in size], sitk.sitkUInt8)
-    ref.SetSpacing(sp.tolist())
-    ref.SetOrigin(origin.tolist())
-    ref.SetDirection(ct.GetDirection())
-    return ref
-
-
-def _same_grid(a: sitk.Image, b: sitk.Image) -> bool:
-    return (a.GetSize() == b.GetSize()
-            and np.allclose(a.GetSpacing(), b.GetSpacing(), atol=1e-5)
-            and np.allclose(a.GetOrigin(), b.GetOrigin(), atol=1e-4)
-            and np.allclose(a.GetDirection(), b.GetDirection(), atol=1e-6))
-
-
-def _resample(img: sitk.Image, ref: sitk.Image, *, transform: sitk.Transform | None = None,
-              label: bool = False, default: float = 0.0) -> sitk.Image:
-    """``img`` on ``ref``'s grid (float32): linear for images, nearest for masks/labels."""
-    if transform is None and _same_grid(img, ref):
-        return sitk.Cast(img, sitk.sitkFloat32)
-    return sitk.Resample(img, ref, transform or sitk.Euler3DTransform(),
-                         sitk.sitkNearestNeighbor if label else sitk.sitkLinear, float(default),
-                         sitk.sitkFloat32)
-
-
-# --------------------------------------------------------------------------- registration
-
-
-@contextlib.contextmanager
-def _single_threaded() -> Iterator[None]:
-    """ITK's multi-threaded metric sums are order-dependent: run registration on one thread."""
-    old = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
-    try:
-        yield
-    finally:
-        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(old)
-
-
-def _method(*, sampled: bool) -> sitk.ImageRegistrationMethod:
-    reg = sitk.ImageRegistrationMethod()
-    reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=HISTOGRAM_BINS)
-    reg.SetInterpolator(sitk.sitkLinear)
-    reg.SetNumberOfThreads(1)
-    if sampled:
-        reg.SetMetricSamplingStrategy(reg.RANDOM)
-        reg.SetMetricSamplingPercentage(SAMPLING_PERCENTAGE, SAMPLING_SEED)
-    return reg
-
-
-def mattes_metric(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform) -> float:
-    """Mattes MI of ``moving`` mapped by ``transform`` onto ``fixed``, over all fixed voxels.
-
-    SimpleITK's sign convention: the value is the negative mutual information (lower = better).
-    """
-    reg = _method(sampled=False)
-    reg.SetInitialTransform(sitk.Transform(transform), inPlace=False)
-    with _single_threaded():
-        return float(reg.MetricEvaluate(sitk.Cast(fixed, sitk.sitkFloat32),
-                                        sitk.Cast(moving, sitk.sitkFloat32)))
-
-
-def _optimise(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform) -> tuple[int, str]:
-    """Optimise ``transform`` in place; return (iterations over all levels, stop condition)."""
-    reg = _method(sampled=True)
-    reg.SetOptimizerAsRegularStepGradientDescent(
-        learningRate=2.0, minStep=1e-3, numberOfIterations=MAX_ITERATIONS,
-        relaxationFactor=0.5, gradientMagnitudeTolerance=1e-4)
-    reg.SetOptimizerScalesFromPhysicalShift()
-    reg.SetShrinkFactorsPerLevel(list(SHRINK_FACTORS))
-    reg.SetSmoothingSigmasPerLevel(list(SMOOTHING_SIGMAS_VOXELS))
-    reg.SmoothingSigmasAreSpecifiedInPhysicalUnitsOff()
-    reg.SetInitialTransform(transform, inPlace=True)
-    count = [0]
-    reg.AddCommand(sitk.sitkIterationEvent, lambda: count.__setitem__(0, count[0] + 1))
-    with _single_threaded():
-        reg.Execute(fixed, moving)
-    return count[0], reg.GetOptimizerStopConditionDescription()
-
-
-def transform_matrix_ras(transform: sitk.Transform) -> np.ndarray:
-    """4x4 RAS matrix of a matrix+offset transform (Euler3D/Affine): fixed point -> moving point.
-
-    >>> t = sitk.Euler3DTransform(); t.SetTranslation((1.0, 2.0, 3.0))
-    >>> transform_matrix_ras(t)[:3, 3].tolist()
-    [-1.0, -2.0, 3.0]
-    """
-    t = sitk.AffineTransform(3) if transform.GetName() == "IdentityTransform" else transform
-    a = np.asarray(t.GetMatrix(), dtype=float).reshape(3, 3)
-    c = np.asarray(t.GetCenter(), dtype=float)
-    m = np.eye(4)
-    m[:3, :3] = a
-    m[:3, 3] = np.asarray(t.GetTranslation(), dtype=float) + c - a @ c
-    return _FLIP @ m @ _FLIP
-
-
-def _describe(t: sitk.Transform) -> dict[str, Any]:
-    return {"type": t.GetName(), "parameters": list(t.GetParameters()),
-            "fixed_parameters": list(t.GetFixedParameters()),
-            "matrix_ras": transform_matrix_ras(t).tolist()}
-
-
-def register_mr_to_ct(ct: sitk.Image, mr: sitk.Image, *,
-                      mode: str = "rigid") -> tuple[sitk.Transform, dict[str, Any]]:
-    """Register ``mr`` (moving) to ``ct`` (fixed); return the transform to resample the MR with
-    and the record ``{mode, metric_before, metric_after, accepted, flag, note, transform,
-    iterations, stop_condition, initializer, seconds}`` (metrics: negative Mattes MI, lower is
-    better; ``accepted`` false means the solution was worse than the identity, which is kept).
-
-    >>> t, info = register_mr_to_ct(ct, mr)                       # doctest: +SKIP
-    >>> info["metric_after"] <= info["metric_before"]             # doctest: +SKIP
-    True
-    """
-    if mode not in REGISTER_MODES:
-        raise PreprocessError(f"register: unknown mode {mode!r}, expected one of "
-                              f"{', '.join(REGISTER_MODES)}")
-    start = time.monotonic()
-    fixed, moving = sitk.Cast(ct, sitk.sitkFloat32), sitk.Cast(mr, sitk.sitkFloat32)
-    identity = sitk.Euler3DTransform()
-    identity.SetCenter(_centre(fixed).tolist())
-    before = mattes_metric(fixed, moving, identity)
-    info: dict[str, Any] = {
-        "mode": mode, "metric": f"mattes_mutual_information({HISTOGRAM_BINS} bins), "
-                                "negative MI: lower is better",
-        "metric_before": before, "metric_after": before, "accepted": True, "flag": None,
-        "transform": _describe(identity), "iterations": 0, "stop_condition": None,
-        "initializer": "identity", "note": None}
-    if mode == "none":
-        info["seconds"] = round(time.monotonic() - start, 3)
-        return identity, info
-
-    geometry = sitk.Euler3DTransform(sitk.CenteredTransformInitializer(
-        fixed, moving, sitk.Euler3DTransform(),
-        sitk.CenteredTransformInitializerFilter.GEOMETRY))
-    rigid = sitk.Euler3DTransform(identity)
-    if np.linalg.norm(geometry.GetTranslation()) > 1e-6 and \
-            mattes_metric(fixed, moving, geometry) < before:
-        rigid, info["initializer"] = geometry, "geometry"
-    iterations, stop = _optimise(fixed, moving, rigid)
-    result: sitk.Transform = rigid
-    after = mattes_metric(fixed, moving, rigid)
-    if mode == "affine":  # refine the rigid result; keep it only if the metric improves
-        affine = sitk.AffineTransform(3)
-        affine.SetCenter(rigid.GetCenter())
-        affine.SetMatrix(rigid.GetMatrix())
-        affine.SetTranslation(rigid.GetTranslation())
-        more, affine_stop = _optimise(fixed, moving, affine)
-        iterations += more
-        affine_metric = mattes_metric(fixed, moving, affine)
-        if affine_metric < after:
-            result, after, stop = affine, affine_metric, affine_stop
-        else:
-            info["note"] = (f"affine refinement did not lower the metric ({affine_metric:.6g} "
-                            f"vs rigid {after:.6g}); rigid result kept")
-    info.update(metric_after=after, iterations=iterations, stop_condition=stop,
-                transform=_describe(result))
-    if not after <= before:
-        info.update(accepted=False, metric_after=before, metric_rejected=after,
-                    flag=f"registration rejected: metric at the solution ({after:.6g}) is worse "
-                         f"than at the identity ({before:.6g}); identity kept",
-                    rejected_transform=info["transform"], transform=_describe(identity))
-        result = identity
-    info["seconds"] = round(time.monotonic() - start, 3)
-    return result, info
-
-
 # --------------------------------------------------------------------------- one subject
-
-
-def sitk_image(array: np.ndarray, affine: np.ndarray) -> sitk.Image:
-    """SimpleITK image (float32) from a nibabel-order (X, Y, Z) array and its RAS affine.
-
-    The inverse of :func:`to_xyz` + :func:`nifti_affine`. Sheared affines are refused.
-
-    >>> img = sitk_image(np.zeros((4, 3, 2)), np.diag([2.0, 2.0, 3.0, 1.0]))
-    >>> img.GetSize(), img.GetSpacing(), img.GetDirection()[0]
-    ((4, 3, 2), (2.0, 2.0, 3.0), -1.0)
-    """
-    lps = _FLIP @ np.asarray(affine, dtype=float)
-    spacing = np.linalg.norm(lps[:3, :3], axis=0)
-    if not np.all(spacing > 0):
-        raise PreprocessError(f"affine has a zero-length voxel axis: {affine.tolist()}")
-    direction = lps[:3, :3] / spacing
-    if not np.allclose(direction.T @ direction, np.eye(3), atol=1e-4):
-        raise PreprocessError("affine is sheared (voxel axes not orthogonal); resample it to an "
-                              "orthogonal grid first")
-    img = sitk.GetImageFromArray(np.ascontiguousarray(np.transpose(array, (2, 1, 0)),
-                                                      dtype=np.float32))
-    img.SetSpacing(spacing.tolist())
-    img.SetOrigin(lps[:3, 3].tolist())
-    img.SetDirection(direction.ravel().tolist())
-    return img
 
 
 def _read(path: Path, what: str) -> sitk.Image:
@@ -361,7 +116,7 @@ def _read(path: Path, what: str) -> sitk.Image:
         raise PreprocessError(str(exc)) from exc
     try:
         return sitk_image(vol.array, vol.affine)
-    except PreprocessError as exc:
+    except RegistrationError as exc:
         raise PreprocessError(f"{what} file {path}: {exc}") from exc
 
 
@@ -378,12 +133,16 @@ def preprocess_subject(sid: str, files: dict[str, Path], out_dir: Path, *,
     """
     ct0, mr0 = _read(files["ct"], f"{sid} CT"), _read(files["mr"], f"{sid} MR")
     ref = target_grid(ct0, spacing)
-    ct = _resample(ct0, ref, default=HU_CLIP[0])
-    transform, reg = register_mr_to_ct(ct, mr0, mode=register)
-    mr = _resample(mr0, ref, transform=transform, default=0.0)
+    ct = resample(ct0, ref, default=HU_CLIP[0])
+    try:
+        transform, reg = register_mr_to_ct(ct, mr0, mode=register)
+    except RegistrationError as exc:
+        raise PreprocessError(f"{sid}: cannot register MR file {files['mr']} to CT file "
+                              f"{files['ct']}: {exc}") from exc
+    mr = resample(mr0, ref, transform=transform, default=0.0)
     arrays = {"mr": to_xyz(mr), "ct": np.clip(np.rint(to_xyz(ct)), *HU_CLIP)}
     if "mask" in files:
-        arrays["mask"] = to_xyz(_resample(_read(files["mask"], f"{sid} mask"), ref, label=True)) > 0
+        arrays["mask"] = to_xyz(resample(_read(files["mask"], f"{sid} mask"), ref, label=True)) > 0
         mask_source = "ingest"
     else:
         arrays["mask"] = body_mask(arrays["ct"], threshold=MASK_THRESHOLD_HU) > 0
@@ -392,7 +151,7 @@ def preprocess_subject(sid: str, files: dict[str, Path], out_dir: Path, *,
         raise PreprocessError(f"{sid}: the body mask is empty after resampling ({mask_source})")
     for key in _LABEL_FILES:
         if key in files:
-            arrays[key] = np.rint(to_xyz(_resample(_read(files[key], f"{sid} {key}"), ref,
+            arrays[key] = np.rint(to_xyz(resample(_read(files[key], f"{sid} {key}"), ref,
                                                    label=True)))
     affine = nifti_affine(ref)
     written = {key: save_volume(out_dir / f"{key}.nii.gz", arr, affine=affine,
@@ -503,19 +262,6 @@ def _check_args(spacing: Sequence[float] | None, register: str, split: Sequence[
     return sp, fr, ip
 
 
-def _relativise_index(shard_dir: Path, out_root: Path) -> None:
-    """Rewrite the shard index's subject paths relative to the shard directory."""
-    idx_path = shard_dir / "index.json"
-    index = json.loads(idx_path.read_text())
-    for entry in index["subjects"]:
-        for key, val in entry["source"].items():
-            if isinstance(val, str) and key != "id":
-                entry["source"][key] = os.path.relpath(val, shard_dir)
-    tmp = idx_path.with_name(".index.json.tmp")
-    tmp.write_text(json.dumps(index, indent=2, sort_keys=True))
-    os.replace(tmp, idx_path)
-
-
 def run_preprocess(input_uri: str, output_uri: str, *,
                    spacing: Sequence[float] | None = (3.0, 3.0, 5.0), register: str = "rigid",
                    split: Sequence[float] = (0.6, 0.2, 0.2), seed: int = 0,
@@ -567,21 +313,21 @@ def run_preprocess(input_uri: str, output_uri: str, *,
         by_id = {r["id"]: r for r in records}
         size = ip or (max(r["shape"][0] for r in records), max(r["shape"][1] for r in records))
         t_pack = time.monotonic()
-        shards: dict[str, Any] = {}
         for name in SPLITS:
             for sid in splits[name]:
                 by_id[sid]["split"] = name
-            if not splits[name]:
-                continue
-            subs = [SubjectFiles(sid, *(str(out / by_id[sid]["files"][k])
-                                        for k in ("mr", "ct", "mask")),
-                                 *(str(out / by_id[sid]["files"][k]) if k in by_id[sid]["files"]
-                                   else None for k in ("lesion", "labels")))
-                    for sid in splits[name]]
+
+        def files_of(sid: str) -> SubjectFiles:
+            f = by_id[sid]["files"]
+            return SubjectFiles(sid, *(str(out / f[k]) for k in ("mr", "ct", "mask")),
+                                *(str(out / f[k]) if k in f else None for k in ("lesion", "labels")))
+
+        indexes = pack_splits({name: [files_of(sid) for sid in splits[name]] for name in SPLITS},
+                              out / SHARDS_DIR, inplane=tuple(size))
+        shards: dict[str, Any] = {}
+        for name, index in indexes.items():
             shard_dir = out / SHARDS_DIR / name
-            index = pack_shards(subs, shard_dir, inplane=tuple(size))
-            _relativise_index(shard_dir, out)
-            shards[name] = {"path": f"{SHARDS_DIR}/{name}", "n_subjects": len(subs),
+            shards[name] = {"path": f"{SHARDS_DIR}/{name}", "n_subjects": len(splits[name]),
                             "n_slices": int(index["n_slices"]),
                             "sha256": {f.name: storage.sha256_file(f)
                                        for f in sorted(shard_dir.iterdir()) if f.is_file()}}
@@ -597,15 +343,7 @@ def run_preprocess(input_uri: str, output_uri: str, *,
                 "spacing": sp, "register": register, "split": fractions, "seed": int(seed),
                 "inplane": list(ip) if ip else None, "hu_clip": list(HU_CLIP),
                 "mask_threshold_hu": MASK_THRESHOLD_HU,
-                "registration": {
-                    "metric": "mattes_mutual_information", "histogram_bins": HISTOGRAM_BINS,
-                    "sign": "SimpleITK returns -MI: lower is better",
-                    "optimizer": "regular_step_gradient_descent, physical-shift scales",
-                    "max_iterations_per_level": MAX_ITERATIONS,
-                    "shrink_factors": list(SHRINK_FACTORS),
-                    "smoothing_sigmas_voxels": list(SMOOTHING_SIGMAS_VOXELS),
-                    "sampling": "random", "sampling_percentage": SAMPLING_PERCENTAGE,
-                    "sampling_seed": SAMPLING_SEED, "threads": 1}},
+                "registration": registration_settings()},
             "outputs": {"subjects_dir": SUBJECTS_DIR, "shards": shards, "inplane": list(size)},
             "splits": splits,
             "subjects": sorted(records, key=lambda r: r["id"]),

@@ -40,22 +40,9 @@ def cmd_phantom(args: argparse.Namespace) -> int:
     return 0
 
 
-def pack_cohort(cohort: str | Path, out: str | Path, *, split: tuple[float, float, float] = (0.6, 0.2, 0.2),
-                seed: int = 0) -> dict:
-    """Split a SynthRAD-layout cohort by subject and pack ``<out>/{train,val,test}`` shards."""
-    from gan_core.data.shards import cohort_subjects, pack_shards, split_subjects
-
-    subs = {s.id: s for s in cohort_subjects(cohort)}
-    splits = split_subjects(list(subs), split, seed)
-    out = Path(out)
-    for name, ids in splits.items():
-        if ids:
-            pack_shards([subs[i] for i in ids], out / name)
-    (out / "splits.json").write_text(json.dumps(splits, indent=2))
-    return splits
-
-
 def cmd_pack(args: argparse.Namespace) -> int:
+    from gan_core.data.pack import pack_cohort
+
     splits = pack_cohort(args.cohort, args.out, split=tuple(float(x) for x in args.split.split(",")),
                          seed=args.seed)
     print(json.dumps({k: len(v) for k, v in splits.items()}))
@@ -120,6 +107,7 @@ def cmd_translate(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Phantom cohort -> shards -> pix2pix + CycleGAN on CPU -> evaluation vs baseline -> translate."""
+    from gan_core.data.pack import pack_cohort
     from gan_core.data.phantom import write_cohort
     from gan_core.data.shards import Shards
     from gan_core.eval.evaluate import evaluate

@@ -23,7 +23,7 @@ def tiny_cohort(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_shards(tiny_cohort, tmp_path_factory) -> Path:
-    from gan_core.cli import pack_cohort
+    from gan_core.data.pack import pack_cohort
 
     out = tmp_path_factory.mktemp("shards")
     pack_cohort(tiny_cohort, out, split=(0.5, 0.25, 0.25), seed=0)

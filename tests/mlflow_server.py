@@ -106,7 +106,7 @@ class MlflowServer:
 
 def preprocess_output(cohort: Path, shards: Path, dst: Path) -> Path:
     """A preprocess-step output: ``subjects/<id>/*.nii.gz`` copied from the SynthRAD-layout
-    ``cohort``, ``shards/{train,val,test}`` copied from ``shards`` (gan_core.cli.pack_cohort) and a
+    ``cohort``, ``shards/{train,val,test}`` copied from ``shards`` (gan_core.data.pack.pack_cohort) and a
     ``manifest.json`` with ``step: preprocess`` and the shards' ``splits``."""
     splits = json.loads((shards / "splits.json").read_text())
     for sid in sorted(sum(splits.values(), [])):

@@ -18,18 +18,9 @@ import SimpleITK as sitk
 
 from components import storage
 from components.ingest import run_ingest
-from components.preprocess import (
-    MANIFEST,
-    PreprocessError,
-    main,
-    nifti_affine,
-    preprocess_subject,
-    register_mr_to_ct,
-    run_preprocess,
-    sitk_image,
-    to_xyz,
-)
+from components.preprocess import MANIFEST, PreprocessError, main, preprocess_subject, run_preprocess
 from gan_core.data.nifti import load_volume
+from gan_core.data.register import RegistrationError, nifti_affine, register_mr_to_ct, sitk_image, to_xyz
 from gan_core.data.shards import Shards, SubjectFiles
 from tests.test_storage import endpoint, s3  # noqa: F401 - pytest fixtures
 
@@ -123,7 +114,7 @@ def test_affine_mode_refines_rigid(raw: Path, sid: str) -> None:
     _, none = register_mr_to_ct(ct, mr, mode="none")
     assert none["metric_after"] == none["metric_before"] == rig["metric_before"]
     assert np.allclose(none["transform"]["matrix_ras"], np.eye(4))
-    with pytest.raises(PreprocessError, match="unknown mode 'bspline'"):
+    with pytest.raises(RegistrationError, match="unknown mode 'bspline'"):
         register_mr_to_ct(ct, mr, mode="bspline")
 
 
@@ -215,7 +206,7 @@ def test_nifti_affine_matches_simpleitk_writer(tmp_path: Path) -> None:
     assert np.array_equal(sitk.GetArrayFromImage(back), sitk.GetArrayFromImage(img))
     sheared = np.eye(4)
     sheared[0, 1] = 0.5
-    with pytest.raises(PreprocessError, match="sheared"):
+    with pytest.raises(RegistrationError, match="sheared"):
         sitk_image(np.zeros((2, 2, 2)), sheared)
 
 
@@ -357,3 +348,35 @@ def test_cli(raw: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     with pytest.raises(SystemExit):
         main(["--input-uri", "a", "--output-uri", "b", "--spacing", "3,3"])
     assert main.__module__ == "components.preprocess"
+
+
+@pytest.mark.parametrize("mode", ["rigid", "none"])
+def test_fields_of_view_that_do_not_overlap_are_named(tmp_path: Path, mode: str) -> None:
+    """No raw ITK exception: the error names the subject, both files and what was expected."""
+    shape, affine = (24, 24, 12), np.diag([4.0, 4.0, 6.0, 1.0])
+    grid = np.indices(shape).sum(0).astype(np.float32)
+    ct_file, mr_file = tmp_path / "ct.nii.gz", tmp_path / "mr.nii.gz"
+    nib.save(nib.Nifti1Image(grid * 10.0 - 1000.0, affine), ct_file)
+    far = affine.copy()
+    far[:3, 3] = [500.0, 0.0, 0.0]  # 500 mm to the left of a 96 mm wide CT
+    nib.save(nib.Nifti1Image(grid, far), mr_file)
+    with pytest.raises(PreprocessError) as err:
+        preprocess_subject("far_001", {"mr": mr_file, "ct": ct_file}, tmp_path / "out",
+                           spacing=None, register=mode)
+    msg = str(err.value)
+    assert msg.startswith(f"far_001: cannot register MR file {mr_file} to CT file {ct_file}")
+    assert "expected MR and CT volumes with overlapping fields of view" in msg
+    assert "CT [0.0, 92.0] x [0.0, 92.0] x [0.0, 66.0] mm" in msg
+    assert "MR [500.0, 592.0] x [0.0, 92.0] x [0.0, 66.0] mm" in msg
+    assert not isinstance(err.value.__cause__, RuntimeError)  # the ITK error is wrapped once
+    assert isinstance(err.value.__cause__.__cause__, RuntimeError)
+    assert not (tmp_path / "out").exists()
+
+
+def test_register_docstring_examples_run() -> None:
+    import doctest
+
+    import gan_core.data.register as register
+
+    result = doctest.testmod(register, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0

@@ -8,6 +8,10 @@ axial slices stacked along the first axis (volumes ``(X, Y, Z)`` -> ``(Z, X, Y)`
     labels.npy uint8 (N, H, W)  tissue labels, only when every subject has a labels file
     lesion.npy uint8 (N, H, W)  lesion masks, when any subject has a lesion file (the others: 0)
 
+The index stores each subject's source NIfTI paths relative to the shard folder itself
+(``../../cohort/s0/mr.nii.gz``), so a pack can be moved together with its sources and read from
+any working directory; :meth:`Shards.subject_files` returns them as absolute paths.
+
 Samples are read through ``np.load(mmap_mode="r")``: no NIfTI decompression per sample. Every
 subject is padded/cropped in-plane to the same ``(H, W)``; depths may differ. 2D samples are
 slices, 3D samples are patches cut from one subject's slab.
@@ -20,7 +24,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,6 +35,7 @@ from torch.utils.data import Dataset, Sampler
 
 from gan_core.data.nifti import check_same_grid, load_volume
 from gan_core.data.normalize import ct_to_unit, mr_percentiles, mr_to_unit
+from gan_core.data.staging import remove_leftovers, staging_dir, swap_in
 
 SHARD_VERSION = 1
 
@@ -111,13 +115,24 @@ def _fit_inplane(a: np.ndarray, size: tuple[int, int], fill: float) -> tuple[np.
     return out, offs
 
 
+def _relative_source(s: SubjectFiles, index_dir: Path) -> dict:
+    """``s`` as a dict with its file paths relative to ``index_dir`` (where the index is read)."""
+    return {k: (os.path.relpath(os.path.abspath(v), index_dir) if isinstance(v, str) and k != "id"
+                else v) for k, v in asdict(s).items()}
+
+
 def pack_shards(subjects: Sequence[SubjectFiles], out_dir: str | Path, *,
-                inplane: tuple[int, int] | None = None) -> dict:
+                inplane: tuple[int, int] | None = None, index_dir: str | Path | None = None) -> dict:
     """Normalise and pack subjects into one shard directory (written to a temp dir, then renamed).
 
-    ``inplane``: common slice size (default: the largest subject's). Returns the index dict.
+    ``inplane``: common slice size (default: the largest subject's). ``index_dir``: the folder
+    the index will be read from once published (default ``out_dir``; :func:`gan_core.data.pack.
+    pack_splits` writes into a staging folder first); source paths are stored relative to it.
+    Temp folders left beside ``out_dir`` by an interrupted pack are removed first. Returns the
+    index dict. To publish several splits together use :func:`gan_core.data.pack.pack_splits`.
     """
     out_dir = Path(out_dir)
+    index_dir = Path(os.path.abspath(index_dir if index_dir is not None else out_dir))
     if not subjects:
         raise ValueError(f"pack_shards({out_dir}): no subjects given")
     shapes = []
@@ -131,8 +146,8 @@ def pack_shards(subjects: Sequence[SubjectFiles], out_dir: str | Path, *,
     if inplane is None:
         inplane = (max(s[0] for s in shapes), max(s[1] for s in shapes))
     total = sum(s[2] for s in shapes)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    remove_leftovers(out_dir)
+    tmp = staging_dir(out_dir, "tmp")
     try:
         mr_arr = np.lib.format.open_memmap(tmp / "mr.npy", "w+", np.float32, (total, *inplane))
         ct_arr = np.lib.format.open_memmap(tmp / "ct.npy", "w+", np.float32, (total, *inplane))
@@ -145,7 +160,8 @@ def pack_shards(subjects: Sequence[SubjectFiles], out_dir: str | Path, *,
                   if with_lesion else None)
         entries, off = [], 0
         for s in subjects:
-            mr, ct, mask = load_volume(s.mr), load_volume(s.ct), load_volume(s.mask)
+            mr, ct = load_volume(s.mr, name=f"subject {s.id} MR"), load_volume(s.ct, name=f"subject {s.id} CT")
+            mask = load_volume(s.mask, name=f"subject {s.id} mask")
             check_same_grid(mr, ct, names=(f"{s.id} MR", f"{s.id} CT"))
             check_same_grid(ct, mask, names=(f"{s.id} CT", f"{s.id} mask"))
             m = (mask.array > 0).astype(np.uint8)
@@ -158,7 +174,7 @@ def pack_shards(subjects: Sequence[SubjectFiles], out_dir: str | Path, *,
             ct_arr[off:off + z] = np.moveaxis(ct_u, 2, 0)
             mk_arr[off:off + z] = np.moveaxis(m_u, 2, 0)
             if lb_arr is not None:
-                lab = load_volume(s.labels)
+                lab = load_volume(s.labels, name=f"subject {s.id} labels")
                 check_same_grid(ct, lab, names=(f"{s.id} CT", f"{s.id} labels"))
                 if lab.array.min() < 0 or lab.array.max() > 255 or not np.all(lab.array == np.round(lab.array)):
                     raise ValueError(f"subject {s.id}: {s.labels}: expected integer labels 0..255")
@@ -172,7 +188,7 @@ def pack_shards(subjects: Sequence[SubjectFiles], out_dir: str | Path, *,
                 ls_arr[off:off + z] = np.moveaxis(_fit_inplane(les, inplane, 0)[0], 2, 0)
             entries.append({"id": s.id, "offset": off, "depth": z, "shape": list(mr.array.shape),
                             "pad": pads, "affine": ct.affine.tolist(), "spacing": list(ct.spacing),
-                            "mr_percentiles": [lo, hi], "source": asdict(s)})
+                            "mr_percentiles": [lo, hi], "source": _relative_source(s, index_dir)})
             off += z
         for a in (mr_arr, ct_arr, mk_arr, lb_arr, ls_arr):
             if a is not None:
@@ -183,9 +199,7 @@ def pack_shards(subjects: Sequence[SubjectFiles], out_dir: str | Path, *,
                  + (["lesion"] if with_lesion else []),
                  "subjects": entries}
         (tmp / "index.json").write_text(json.dumps(index, indent=2, sort_keys=True))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
+        swap_in(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -222,9 +236,14 @@ class Shards:
         return {**self.__dict__, "_arrays": None}
 
     def subject_files(self, i: int) -> SubjectFiles:
-        """Source NIfTI files of subject ``i`` (paths relative to the shard dir are resolved)."""
+        """Source NIfTI files of subject ``i`` as absolute paths, whatever the working directory.
+
+        The index stores them relative to the shard folder (absolute in older packs: kept).
+        """
         src = self.subjects[i]["source"]
-        return SubjectFiles(**{k: (str(self.dir / v) if isinstance(v, str) and k != "id" else v)
+        base = os.path.abspath(self.dir)
+        return SubjectFiles(**{k: (os.path.normpath(os.path.join(base, v))
+                                   if isinstance(v, str) and k != "id" else v)
                                for k, v in src.items()})
 
     def subject_slab(self, i: int) -> dict[str, np.ndarray]:
