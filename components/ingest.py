@@ -39,34 +39,33 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
 import os
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 
-import gan_core
 from components import storage
+from components.mlflow_utils import redact_uri
+from components.step import (StepInputError, arg, params_from_args, params_parser, run_cli,
+                             staged, step_manifest, write_manifest)
 from gan_core.data.nifti import NiftiError, Volume, check_same_grid, load_volume
 
-__all__ = ["SOURCES", "MANIFEST", "SUBJECTS_DIR", "TCIA_CACHE", "IngestError", "run_ingest",
-           "main"]
+__all__ = ["SOURCES", "SUBJECTS_DIR", "TCIA_CACHE", "IngestParams", "run_ingest", "main"]
 
 log = logging.getLogger(__name__)
 
 #: The sources ``run_ingest`` understands.
 SOURCES = ("phantom", "folder", "tcia")
-#: Name of the step manifest inside the output.
-MANIFEST = "manifest.json"
 #: Folder (relative to the output) holding one folder per subject.
 SUBJECTS_DIR = "subjects"
 #: TCIA working folder inside a local output (resume cache).
@@ -76,28 +75,7 @@ REQUIRED = ("mr", "ct")
 OPTIONAL = ("mask", "labels", "lesion")
 
 
-class IngestError(ValueError):
-    """The ingest cannot produce a cohort (bad arguments, no valid subject); names the input."""
-
-
 # --------------------------------------------------------------------------- helpers
-
-
-def _redact_url(url: str | None) -> str | None:
-    """Drop any ``user:password@`` from a URL before it is recorded.
-
-    >>> _redact_url("https://u:p@host/x/")
-    'https://host/x/'
-    """
-    if not url:
-        return url
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
 
 
 def _triple(value: Sequence[float], what: str, kind: type) -> tuple:
@@ -106,7 +84,7 @@ def _triple(value: Sequence[float], what: str, kind: type) -> tuple:
     except (TypeError, ValueError):
         vals = ()
     if len(vals) != 3:
-        raise IngestError(f"{what}: expected 3 numbers, got {value!r}")
+        raise StepInputError(f"{what}: expected 3 numbers, got {value!r}")
     return vals
 
 
@@ -152,7 +130,7 @@ def _ingest_phantom(out: Path, *, subjects: int, seed: int, shape: Sequence[int]
                             spacing=tuple(spacing), lesion_prevalence=lesion_prevalence,
                             misalign_mm=misalign_mm)
     except ValueError as exc:
-        raise IngestError(f"phantom ingest: {exc}") from exc
+        raise StepInputError(f"phantom ingest: {exc}") from exc
     cohort = json.loads((root / "cohort.json").read_text())
     seeds = {r["id"]: r["subject_seed"] for r in cohort["subjects"]}
     records = [_record(d.name, d, out, {"kind": "phantom", "subject_seed": seeds[d.name]}, [])
@@ -167,11 +145,11 @@ def _ingest_phantom(out: Path, *, subjects: int, seed: int, shape: Sequence[int]
 def _validate_subject(d: Path) -> tuple[dict[str, Path], list[str]]:
     """Check one SynthRAD-layout subject folder; return its files and notes.
 
-    Raises :class:`IngestError` (the reason) when the subject cannot be used.
+    Raises :class:`StepInputError` (the reason) when the subject cannot be used.
     """
     missing = [k for k in REQUIRED if not (d / f"{k}.nii.gz").is_file()]
     if missing:
-        raise IngestError(f"missing {', '.join(f'{k}.nii.gz' for k in missing)} "
+        raise StepInputError(f"missing {', '.join(f'{k}.nii.gz' for k in missing)} "
                           "(expected mr.nii.gz and ct.nii.gz)")
     files = {k: d / f"{k}.nii.gz" for k in REQUIRED}
     files.update({k: d / f"{k}.nii.gz" for k in OPTIONAL if (d / f"{k}.nii.gz").is_file()})
@@ -181,11 +159,11 @@ def _validate_subject(d: Path) -> tuple[dict[str, Path], list[str]]:
             if k in vols:
                 check_same_grid(vols[k], vols["ct"], names=(k.upper() if k == "mr" else k, "CT"))
     except NiftiError as exc:
-        raise IngestError(str(exc)) from exc
+        raise StepInputError(str(exc)) from exc
     notes = [f"CT {_grid_note(vols['ct'])}"]
     if "mask" in vols:
         if not np.any(vols["mask"].array > 0):
-            raise IngestError(f"mask file {files['mask']} is empty (no voxel > 0)")
+            raise StepInputError(f"mask file {files['mask']} is empty (no voxel > 0)")
     else:
         notes.append("no mask.nii.gz: preprocess computes a body mask from the CT")
     return files, notes
@@ -193,7 +171,7 @@ def _validate_subject(d: Path) -> tuple[dict[str, Path], list[str]]:
 
 def _folder_subjects(out: Path, folder: str, root: Path) -> tuple[list[dict], list[dict]]:
     if not root.is_dir():
-        raise IngestError(f"folder ingest: {folder} is not a directory (expected a "
+        raise StepInputError(f"folder ingest: {folder} is not a directory (expected a "
                           "SynthRAD-layout root <root>/<subject>/mr.nii.gz, ct.nii.gz)")
     records: list[dict] = []
     failed: list[dict] = []
@@ -202,7 +180,7 @@ def _folder_subjects(out: Path, folder: str, root: Path) -> tuple[list[dict], li
     for d in candidates:
         try:
             files, notes = _validate_subject(d)
-        except IngestError as exc:
+        except StepInputError as exc:
             log.warning("folder ingest: subject %s skipped: %s", d.name, exc)
             failed.append({"id": d.name, "reason": str(exc)})
             continue
@@ -214,7 +192,7 @@ def _folder_subjects(out: Path, folder: str, root: Path) -> tuple[list[dict], li
     if not records:
         detail = "; ".join(f"{f['id']}: {f['reason']}" for f in failed) or \
             "no <subject>/mr.nii.gz or ct.nii.gz found"
-        raise IngestError(f"folder ingest: no valid subject under {folder} "
+        raise StepInputError(f"folder ingest: no valid subject under {folder} "
                           f"({len(failed)} failed): {detail}")
     return records, failed
 
@@ -224,7 +202,7 @@ def _ingest_folder(out: Path, folder: str) -> tuple[list[dict], list[dict], dict
         try:
             root = stack.enter_context(storage.local_copy(folder))
         except storage.StorageError as exc:
-            raise IngestError(f"folder ingest: cannot read {folder}: {exc}") from exc
+            raise StepInputError(f"folder ingest: cannot read {folder}: {exc}") from exc
         records, failed = _folder_subjects(out, folder, root)
     return records, failed, {}
 
@@ -251,15 +229,15 @@ def _ingest_tcia(out: Path, output_uri: str, *, collection: str | None,
     from components import tcia
 
     if not collection:
-        raise IngestError("tcia ingest: a collection is required (--collection NAME)")
+        raise StepInputError("tcia ingest: a collection is required (--collection NAME)")
     work, inside = _tcia_cache(output_uri, collection, cache_dir)
     work.mkdir(parents=True, exist_ok=True)
-    url = _redact_url(base_url) or tcia.DEFAULT_BASE_URL
+    url = redact_uri(base_url) or tcia.DEFAULT_BASE_URL
     try:
         tm = tcia.ingest_tcia(work, collection=collection, modalities=tuple(modalities),
                               patient_ids=patient_ids, base_url=base_url or tcia.DEFAULT_BASE_URL)
     except (tcia.NbiaError, ValueError) as exc:
-        raise IngestError(f"tcia ingest: collection {collection!r} at {url}: {exc}") from exc
+        raise StepInputError(f"tcia ingest: collection {collection!r} at {url}: {exc}") from exc
     bad_series: dict[str, list[dict]] = {}
     for uid, entry in sorted(tm["series"].items()):
         if entry.get("status") != "ok":
@@ -293,7 +271,7 @@ def _ingest_tcia(out: Path, output_uri: str, *, collection: str | None,
             "mr_series": pair["mr_series"], "ct_series": pair["ct_series"]}, notes))
     if not records:
         detail = "; ".join(f"{f['id']}: {f['reason']}" for f in failed)
-        raise IngestError(f"tcia ingest: collection {collection!r} at {url} gave no usable "
+        raise StepInputError(f"tcia ingest: collection {collection!r} at {url} gave no usable "
                           f"MR+CT pair (counts {tm['counts']}): {detail}")
     shutil.copyfile(work / tcia.MANIFEST_NAME, out / "tcia_manifest.json")
     extra: dict[str, Any] = {"tcia_manifest": "tcia_manifest.json",
@@ -310,85 +288,6 @@ def _ingest_tcia(out: Path, output_uri: str, *, collection: str | None,
 # --------------------------------------------------------------------------- the step
 
 
-def run_ingest(source: str, output_uri: str, *, subjects: int = 8, seed: int = 0,
-               shape: Sequence[int] = (64, 64, 32), spacing: Sequence[float] = (3.0, 3.0, 5.0),
-               lesion_prevalence: float = 0.3, misalign_mm: float = 0.0,
-               folder: str | None = None, collection: str | None = None,
-               modalities: Sequence[str] = ("MR", "CT"), patient_ids: Sequence[str] | None = None,
-               base_url: str | None = None, cache_dir: str | None = None) -> dict[str, Any]:
-    """Ingest a cohort from ``source`` into ``output_uri``; return the manifest written there.
-
-    ``phantom`` uses ``subjects, seed, shape, spacing, lesion_prevalence, misalign_mm``;
-    ``folder`` uses ``folder`` (local path or ``s3://``); ``tcia`` uses ``collection,
-    modalities, patient_ids, base_url`` (and ``cache_dir``, see the module doc). The output is
-    published atomically; raises :class:`IngestError` when no subject is usable.
-
-    >>> import tempfile
-    >>> try:
-    ...     run_ingest("folder", tempfile.mkdtemp())
-    ... except IngestError as err:
-    ...     print(err)
-    folder ingest: --folder (a SynthRAD-layout root) is required
-    """
-    if source not in SOURCES:
-        raise IngestError(f"unknown ingest source {source!r}: expected one of {', '.join(SOURCES)}")
-    if not output_uri:
-        raise IngestError("ingest: output_uri is required (a local folder or s3://bucket/prefix)")
-    params: dict[str, Any]
-    if source == "phantom":
-        params = {"subjects": int(subjects), "seed": int(seed),
-                  "shape": list(_triple(shape, "phantom shape", int)),
-                  "spacing": list(_triple(spacing, "phantom spacing", float)),
-                  "lesion_prevalence": float(lesion_prevalence),
-                  "misalign_mm": float(misalign_mm)}
-        inputs: dict[str, Any] = {"source": "phantom"}
-    elif source == "folder":
-        if not folder:
-            raise IngestError("folder ingest: --folder (a SynthRAD-layout root) is required")
-        params = {}
-        inputs = {"source": "folder", "folder": folder}
-    else:
-        params = {"collection": collection, "modalities": [m.upper() for m in modalities],
-                  "patient_ids": sorted(patient_ids) if patient_ids else None}
-        inputs = {"source": "tcia", "base_url": _redact_url(base_url) or "default",
-                  "collection": collection}
-
-    start = time.monotonic()
-    with storage.staged_output(output_uri) as out:
-        (out / SUBJECTS_DIR).mkdir()
-        if source == "phantom":
-            records, failed, extra = _ingest_phantom(
-                out, subjects=params["subjects"], seed=params["seed"], shape=params["shape"],
-                spacing=params["spacing"], lesion_prevalence=params["lesion_prevalence"],
-                misalign_mm=params["misalign_mm"])
-        elif source == "folder":
-            records, failed, extra = _ingest_folder(out, str(folder))
-        else:
-            records, failed, extra = _ingest_tcia(
-                out, output_uri, collection=collection, modalities=params["modalities"],
-                patient_ids=params["patient_ids"], base_url=base_url, cache_dir=cache_dir)
-        records.sort(key=lambda r: r["id"])
-        counts = {"subjects": len(records), "failed": len(failed),
-                  **{f"with_{k}": sum(k in r["files"] for r in records) for k in OPTIONAL}}
-        manifest = {
-            "step": "ingest",
-            "inputs": inputs,
-            "params": params,
-            "outputs": {"subjects_dir": SUBJECTS_DIR, **extra},
-            "subjects": records,
-            "failed": failed,
-            "counts": counts,
-            "timings": {"total_s": round(time.monotonic() - start, 3)},
-            "code_version": gan_core.__version__,
-        }
-        storage.write_json(str(out / MANIFEST), manifest)
-    log.info("ingest %s -> %s: %s", source, output_uri, counts)
-    return manifest
-
-
-# --------------------------------------------------------------------------- CLI
-
-
 def _parse_triple(kind: type, what: str):
     def parse(text: str) -> tuple:
         parts = [p for p in text.replace("x", ",").split(",") if p.strip()]
@@ -403,53 +302,119 @@ def _parse_triple(kind: type, what: str):
     return parse
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The ``python -m components.ingest`` argument parser."""
-    p = argparse.ArgumentParser(prog="python -m components.ingest",
-                                description="Ingest a cohort (phantom, SynthRAD-layout folder or "
-                                            "TCIA collection) as NIfTI subjects + manifest.json.")
-    p.add_argument("--source", required=True, choices=SOURCES)
-    p.add_argument("--output-uri", required=True, help="local folder or s3://bucket/prefix")
-    g = p.add_argument_group("phantom")
-    g.add_argument("--subjects", type=int, default=8)
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--shape", type=_parse_triple(int, "--shape"), default=(64, 64, 32),
-                   help="voxels X,Y,Z (default 64,64,32)")
-    g.add_argument("--spacing", type=_parse_triple(float, "--spacing"), default=(3.0, 3.0, 5.0),
-                   help="mm X,Y,Z (default 3,3,5)")
-    g.add_argument("--lesion-prevalence", type=float, default=0.3)
-    g.add_argument("--misalign-mm", type=float, default=0.0)
-    g = p.add_argument_group("folder")
-    g.add_argument("--folder", help="SynthRAD-layout root (local path or s3://)")
-    g = p.add_argument_group("tcia")
-    g.add_argument("--collection")
-    g.add_argument("--modality", action="append", dest="modalities", metavar="MOD",
-                   help="repeatable (default MR and CT)")
-    g.add_argument("--patient", action="append", dest="patients", metavar="ID",
-                   help="restrict to this PatientID, repeatable")
-    g.add_argument("--base-url", help="NBIA v4 services URL (default: public TCIA)")
-    g.add_argument("--cache-dir", help="TCIA working folder (default: <out>/.tcia_cache for a "
-                                       "local output, a local temp folder for s3://)")
-    return p
+@dataclass(frozen=True)
+class IngestParams:
+    """Parameters of the ingest step (one CLI option each); each source reads its own group."""
+
+    source: str = arg("where the cohort comes from", choices=SOURCES)
+    output_uri: str = arg("local folder or s3://bucket/prefix")
+    # phantom
+    subjects: int = arg("phantom: number of subjects", default=8)
+    seed: int = arg("phantom: cohort seed", default=0)
+    shape: tuple[int, int, int] = arg("phantom: voxels X,Y,Z (default 64,64,32)",
+                                      default=(64, 64, 32), parse=_parse_triple(int, "--shape"))
+    spacing: tuple[float, float, float] = arg("phantom: mm X,Y,Z (default 3,3,5)",
+                                              default=(3.0, 3.0, 5.0),
+                                              parse=_parse_triple(float, "--spacing"))
+    lesion_prevalence: float = arg("phantom: fraction of subjects with a lesion", default=0.3)
+    misalign_mm: float = arg("phantom: planted MR misalignment (mm)", default=0.0)
+    # folder
+    folder: str | None = arg("folder: SynthRAD-layout root (local path or s3://)", default=None)
+    # tcia
+    collection: str | None = arg("tcia: NBIA collection", default=None)
+    modalities: tuple[str, ...] = arg("tcia: modality, repeatable (default MR and CT)",
+                                      default=("MR", "CT"), flag="--modality", append=True,
+                                      metavar="MOD", convert=lambda v: tuple(v or ("MR", "CT")))
+    patient_ids: tuple[str, ...] | None = arg(
+        "tcia: restrict to this PatientID, repeatable", default=None, flag="--patient",
+        append=True, metavar="ID", convert=lambda v: tuple(v) if v else None)
+    base_url: str | None = arg("tcia: NBIA v4 services URL (default: public TCIA)", default=None)
+    cache_dir: str | None = arg("tcia: working folder (default: <out>/.tcia_cache for a local "
+                                "output, a local temp folder for s3://)", default=None)
+
+    def __post_init__(self) -> None:
+        if self.source not in SOURCES:
+            raise StepInputError(f"unknown ingest source {self.source!r}: expected one of "
+                                 f"{', '.join(SOURCES)}")
+        if not self.output_uri:
+            raise StepInputError("ingest: output_uri is required (a local folder or "
+                                 "s3://bucket/prefix)")
+        if self.source == "folder" and not self.folder:
+            raise StepInputError("folder ingest: --folder (a SynthRAD-layout root) is required")
+
+
+def run_ingest(source: str, output_uri: str, **params: Any) -> dict[str, Any]:
+    """Ingest a cohort from ``source`` into ``output_uri``; return the manifest written there.
+
+    ``params``: the other fields of :class:`IngestParams`. ``phantom`` uses ``subjects, seed,
+    shape, spacing, lesion_prevalence, misalign_mm``; ``folder`` uses ``folder`` (local path or
+    ``s3://``); ``tcia`` uses ``collection, modalities, patient_ids, base_url`` (and
+    ``cache_dir``, see the module doc). The output is published atomically; raises
+    :class:`~components.step.StepInputError` when no subject is usable.
+
+    >>> import tempfile
+    >>> try:
+    ...     run_ingest("folder", tempfile.mkdtemp())
+    ... except StepInputError as err:
+    ...     print(err)
+    folder ingest: --folder (a SynthRAD-layout root) is required
+    """
+    p = IngestParams(source, output_uri, **params)
+    if p.source == "phantom":
+        step_params: dict[str, Any] = {
+            "subjects": int(p.subjects), "seed": int(p.seed),
+            "shape": list(_triple(p.shape, "phantom shape", int)),
+            "spacing": list(_triple(p.spacing, "phantom spacing", float)),
+            "lesion_prevalence": float(p.lesion_prevalence), "misalign_mm": float(p.misalign_mm)}
+        inputs: dict[str, Any] = {"source": "phantom"}
+    elif p.source == "folder":
+        step_params = {}
+        inputs = {"source": "folder", "folder": p.folder}
+    else:
+        step_params = {"collection": p.collection, "modalities": [m.upper() for m in p.modalities],
+                       "patient_ids": sorted(p.patient_ids) if p.patient_ids else None}
+        inputs = {"source": "tcia", "base_url": redact_uri(p.base_url) or "default",
+                  "collection": p.collection}
+
+    start = time.monotonic()
+    with staged(p.output_uri) as out:
+        (out / SUBJECTS_DIR).mkdir()
+        if p.source == "phantom":
+            records, failed, extra = _ingest_phantom(
+                out, subjects=step_params["subjects"], seed=step_params["seed"],
+                shape=step_params["shape"], spacing=step_params["spacing"],
+                lesion_prevalence=step_params["lesion_prevalence"],
+                misalign_mm=step_params["misalign_mm"])
+        elif p.source == "folder":
+            records, failed, extra = _ingest_folder(out, str(p.folder))
+        else:
+            records, failed, extra = _ingest_tcia(
+                out, p.output_uri, collection=p.collection, modalities=step_params["modalities"],
+                patient_ids=step_params["patient_ids"], base_url=p.base_url, cache_dir=p.cache_dir)
+        records.sort(key=lambda r: r["id"])
+        counts = {"subjects": len(records), "failed": len(failed),
+                  **{f"with_{k}": sum(k in r["files"] for r in records) for k in OPTIONAL}}
+        manifest = step_manifest("ingest", inputs=inputs, params=step_params,
+                                 outputs={"subjects_dir": SUBJECTS_DIR, **extra},
+                                 timings={"total_s": round(time.monotonic() - start, 3)},
+                                 subjects=records, failed=failed, counts=counts)
+        write_manifest(out, manifest)
+    log.info("ingest %s -> %s: %s", p.source, p.output_uri, counts)
+    return manifest
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """CLI entry point: prints the manifest counts as JSON; exit status 1 on a clear error."""
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        manifest = run_ingest(
-            args.source, args.output_uri, subjects=args.subjects, seed=args.seed,
-            shape=args.shape, spacing=args.spacing, lesion_prevalence=args.lesion_prevalence,
-            misalign_mm=args.misalign_mm, folder=args.folder, collection=args.collection,
-            modalities=tuple(args.modalities or ("MR", "CT")), patient_ids=args.patients,
-            base_url=args.base_url, cache_dir=args.cache_dir)
-    except (IngestError, storage.StorageError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(json.dumps({"output_uri": args.output_uri, **manifest["counts"]}))
-    return 0
+    """CLI entry point: prints the manifest counts as JSON (exit codes: components.step)."""
+    parser = params_parser(IngestParams, "python -m components.ingest",
+                           "Ingest a cohort (phantom, SynthRAD-layout folder or TCIA collection) "
+                           "as NIfTI subjects + manifest.json.")
+
+    def run(a: Any) -> dict[str, Any]:
+        m = run_ingest(**dataclasses.asdict(params_from_args(IngestParams, a)))
+        return {"output_uri": a.output_uri, **m["counts"]}
+
+    return run_cli(parser, run, argv)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -10,6 +10,8 @@
   Ray workers and Tune trial drivers can all write to one run without the fluent API's global
   "active run" state.
 
+A step opens its run with :func:`tracked_run` (ended FINISHED, or FAILED when the block raises).
+
 Example:
     >>> import tempfile
     >>> from gan_core.config import preset
@@ -22,9 +24,11 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
@@ -45,6 +49,7 @@ __all__ = [
     "log_config",
     "log_metrics",
     "end_run",
+    "tracked_run",
 ]
 
 log = logging.getLogger(__name__)
@@ -181,3 +186,34 @@ def log_metrics(tracking_uri: str, run_id: str, metrics: dict[str, float],
 def end_run(tracking_uri: str, run_id: str, status: str = "FINISHED") -> None:
     """Mark a run FINISHED / FAILED / KILLED."""
     client(tracking_uri).set_terminated(run_id, status=status)
+
+
+@contextlib.contextmanager
+def tracked_run(tracking_uri: str | None, experiment: str, *, run_name: str | None = None,
+                parent_run_id: str | None = None, tags: dict[str, str] | None = None,
+                config: "TrainConfig | None" = None,
+                params: dict[str, Any] | None = None) -> Iterator[str | None]:
+    """Create a run, yield its id, end it FINISHED, or FAILED if the block raises (re-raised).
+
+    ``tracking_uri=None`` means no MLflow logging: yields None. ``config`` / ``params`` are
+    logged as the run's params (:func:`log_config`).
+
+    >>> with tracked_run(None, "medgan") as run_id:
+    ...     print(run_id)
+    None
+    """
+    if not tracking_uri:
+        log.info("no MLflow tracking URI (argument or %s): not logging to MLflow", TRACKING_ENV)
+        yield None
+        return
+    run_id = create_run(tracking_uri, experiment, run_name=run_name, parent_run_id=parent_run_id,
+                        tags=tags)
+    try:
+        if config is not None:
+            log_config(tracking_uri, run_id, config, params)
+        yield run_id
+    except BaseException:
+        with contextlib.suppress(Exception):
+            end_run(tracking_uri, run_id, "FAILED")
+        raise
+    end_run(tracking_uri, run_id, "FINISHED")

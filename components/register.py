@@ -27,32 +27,24 @@ CLI: ``python -m components.register --model-uri M --eval-uri E [--output-uri O]
 
 from __future__ import annotations
 
-import argparse
 import contextlib
+import dataclasses
 import hashlib
-import json
 import logging
 import os
-import sys
 import time
 from collections.abc import Iterator, Sequence
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
-import gan_core
 from components import storage
-from components.evaluate import (
-    EvaluateError,
-    code_info,
-    fetched_file,
-    finite_or_none,
-    manifest_value,
-    read_manifest,
-    redact_uri,
-    resolve_tracking_uri,
-)
+from components.mlflow_utils import redact_uri, resolve_tracking_uri
+from components.step import (MANIFEST, Manifest, StepInputError, arg, code_info, finite_or_none,
+                             local_file, params_from_args, params_parser, read_manifest, run_cli,
+                             staged, step_manifest, write_manifest)
 
-__all__ = ["RegisterError", "INTENDED_USE", "decide_promotion", "model_card", "run_register", "main"]
+__all__ = ["INTENDED_USE", "RegisterParams", "decide_promotion", "model_card", "run_register",
+           "main"]
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +52,6 @@ INTENDED_USE = "research use only — not for clinical use"
 MODEL_FILE = "model.pt"
 SHA_TAG = "model_sha256"
 MAE_TAG = "test_mae_hu"
-
-
-class RegisterError(EvaluateError):
-    """A bad input to the register step; the message names the URI and field."""
 
 
 # --------------------------------------------------------------------------- the promotion rule
@@ -231,35 +219,48 @@ def _champion_mae(client: Any, mv: Any) -> float | None:
     return v
 
 
-def _read_manifest(uri: str, step: str, required: Sequence[str] = ()) -> tuple[dict[str, Any], str]:
-    try:
-        return read_manifest(uri, step, required)
-    except RegisterError:
-        raise
-    except EvaluateError as exc:
-        raise RegisterError(str(exc)) from exc
-
-
 def _data_manifest_sha(data_manifest_uri: str) -> str:
-    uri = data_manifest_uri if data_manifest_uri.endswith(".json") else storage.join(data_manifest_uri, "manifest.json")
+    uri = data_manifest_uri if data_manifest_uri.endswith(".json") else storage.join(data_manifest_uri, MANIFEST)
     try:
         return hashlib.sha256(storage.read_bytes(uri)).hexdigest()
-    except storage.StorageNotFoundError as exc:
-        raise RegisterError(f"{uri}: data manifest not found") from exc
+    except storage.StorageNotFoundError:
+        raise StepInputError(f"{uri}: data manifest not found") from None
 
 
 # --------------------------------------------------------------------------- the step
 
 
-def run_register(model_uri: str, eval_uri: str, *, model_name: str = "medgan-sct",
-                 tracking_uri: str | None = None, experiment: str = "medgan", alias: str = "champion",
-                 data_manifest_uri: str | None = None, require_audit: bool = True,
-                 output_uri: str | None = None) -> dict[str, Any]:
+@dataclass(frozen=True)
+class RegisterParams:
+    """Parameters of the register step (one CLI option each)."""
+
+    model_uri: str = arg("train output holding model.pt + manifest.json")
+    eval_uri: str = arg("evaluate output holding manifest.json")
+    model_name: str = arg("registered model name", default="medgan-sct")
+    tracking_uri: str | None = arg("MLflow tracking URI (default: $MLFLOW_TRACKING_URI)",
+                                   default=None)
+    experiment: str = arg("experiment for a new run if the train manifest has none",
+                          default="medgan")
+    alias: str = arg("alias to move when the model is better", default="champion")
+    data_manifest_uri: str | None = arg(
+        "preprocess output (or its manifest.json) to hash; default: the evaluation's", default=None)
+    require_audit: bool = arg("let a model whose lesion audit failed take the alias (research "
+                              "phantoms only)", default=True, flag="--no-require-audit")
+    output_uri: str | None = arg("also write the manifest here (manifest.json)", default=None)
+
+    def __post_init__(self) -> None:
+        if not self.model_name or not self.alias:
+            raise StepInputError(f"model_name and alias must be non-empty (got "
+                                 f"{self.model_name!r}, {self.alias!r})")
+
+
+def run_register(model_uri: str, eval_uri: str, **params: Any) -> dict[str, Any]:
     """Register ``model_uri``'s model (evaluated in ``eval_uri``) and maybe move ``alias``.
 
-    ``require_audit=False`` lets a model whose lesion audit failed take the alias (research
-    phantoms only; recorded in the manifest and the version tags). ``output_uri``: also write
-    the manifest there (``manifest.json``, published atomically).
+    ``params``: the other fields of :class:`RegisterParams`. ``require_audit=False`` lets a
+    model whose lesion audit failed take the alias (research phantoms only; recorded in the
+    manifest and the version tags). ``output_uri``: also write the manifest there
+    (``manifest.json``, published atomically).
 
     >>> m = run_register("work/train", "work/eval", tracking_uri="sqlite:///mlflow.db")  # doctest: +SKIP
     >>> m["outputs"]["version"], m["outputs"]["promoted"], m["outputs"]["reason"]          # doctest: +SKIP
@@ -271,145 +272,122 @@ def run_register(model_uri: str, eval_uri: str, *, model_name: str = "medgan-sct
 
     from components.pyfunc_model import log_pyfunc_model
 
+    p = RegisterParams(model_uri, eval_uri, **params)
     t_start = time.monotonic()
-    tracking = resolve_tracking_uri(tracking_uri)
+    tracking = resolve_tracking_uri(p.tracking_uri)
     if not tracking:
-        raise RegisterError("register needs an MLflow tracking URI: pass --tracking-uri or set MLFLOW_TRACKING_URI")
-    if not model_name or not alias:
-        raise RegisterError(f"model_name and alias must be non-empty (got {model_name!r}, {alias!r})")
-    train_manifest, train_sha = _read_manifest(model_uri, "train")
-    eval_manifest, eval_sha = _read_manifest(
-        eval_uri, "evaluate", required=("inputs.model_sha256", "outputs.aggregate.model.mae",
-                                        "outputs.audit_passed"))
-    eval_path = storage.join(eval_uri, "manifest.json")
+        raise StepInputError("register needs an MLflow tracking URI: pass --tracking-uri or set "
+                             "MLFLOW_TRACKING_URI")
+    train_m = read_manifest(p.model_uri, "train")
+    eval_m: Manifest = read_manifest(p.eval_uri, "evaluate", required=(
+        "inputs.model_sha256", "outputs.aggregate.model.mae", "outputs.audit_passed"))
+    eval_manifest = eval_m.data
     candidate_mae = eval_manifest["outputs"]["aggregate"]["model"]["mae"]
     audit_passed = eval_manifest["outputs"]["audit_passed"]
     if not isinstance(audit_passed, bool):
-        raise RegisterError(f"{eval_path}: field 'outputs.audit_passed' must be true/false, got {audit_passed!r}")
+        raise StepInputError(f"{eval_m.path}: field 'outputs.audit_passed' must be true/false, "
+                             f"got {audit_passed!r}")
     eval_data_sha = (eval_manifest.get("inputs") or {}).get("data_manifest_sha256")
     data_sha = eval_data_sha
-    if data_manifest_uri:
-        data_sha = _data_manifest_sha(data_manifest_uri)
+    if p.data_manifest_uri:
+        data_sha = _data_manifest_sha(p.data_manifest_uri)
         if eval_data_sha and eval_data_sha != data_sha:
-            raise RegisterError(f"{eval_path}: the evaluation used data manifest sha256 {eval_data_sha[:12]}…, "
-                                f"but {data_manifest_uri} has {data_sha[:12]}…: evaluate on that data first")
+            raise StepInputError(f"{eval_m.path}: the evaluation used data manifest sha256 "
+                                 f"{eval_data_sha[:12]}…, but {p.data_manifest_uri} has "
+                                 f"{data_sha[:12]}…: evaluate on that data first")
 
     client = MlflowClient(tracking_uri=tracking, registry_uri=tracking)
     timings: dict[str, float] = {}
-    with fetched_file(storage.join(model_uri, MODEL_FILE)) as model_path:
+    model_file = storage.join(p.model_uri, MODEL_FILE)
+    with local_file(model_file) as model_path:
         sha = storage.sha256_file(model_path)
         if eval_manifest["inputs"]["model_sha256"] != sha:
             evaluated = str(eval_manifest["inputs"]["model_sha256"])
-            raise RegisterError(f"{eval_path}: field 'inputs.model_sha256' is {evaluated[:12]}…, "
-                                f"but {storage.join(model_uri, MODEL_FILE)} has sha256 {sha[:12]}…: "
-                                "this evaluation is of a different model")
+            raise StepInputError(f"{eval_m.path}: field 'inputs.model_sha256' is {evaluated[:12]}…, "
+                                 f"but {model_file} has sha256 {sha[:12]}…: this evaluation is "
+                                 "of a different model")
         try:
             model_cfg = torch.load(model_path, map_location="cpu", weights_only=False).get("config") or {}
         except Exception as exc:  # noqa: BLE001 - reported with the file name
-            raise RegisterError(f"{storage.join(model_uri, MODEL_FILE)}: not a medgan model ({exc})") from exc
-        run_id = manifest_value(train_manifest, "mlflow_run_id") or manifest_value(eval_manifest, "mlflow_run_id")
-        card = model_card(model_sha=sha, data_sha=data_sha, eval_manifest=eval_manifest, eval_sha=eval_sha,
-                          model_cfg=model_cfg, model_uri=model_uri, eval_uri=eval_uri)
-        card["audit_required"] = str(require_audit).lower()
+            raise StepInputError(f"{model_file}: not a medgan model ({exc})") from exc
+        run_id = train_m.value("mlflow_run_id") or eval_m.value("mlflow_run_id")
+        card = model_card(model_sha=sha, data_sha=data_sha, eval_manifest=eval_manifest,
+                          eval_sha=eval_m.sha256, model_cfg=model_cfg, model_uri=p.model_uri,
+                          eval_uri=p.eval_uri)
+        card["audit_required"] = str(p.require_audit).lower()
 
-        mv = _existing_version(client, model_name, run_id, sha)
+        mv = _existing_version(client, p.model_name, run_id, sha)
         created = mv is None
         if created:
             t0 = time.monotonic()
             with _fluent_target(tracking):
                 if run_id is None:
-                    mlflow.set_experiment(experiment)
+                    mlflow.set_experiment(p.experiment)
                 with mlflow.start_run(run_id=run_id, run_name=None if run_id else "register") as run:
                     run_id = run.info.run_id
                     info = log_pyfunc_model(model_path, tags={SHA_TAG: sha})
-                mv = mlflow.register_model(info.model_uri, model_name, tags=card)
+                mv = mlflow.register_model(info.model_uri, p.model_name, tags=card)
             timings["log_model_s"] = round(time.monotonic() - t0, 3)
-            log.info("registered %s version %s from run %s", model_name, mv.version, run_id)
+            log.info("registered %s version %s from run %s", p.model_name, mv.version, run_id)
         else:
             log.info("%s version %s already holds this model (run %s, sha256 %s…): reused",
-                     model_name, mv.version, run_id, sha[:12])
+                     p.model_name, mv.version, run_id, sha[:12])
         if not mv.description:
-            client.update_model_version(model_name, mv.version, description=_description(card))
-        rm = client.get_registered_model(model_name)
+            client.update_model_version(p.model_name, mv.version, description=_description(card))
+        rm = client.get_registered_model(p.model_name)
         if not rm.description:
-            client.update_registered_model(model_name, description=(
-                f"medgan synthetic CT generators; alias '{alias}' = best test MAE with a passed "
+            client.update_registered_model(p.model_name, description=(
+                f"medgan synthetic CT generators; alias '{p.alias}' = best test MAE with a passed "
                 f"lesion audit. {INTENDED_USE}."))
 
-    champ = _champion(client, model_name, alias)
+    champ = _champion(client, p.model_name, p.alias)
     previous = None if champ is None else {"version": str(champ.version), "mae": _champion_mae(client, champ)}
     if champ is not None and str(champ.version) == str(mv.version):
-        promoted, moved, reason = True, False, f"version {mv.version} already holds alias '{alias}'"
+        promoted, moved, reason = True, False, f"version {mv.version} already holds alias '{p.alias}'"
     else:
-        promoted, reason = decide_promotion(candidate_mae, audit_passed, previous, require_audit=require_audit)
+        promoted, reason = decide_promotion(candidate_mae, audit_passed, previous,
+                                            require_audit=p.require_audit)
         moved = promoted
         if promoted:
-            client.set_registered_model_alias(model_name, alias, str(mv.version))
-    log.info("%s v%s: %s", model_name, mv.version, reason)
+            client.set_registered_model_alias(p.model_name, p.alias, str(mv.version))
+    log.info("%s v%s: %s", p.model_name, mv.version, reason)
     timings["total_s"] = round(time.monotonic() - t_start, 3)
-    manifest = {
-        "step": "register",
-        "inputs": {"model_uri": model_uri, "eval_uri": eval_uri, "data_manifest_uri": data_manifest_uri,
-                   "model_sha256": sha, "train_manifest_sha256": train_sha, "evaluate_manifest_sha256": eval_sha,
-                   "data_manifest_sha256": data_sha},
-        "params": {"model_name": model_name, "alias": alias, "experiment": experiment,
-                   "tracking_uri": redact_uri(tracking), "require_audit": require_audit},
-        "outputs": {"model_name": model_name, "version": str(mv.version),
-                    "model_version_uri": f"models:/{model_name}/{mv.version}",
-                    "alias_uri": f"models:/{model_name}@{alias}", "mlflow_run_id": run_id,
-                    "created": created, "promoted": promoted, "alias_moved": moved, "reason": reason,
-                    "test_mae_hu": finite_or_none(candidate_mae), "audit_passed": audit_passed,
-                    "previous_champion": previous, "model_card": card},
+    manifest = step_manifest(
+        "register",
+        inputs={"model_uri": p.model_uri, "eval_uri": p.eval_uri,
+                "data_manifest_uri": p.data_manifest_uri, "model_sha256": sha,
+                "train_manifest_sha256": train_m.sha256, "evaluate_manifest_sha256": eval_m.sha256,
+                "data_manifest_sha256": data_sha},
+        params={"model_name": p.model_name, "alias": p.alias, "experiment": p.experiment,
+                "tracking_uri": redact_uri(tracking), "require_audit": p.require_audit},
+        outputs={"model_name": p.model_name, "version": str(mv.version),
+                 "model_version_uri": f"models:/{p.model_name}/{mv.version}",
+                 "alias_uri": f"models:/{p.model_name}@{p.alias}", "mlflow_run_id": run_id,
+                 "created": created, "promoted": promoted, "alias_moved": moved, "reason": reason,
+                 "test_mae_hu": finite_or_none(candidate_mae), "audit_passed": audit_passed,
+                 "previous_champion": previous, "model_card": card},
+        timings=timings,
         # flat copies for callers that only need the verdict (e.g. the KFP register op)
-        "model_name": model_name, "version": str(mv.version), "promoted": promoted, "reason": reason,
-        "counts": {"versions_created": int(created), "alias_moves": int(moved)},
-        "timings": timings,
-        "code_version": gan_core.__version__,
-    }
-    if output_uri:
-        with storage.staged_output(output_uri) as out:
-            storage.write_json(Path(out) / "manifest.json", manifest)
+        model_name=p.model_name, version=str(mv.version), promoted=promoted, reason=reason,
+        counts={"versions_created": int(created), "alias_moves": int(moved)})
+    if p.output_uri:
+        with staged(p.output_uri) as out:
+            write_manifest(out, manifest)
     return manifest
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The ``python -m components.register`` argument parser."""
-    p = argparse.ArgumentParser(prog="python -m components.register",
-                                description="Register a trained, evaluated model in the MLflow registry "
-                                            "(pyfunc + model card); move the alias only if it is better.")
-    p.add_argument("--model-uri", required=True, help="train output holding model.pt + manifest.json")
-    p.add_argument("--eval-uri", required=True, help="evaluate output holding manifest.json")
-    p.add_argument("--model-name", default="medgan-sct", help="registered model name (default medgan-sct)")
-    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI)")
-    p.add_argument("--experiment", default="medgan", help="experiment for a new run if the train manifest has none")
-    p.add_argument("--alias", default="champion", help="alias to move when the model is better (default champion)")
-    p.add_argument("--data-manifest-uri", default=None,
-                   help="preprocess output (or its manifest.json) to hash; default: the evaluation's")
-    p.add_argument("--no-require-audit", dest="require_audit", action="store_false",
-                   help="let a model whose lesion audit failed take the alias (research phantoms only)")
-    p.add_argument("--output-uri", default=None, help="also write the manifest here (manifest.json)")
-    return p
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    """CLI entry point: prints a JSON summary; exit status 1 on a clear error."""
-    from mlflow.exceptions import MlflowException
+    """CLI entry point: prints a JSON summary (exit codes: components.step)."""
+    parser = params_parser(RegisterParams, "python -m components.register",
+                           "Register a trained, evaluated model in the MLflow registry (pyfunc + "
+                           "model card); move the alias only if it is better.")
 
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        m = run_register(args.model_uri, args.eval_uri, model_name=args.model_name,
-                         tracking_uri=args.tracking_uri, experiment=args.experiment, alias=args.alias,
-                         data_manifest_uri=args.data_manifest_uri, require_audit=args.require_audit,
-                         output_uri=args.output_uri)
-    except (EvaluateError, storage.StorageError, MlflowException) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    o = m["outputs"]
-    print(json.dumps({k: o[k] for k in ("model_name", "version", "created", "promoted", "reason",
-                                         "previous_champion")}))
-    return 0
+    def run(a: Any) -> dict[str, Any]:
+        return run_register(**dataclasses.asdict(params_from_args(RegisterParams, a)))["outputs"]
+
+    return run_cli(parser, run, argv, summary=("model_name", "version", "created", "promoted",
+                                               "reason", "previous_champion"))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

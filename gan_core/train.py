@@ -188,13 +188,16 @@ def train(cfg: TrainConfig, data_dir: str | Path, out_dir: str | Path, *,
           device: str | torch.device | None = None, rank: int = 0, world_size: int = 1,
           wrap: Callable[[torch.nn.Module], Any] | None = None, report: ReportFn | None = None,
           resume_from: str | Path | None = None, max_steps: int | None = None,
-          progress: bool = True) -> TrainResult:
+          progress: bool = True,
+          on_start: Callable[[GANFramework], None] | None = None) -> TrainResult:
     """Train ``cfg`` on ``<data_dir>/train`` shards; checkpoints and the model go to ``out_dir``.
 
     ``wrap``: applied to every net (e.g. DDP via ``ray.train.torch.prepare_model``).
     ``report(step, metrics, checkpoint_path_or_None)``: called on every rank at each log step.
     ``resume_from``: checkpoint file to resume (default ``<out_dir>/checkpoint.pt`` if present).
     ``max_steps``: stop early after this global step (the run stays resumable).
+    ``on_start(fw)``: called once with the live framework (built, resumed, wrapped) before the
+    first step, e.g. for a ``report`` hook that draws figures or exports the final model.
     """
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -219,6 +222,8 @@ def train(cfg: TrainConfig, data_dir: str | Path, out_dir: str | Path, *,
     if wrap is not None:
         fw.wrap_networks(wrap)
     fw.train(True)
+    if on_start is not None:
+        on_start(fw)
 
     train_dir = data_dir / "train" if (data_dir / "train").is_dir() else data_dir
     val_dir = data_dir / "val" if (data_dir / "val").is_dir() else None

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from components import storage
-from components.ingest import MANIFEST, TCIA_CACHE, IngestError, main, run_ingest
+from components.ingest import TCIA_CACHE, main, run_ingest
+from components.step import MANIFEST, StepInputError
 from gan_core.data.nifti import load_volume, save_volume
 from gan_core.data.phantom import write_cohort
 from tests.nbia_server import NbiaServer, make_series
@@ -63,11 +64,11 @@ def test_phantom_manifest_files_and_checksums(tmp_path: Path) -> None:
 
 
 def test_bad_arguments_are_clear(tmp_path: Path) -> None:
-    with pytest.raises(IngestError, match="unknown ingest source 'dicom'.*phantom, folder, tcia"):
+    with pytest.raises(StepInputError, match="unknown ingest source 'dicom'.*phantom, folder, tcia"):
         run_ingest("dicom", str(tmp_path / "x"))
-    with pytest.raises(IngestError, match="phantom.*shape"):
+    with pytest.raises(StepInputError, match="phantom.*shape"):
         run_ingest("phantom", str(tmp_path / "x"), shape=(8, 8, 8))
-    with pytest.raises(IngestError, match="collection is required"):
+    with pytest.raises(StepInputError, match="collection is required"):
         run_ingest("tcia", str(tmp_path / "x"))
     assert not (tmp_path / "x").exists()  # nothing published
 
@@ -120,14 +121,14 @@ def test_folder_without_valid_subject_is_an_error(synthrad: Path, tmp_path: Path
     for d in synthrad.glob("phantom_*"):
         (d / "ct.nii.gz").write_bytes(b"not a nifti")
     out = tmp_path / "raw"
-    with pytest.raises(IngestError, match=rf"no valid subject under {synthrad} \(5 failed\)"):
+    with pytest.raises(StepInputError, match=rf"no valid subject under {synthrad} \(5 failed\)"):
         run_ingest("folder", str(out), folder=str(synthrad))
     assert not out.exists()
-    with pytest.raises(IngestError, match="cannot read .*absent"):
+    with pytest.raises(StepInputError, match="cannot read .*absent"):
         run_ingest("folder", str(out), folder=str(tmp_path / "absent"))
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(IngestError, match="no <subject>/mr.nii.gz"):
+    with pytest.raises(StepInputError, match="no <subject>/mr.nii.gz"):
         run_ingest("folder", str(out), folder=str(empty))
 
 
@@ -180,10 +181,10 @@ def test_tcia_pairs_failures_and_resume(tmp_path: Path) -> None:
 def test_tcia_without_pairs_is_an_error(tmp_path: Path) -> None:
     with NbiaServer() as srv:
         srv.add_series("C", make_series("MR", n_slices=2, patient_id="P1"))
-        with pytest.raises(IngestError, match="collection 'C' .*no usable MR\\+CT pair.*P1"):
+        with pytest.raises(StepInputError, match="collection 'C' .*no usable MR\\+CT pair.*P1"):
             run_ingest("tcia", str(tmp_path / "raw"), collection="C", base_url=srv.base_url,
                        cache_dir=str(tmp_path / "cache"))
-        with pytest.raises(IngestError, match="collection 'NOPE'.*no series"):
+        with pytest.raises(StepInputError, match="collection 'NOPE'.*no series"):
             run_ingest("tcia", str(tmp_path / "raw"), collection="NOPE", base_url=srv.base_url,
                        cache_dir=str(tmp_path / "cache2"))
     assert not (tmp_path / "raw").exists()
@@ -225,7 +226,7 @@ def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
 
     rc = main(["--source", "folder", "--output-uri", str(tmp_path / "x"),
                "--folder", str(tmp_path / "absent")])
-    assert rc == 1 and "error: folder ingest: cannot read" in capsys.readouterr().err
+    assert rc == 2 and "error: folder ingest: cannot read" in capsys.readouterr().err  # bad input
 
     res = subprocess.run([sys.executable, "-m", "components.ingest", "--help"], cwd=REPO,
                          capture_output=True, text=True, timeout=60)

@@ -83,15 +83,18 @@ def ray_head(num_cpus: int = 2) -> Iterator[str]:
                 os.environ[k] = v
 
 
-def preprocessed_dir(shards: Path, root: Path) -> Path:
-    """A minimal preprocess-step output around packed shards: manifest + ``shards/``."""
+def preprocessed_dir(shards: Path, root: Path, folder: str = "packed") -> Path:
+    """A minimal preprocess-step output around packed shards: a manifest whose
+    ``outputs.shards.<split>.path`` name ``<folder>/<split>`` (deliberately not the ``shards/``
+    preprocess itself uses: the steps must take the paths from the manifest)."""
     from gan_core.data.shards import Shards
 
     root.mkdir(parents=True, exist_ok=True)
-    (root / "shards").symlink_to(shards, target_is_directory=True)
+    (root / folder).symlink_to(shards, target_is_directory=True)
     splits = {s: [x["id"] for x in Shards(shards / s).subjects] for s in ("train", "val", "test")}
     (root / "manifest.json").write_text(json.dumps(
-        {"step": "preprocess", "splits": splits, "inputs": {}, "params": {}, "outputs": {},
+        {"step": "preprocess", "splits": splits, "inputs": {}, "params": {},
+         "outputs": {"shards": {s: {"path": f"{folder}/{s}"} for s in splits}},
          "counts": {k: len(v) for k, v in splits.items()}, "timings": {}, "code_version": "test"}))
     return root
 
@@ -112,10 +115,11 @@ def _history(client, run_id: str, key: str) -> list:
 
 
 def test_bad_manifest_is_named(tmp_path):
-    from components.train import TrainStepError, run_train
+    from components.step import StepInputError
+    from components.train import run_train
 
     (tmp_path / "manifest.json").write_text(json.dumps({"step": "ingest"}))
-    with pytest.raises(TrainStepError, match=r"manifest.json: field 'step' is 'ingest'"):
+    with pytest.raises(StepInputError, match=r"manifest.json: field 'step' is 'ingest', expected 'preprocess'"):
         run_train(str(tmp_path), str(tmp_path / "out"))
 
 
@@ -132,6 +136,8 @@ def test_train_two_workers_mlflow(cluster, data_uri, tmp_path):
                                                      "model.pt", "ray"]
     assert json.loads((out / "manifest.json").read_text()) == m
     assert m["step"] == "train" and m["steps"] == 8 and m["world_size"] == 2
+    # the shards came from where the preprocess manifest points (not <data>/shards)
+    assert m["inputs"]["shards"] == {"train": f"{data_uri}/packed/train", "val": f"{data_uri}/packed/val"}
     assert 0 < m["val_mae"] < 3000 and m["images_per_s"] > 0
     assert m["ray_storage_path"] == str(out / "ray") and Path(m["outputs"]["ray_run"]).is_dir()
     fw = load_model(out / "model.pt")
@@ -153,7 +159,8 @@ def test_worker_killed_resumes_from_checkpoint(cluster, data_uri, tmp_path, monk
     import torch
 
     from components import mlflow_utils as mlu
-    from components.train import FAULT_ENV, run_train
+    from components.raytrain import FAULT_ENV
+    from components.train import run_train
 
     marker = tmp_path / "killed.txt"
     monkeypatch.setenv(FAULT_ENV, f"1:6:{marker}")  # rank 1 SIGKILLs itself at step 6, once
@@ -180,7 +187,8 @@ def test_failed_run_publishes_nothing_and_rerun_resumes(cluster, data_uri, tmp_p
     from ray.train import TrainingFailedError
 
     from components import mlflow_utils as mlu
-    from components.train import FAULT_ENV, run_train
+    from components.raytrain import FAULT_ENV
+    from components.train import run_train
 
     tracking = f"sqlite:///{tmp_path}/mlflow.db"
     out = tmp_path / "train"

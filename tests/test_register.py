@@ -17,7 +17,8 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from components.evaluate import run_evaluate
-from components.register import INTENDED_USE, RegisterError, decide_promotion, main, run_register
+from components.register import INTENDED_USE, decide_promotion, main, run_register
+from components.step import StepInputError
 from tests.mlflow_server import preprocess_output, train_output
 
 
@@ -154,17 +155,17 @@ def test_champion_loads_and_writes_a_synthetic_ct(models, data, server, tmp_path
 
 def test_register_rejects_mismatched_inputs(models, server, tmp_path, monkeypatch, capsys):
     best, mid, _ = models
-    with pytest.raises(RegisterError, match=r"field 'inputs.model_sha256'.*different model"):
+    with pytest.raises(StepInputError, match=r"field 'inputs.model_sha256'.*different model"):
         run_register(best["model"], mid["eval"], tracking_uri=server, model_name="medgan-sct-bad")
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    with pytest.raises(RegisterError, match="needs an MLflow tracking URI"):
+    with pytest.raises(StepInputError, match="needs an MLflow tracking URI"):
         run_register(best["model"], best["eval"])
     bad_data = tmp_path / "other.json"
     bad_data.write_text(json.dumps({"step": "preprocess"}))
-    with pytest.raises(RegisterError, match="the evaluation used data manifest"):
+    with pytest.raises(StepInputError, match="the evaluation used data manifest"):
         run_register(best["model"], best["eval"], tracking_uri=server, model_name="medgan-sct-bad",
                      data_manifest_uri=str(bad_data))
-    with pytest.raises(RegisterError, match=r"field 'step' is 'train', expected 'evaluate'"):
+    with pytest.raises(StepInputError, match=r"field 'step' is 'train', expected 'evaluate'"):
         run_register(best["model"], best["model"], tracking_uri=server, model_name="medgan-sct-bad")
     assert MlflowClient(tracking_uri=server).search_model_versions("name = 'medgan-sct-bad'") == []
     # CLI: the manifest goes to --output-uri; a repeated call reuses the version
@@ -178,4 +179,6 @@ def test_register_rejects_mismatched_inputs(models, server, tmp_path, monkeypatc
     assert manifest["step"] == "register" and manifest["outputs"]["version"] == "1"
     assert (manifest["version"], manifest["promoted"]) == ("1", True) and manifest["model_name"] == "medgan-sct-cli"
     assert manifest["params"]["tracking_uri"] == server
-    assert main(["--model-uri", str(tmp_path / "none"), "--eval-uri", mid["eval"], "--tracking-uri", server]) == 1
+    # bad input (no train manifest there): exit code 2, the message names the file
+    assert main(["--model-uri", str(tmp_path / "none"), "--eval-uri", mid["eval"], "--tracking-uri", server]) == 2
+    assert f"{tmp_path / 'none'}/manifest.json: not found (expected the output of step 'train')" in capsys.readouterr().err

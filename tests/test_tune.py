@@ -26,7 +26,7 @@ def test_search_space_is_generic_over_loss_terms():
 
 
 def test_search_space_covers_new_frameworks_and_task_terms():
-    from components.train import build_config
+    from components.step import build_config
     from components.tune import default_search_space
 
     unit = default_search_space("unit")
@@ -39,13 +39,13 @@ def test_search_space_covers_new_frameworks_and_task_terms():
 
 
 def test_bad_search_space_is_named(tiny_shards, tmp_path):
-    from components.train import TrainStepError
+    from components.step import StepInputError
     from components.tune import run_tune
 
     data = preprocessed_dir(tiny_shards, tmp_path / "processed")
-    with pytest.raises(TrainStepError, match=r"unknown config fields \['loss.nope'\]"):
+    with pytest.raises(StepInputError, match=r"unknown config fields \['loss.nope'\]"):
         run_tune(str(data), str(tmp_path / "out"), search_space={"loss.nope": ["uniform", 0, 1]})
-    with pytest.raises(TrainStepError, match=r"'loss.l1': unknown kind 'gauss'"):
+    with pytest.raises(StepInputError, match=r"'loss.l1': unknown kind 'gauss'"):
         run_tune(str(data), str(tmp_path / "out"), framework="pix2pix",
                  search_space={"loss.l1": ["gauss", 0, 1]})
 

@@ -1,0 +1,350 @@
+"""Ray Train plumbing shared by the ``train`` and ``tune`` steps.
+
+* :func:`ray_session` connects to ``address`` / ``$RAY_ADDRESS`` or starts a local Ray;
+  :func:`ray_storage` turns a folder / ``s3://`` URI into Ray's ``storage_path`` +
+  ``storage_filesystem``; :func:`ray_run_name` derives a stable run name from the output URI
+  (rerun = resume).
+* :func:`fit` builds and fits one ``TorchTrainer`` (gloo on CPU, NCCL on GPU) over
+  :func:`train_loop_per_worker`, the worker: it gets the shards (:func:`components.step.local_dir`
+  of each split URI, laid out as ``train/`` + ``val/`` for ``gan_core.train.train``), resumes
+  from ``ray.train.get_checkpoint()`` when Ray restarts it and runs gan_core's one training loop
+  with each net wrapped by ``ray.train.torch.prepare_model`` (DDP).
+* Reporting (:class:`_Reporter`): every log step all ranks ``ray.train.report`` their metrics;
+  at checkpoint steps rank 0 attaches gan_core's ``checkpoint.pt`` (+ its step) and, with MLflow
+  on, logs the losses and a PNG grid ``input | output | target`` drawn from the LIVE framework
+  (:func:`sample_figure`; no checkpoint is reloaded, and the global RNG is left untouched).
+* At the end rank 0 writes the final inference model (``model.pt`` with ``val_mae`` and
+  ``step``) to ``export_uri`` and returns ``steps, val_mae, images_per_s, ...`` as the run's
+  ``Result.return_value``: the driver publishes that file and those numbers as they are.
+* Fault injection for tests: ``$MEDGAN_FAULT_KILL="<rank>:<step>:<marker file>"`` (:data:`FAULT_ENV`)
+  makes that worker SIGKILL itself once at that log step, after Ray committed the earlier
+  checkpoints.
+
+Example:
+    >>> spec = worker_config(step.build_config("pix2pix", "tiny"),           # doctest: +SKIP
+    ...                      {"train": "prep/shards/train", "val": "prep/shards/val"},
+    ...                      export_uri="out/.export/run1")
+    >>> with ray_session():                                                 # doctest: +SKIP
+    ...     result = fit(spec, name="run1", store=ray_storage("out/ray"), num_workers=2)
+    >>> result.return_value["val_mae"]                                      # doctest: +SKIP
+    142.7
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+import signal
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, TypedDict
+from urllib.parse import urlsplit
+
+from components import mlflow_utils as mlu
+from components import storage
+from components.step import StepInputError, local_dir
+from gan_core.config import TrainConfig, from_dict
+from gan_core.train import CHECKPOINT, MODEL
+
+__all__ = ["RAY_DIR", "FAULT_ENV", "CKPT_META", "WorkerConfig", "worker_config", "fault_from_env",
+           "ray_run_name", "ray_storage", "ray_session", "ray_uri", "sample_figure",
+           "train_loop_per_worker", "fit"]
+
+log = logging.getLogger(__name__)
+
+#: Folder (relative to a step's output) that is the Ray ``RunConfig.storage_path``.
+RAY_DIR = "ray"
+#: Test hook: ``"<rank>:<step>:<marker file>"`` (see the module doc).
+FAULT_ENV = "MEDGAN_FAULT_KILL"
+#: Written next to ``checkpoint.pt`` in each Ray checkpoint: ``{"step": n}``.
+CKPT_META = "medgan_checkpoint.json"
+
+
+class WorkerConfig(TypedDict):
+    """``train_loop_config`` of :func:`train_loop_per_worker` (build it with :func:`worker_config`)."""
+
+    config: dict[str, Any]             # TrainConfig.to_dict()
+    shards: dict[str, str | None]      # split -> URI: "train" (required), "val" (or None)
+    mlflow: dict[str, str] | None      # {"tracking_uri", "run_id"}: rank 0 logs to that run
+    fault: dict[str, Any] | None       # parsed FAULT_ENV
+    export_uri: str | None             # rank 0 writes the final model.pt here
+
+
+def worker_config(cfg: TrainConfig, shards: dict[str, str | None], *,
+                  tracking_uri: str | None = None, run_id: str | None = None,
+                  fault: dict[str, Any] | None = None,
+                  export_uri: str | None = None) -> WorkerConfig:
+    """The worker's config; MLflow logging is on when both ``tracking_uri`` and ``run_id`` are set."""
+    if not shards.get("train"):
+        raise StepInputError(f"shards: a 'train' URI is required, got {shards!r}")
+    ml = {"tracking_uri": tracking_uri, "run_id": run_id} if tracking_uri and run_id else None
+    return {"config": cfg.to_dict(), "shards": dict(shards), "mlflow": ml, "fault": fault,
+            "export_uri": export_uri}
+
+
+def fault_from_env() -> dict[str, Any] | None:
+    """The parsed :data:`FAULT_ENV` (None when unset)."""
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return None
+    try:
+        rank, step, marker = spec.split(":", 2)
+        return {"rank": int(rank), "step": int(step), "marker": marker}
+    except ValueError:
+        raise StepInputError(f"{FAULT_ENV}={spec!r}: expected '<rank>:<step>:<marker file>'") from None
+
+
+# --------------------------------------------------------------------------- driver side
+
+
+def ray_run_name(output_uri: str, run_name: str | None = None, prefix: str = "train") -> str:
+    """Stable Ray run name: ``run_name`` or ``<prefix>-<hash of output_uri>`` (rerun = resume).
+
+    >>> ray_run_name("s3://b/runs/r1") == ray_run_name("s3://b/runs/r1/")
+    True
+    """
+    if run_name:
+        return run_name
+    digest = hashlib.sha256(str(output_uri).rstrip("/").encode()).hexdigest()[:10]
+    return f"{prefix}-{digest}"
+
+
+def ray_storage(uri: str) -> tuple[str, Any]:
+    """``(storage_path, storage_filesystem)`` for Ray's ``RunConfig``.
+
+    Local paths are made absolute. For ``s3://`` with ``AWS_ENDPOINT_URL(_S3)`` set (MinIO, moto)
+    an explicit pyarrow ``S3FileSystem`` with that endpoint is returned (credentials still come
+    from the environment of each process) and the path loses its ``s3://`` prefix, as Ray expects.
+    """
+    if not storage.is_s3(uri):
+        return os.path.abspath(str(uri)), None
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if not endpoint:
+        return str(uri), None
+    from pyarrow import fs as pafs
+
+    parts = urlsplit(endpoint)
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    filesystem = pafs.S3FileSystem(endpoint_override=parts.netloc or parts.path,
+                                   scheme=parts.scheme or "https", region=region)
+    return str(uri)[len("s3://"):], filesystem
+
+
+def ray_uri(output_uri: str, path: str) -> str:
+    """A path Ray reports (e.g. a checkpoint's) as a URI: Ray drops ``s3://`` when given an
+    explicit filesystem."""
+    if storage.is_s3(output_uri) and not str(path).startswith("s3://"):
+        return f"s3://{str(path).lstrip('/')}"
+    return str(path)
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None = None) -> Iterator[None]:
+    """Connect to ``address`` / ``$RAY_ADDRESS`` or start a local Ray; shut down only what we
+    started (an already initialised Ray is left alone)."""
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    ray.init(address=address or os.environ.get("RAY_ADDRESS") or None)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def fit(spec: WorkerConfig, *, name: str, store: tuple[str, Any], num_workers: int = 1,
+        use_gpu: bool = False, resources_per_worker: dict[str, float] | None = None,
+        max_failures: int = 2, num_to_keep: int = 2, callbacks: Sequence[Any] = ()) -> Any:
+    """Fit one ``TorchTrainer`` running :func:`train_loop_per_worker` with ``spec``; returns
+    Ray's ``Result`` (``return_value``: rank 0's summary). ``store``: :func:`ray_storage`'s
+    pair. Needs a Ray session (:func:`ray_session`, or inside a Tune trial)."""
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    storage_path, filesystem = store
+    trainer = TorchTrainer(
+        train_loop_per_worker, train_loop_config=dict(spec),
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        scaling_config=ray.train.ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
+                                               resources_per_worker=resources_per_worker),
+        run_config=ray.train.RunConfig(
+            name=name, storage_path=storage_path, storage_filesystem=filesystem,
+            callbacks=list(callbacks) or None,
+            failure_config=ray.train.FailureConfig(max_failures=max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=num_to_keep)))
+    return trainer.fit()
+
+
+# --------------------------------------------------------------------------- worker side
+
+
+def sample_figure(fw: Any, val_dir: str | Path, path: str | Path, n: int = 3) -> Path:
+    """PNG grid, one row per val slice: input | output | target (CT shown in HU); unconditional
+    synthesis: a row of samples. ``fw`` is put in eval mode (callers restore train mode)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from gan_core.data.normalize import unit_to_ct
+    from gan_core.data.shards import SliceDataset
+    from gan_core.tasks import build_task
+    from gan_core.train import translate_slices
+
+    fw.train(False)
+    task = build_task(fw.cfg.task)
+    ds = SliceDataset(val_dir, min_body_fraction=0.2, task=task,
+                      image_size=fw.cfg.data.image_size if task.in_channels == 0 else None)
+    idx = np.linspace(0, len(ds) - 1, num=min(n, len(ds))).round().astype(int)
+    show = ((lambda x: unit_to_ct(x), (-1000, 2000), " (HU)") if task.target == "ct"
+            else (lambda x: x, (-1, 1), ""))
+    fig, axes = plt.subplots(len(idx), 3, figsize=(7.5, 2.6 * len(idx)), squeeze=False)
+    for row, i in enumerate(idx):
+        s = ds[int(i)]
+        pred = translate_slices(fw, s["A"][None])[0, 0].numpy()
+        a = s["A"].numpy()
+        a_img = (a.argmax(0) / max(a.shape[0] - 1, 1) * 2 - 1 if a.shape[0] > 1
+                 else a[0] if a.shape[0] == 1 else np.full(pred.shape, -1.0))
+        panels = [(a_img, f"input ({task.source or 'noise'})", (-1, 1)),
+                  (show[0](pred), f"output{show[2]}", show[1]),
+                  (show[0](s["B"][0].numpy()), f"{task.target}{show[2]}", show[1])]
+        for ax, (img, title, (lo, hi)) in zip(axes[row], panels):
+            ax.imshow(img, cmap="gray", vmin=lo, vmax=hi)
+            ax.set_title(title, fontsize=8)
+            ax.axis("off")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
+class _Reporter:
+    """gan_core's ``report(step, metrics, checkpoint_path)`` hook inside a Ray Train worker;
+    ``bind`` (gan_core's ``on_start``) hands it the live framework."""
+
+    def __init__(self, rank: int, mlflow_cfg: dict[str, str] | None, val_dir: Path | None,
+                 fault: dict[str, Any] | None) -> None:
+        self.rank, self.ml, self.val_dir, self.fault = rank, mlflow_cfg, val_dir, fault
+        self.fw: Any = None
+
+    def bind(self, fw: Any) -> None:
+        self.fw = fw
+
+    def _maybe_die(self, step: int) -> None:
+        f = self.fault
+        if f and f["rank"] == self.rank and f["step"] == step and not os.path.exists(f["marker"]):
+            import ray.train
+
+            # die between checkpoints: wait until Ray has committed every earlier report (a
+            # report is committed only once the controller has polled it from all ranks)
+            done = ray.train.get_all_reported_checkpoints(timeout_s=60)
+            Path(f["marker"]).write_text(f"killed rank {self.rank} at step {step} after "
+                                         f"{len(done)} committed checkpoint(s)\n")
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def _log_samples(self, step: int) -> None:
+        if not (self.ml and self.val_dir is not None and self.fw is not None):
+            return
+        import torch
+
+        fw = self.fw
+        try:
+            devices = [fw.device] if getattr(fw.device, "type", "cpu") == "cuda" else []
+            with tempfile.TemporaryDirectory(prefix="medgan-samples-") as d, \
+                    torch.random.fork_rng(devices=devices), torch.no_grad():  # RNG untouched
+                png = sample_figure(fw, self.val_dir, Path(d) / f"step_{step:07d}.png")
+                mlu.client(self.ml["tracking_uri"]).log_artifact(self.ml["run_id"], str(png), "samples")
+        except Exception as e:  # noqa: BLE001 - a figure must never stop training
+            log.warning("could not log sample images at step %d: %s", step, e)
+        finally:
+            fw.train(True)
+
+    def __call__(self, step: int, metrics: dict[str, float], ckpt: Path | None) -> None:
+        import ray.train
+
+        self._maybe_die(step)
+        out = {k: float(v) for k, v in metrics.items()}
+        out["step"] = step
+        if self.rank == 0 and self.ml:
+            mlu.log_metrics(self.ml["tracking_uri"], self.ml["run_id"],
+                            {k: v for k, v in out.items() if k != "step"}, step=step)
+        if ckpt is not None and self.rank == 0:
+            self._log_samples(step)
+            with tempfile.TemporaryDirectory(prefix="medgan-ckpt-", ignore_cleanup_errors=True) as d:
+                try:
+                    os.link(ckpt, Path(d) / CHECKPOINT)  # gan_core replaces the file, never edits it
+                except OSError:
+                    shutil.copy2(ckpt, Path(d) / CHECKPOINT)
+                (Path(d) / CKPT_META).write_text(json.dumps({"step": step}))
+                ray.train.report(out, checkpoint=ray.train.Checkpoint.from_directory(d))
+        else:
+            ray.train.report(out)
+
+
+def _data_dir(shards: dict[str, str | None], root: Path) -> Path:
+    """``root/train`` (+ ``root/val``) linked to the local copies of the split URIs."""
+    root.mkdir(parents=True)
+    for split in ("train", "val"):
+        if shards.get(split):
+            (root / split).symlink_to(local_dir(str(shards[split])).resolve(), target_is_directory=True)
+    return root
+
+
+def _export(fw: Any, export_uri: str, extra: dict[str, Any]) -> None:
+    """Rank 0: the final inference model to ``<export_uri>/model.pt``."""
+    from gan_core.train import save_model
+
+    with tempfile.TemporaryDirectory(prefix="medgan-export-") as d:
+        save_model(fw, Path(d) / MODEL, extra)
+        storage.upload_dir(d, export_uri)
+
+
+def train_loop_per_worker(config: WorkerConfig) -> dict[str, Any]:
+    """Ray Train worker: resume from the Ray checkpoint if any, then ``gan_core.train.train``.
+
+    Returns (rank 0's value reaches ``Result.return_value``) ``steps, seconds, images_per_s,
+    val_mae, resumed_from, world_size``; rank 0 also writes ``<export_uri>/model.pt``.
+    """
+    import ray.train
+    import ray.train.torch
+
+    from gan_core.train import train
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    cfg = from_dict(config["config"])
+    ml = config.get("mlflow")
+    work = Path(tempfile.mkdtemp(prefix=f"medgan-worker{rank}-"))
+    try:
+        data = _data_dir(config["shards"], work / "data")
+        val_dir = data / "val" if (data / "val").is_dir() else None
+        resume, start = None, 0
+        ck = ray.train.get_checkpoint()
+        if ck is not None:
+            d = Path(ck.to_directory(str(work / "resume")))
+            resume = d / CHECKPOINT
+            if not resume.exists():
+                raise RuntimeError(f"Ray checkpoint {ck.path} holds no {CHECKPOINT}")
+            start = int(json.loads((d / CKPT_META).read_text())["step"]) if (d / CKPT_META).exists() else -1
+        if rank == 0 and ml:
+            mlu.log_metrics(ml["tracking_uri"], ml["run_id"], {"resume_step": start, "world_size": world},
+                            step=max(start, 0))
+        reporter = _Reporter(rank, ml, val_dir, config.get("fault"))
+        res = train(cfg, data, work / "run", device=ray.train.torch.get_device(), rank=rank,
+                    world_size=world, wrap=ray.train.torch.prepare_model, report=reporter,
+                    resume_from=resume, progress=False, on_start=reporter.bind)
+        if rank == 0 and config.get("export_uri"):
+            _export(reporter.fw, str(config["export_uri"]), {"val_mae": res.val_mae, "step": res.steps})
+        return {"steps": res.steps, "seconds": res.seconds, "images_per_s": res.images_per_s,
+                "val_mae": res.val_mae, "resumed_from": start, "world_size": world}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
