@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 from gan_core.cli import pack_cohort  # noqa: E402
-from gan_core.config import apply_overrides, preset  # noqa: E402
+from gan_core.presets import apply_overrides, preset  # noqa: E402
 from gan_core.data.phantom import write_cohort  # noqa: E402
 from gan_core.task_evaluation import evaluate_task, task_table  # noqa: E402
 from gan_core.tasks import build_task  # noqa: E402

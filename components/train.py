@@ -59,7 +59,8 @@ import yaml
 import gan_core
 from components import mlflow_utils as mlu
 from components import storage
-from gan_core.config import TrainConfig, apply_overrides, from_dict, parse_set, preset, save_config
+from gan_core.config import TrainConfig, parse_set, save_config
+from gan_core.presets import apply_overrides, from_dict, preset
 from gan_core.train import CHECKPOINT, MODEL
 
 __all__ = ["MANIFEST", "RAY_DIR", "FAULT_ENV", "TrainStepError", "load_preprocess_manifest",
@@ -139,7 +140,7 @@ def build_config(framework: str = "cyclegan", preset_name: str = "demo", config_
     """The run's config: ``config_uri`` (a YAML TrainConfig, e.g. tune's ``best_config.yaml``)
     if given, else ``preset(preset_name, framework, task)``; then ``overrides``; then ``steps``.
 
-    >>> build_config("pix2pix", "tiny", overrides={"loss.l1": 50}).loss.l1
+    >>> build_config("pix2pix", "tiny", overrides={"loss.image": 50}).loss.image
     50.0
     """
     if config_uri:
@@ -589,7 +590,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--task", default="mr2ct", help="gan_core.tasks name (ignored with --config-uri)")
     p.add_argument("--config-uri", help="YAML TrainConfig, e.g. the tune step's best_config.yaml")
     p.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE",
-                   help="config override, repeatable: --set loss.l1=50 --set data.batch_size=8")
+                   help="config override, repeatable: --set loss.image=50 --set data.batch_size=8")
     p.add_argument("--steps", type=int, help="total training iterations (overrides the config)")
     p.add_argument("--num-workers", type=int, default=1)
     p.add_argument("--use-gpu", action="store_true")

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from gan_core.config import apply_overrides, preset
+from gan_core.presets import apply_overrides, preset
 from gan_core.frameworks import available, build_framework, get_framework
 from gan_core.models.dcgan import (
     ConditionalDCGANGenerator,

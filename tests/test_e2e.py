@@ -6,7 +6,7 @@ import json
 import numpy as np
 
 from gan_core.cli import main, pack_cohort
-from gan_core.config import preset
+from gan_core.presets import preset
 from gan_core.data.phantom import write_cohort
 from gan_core.data.shards import Shards
 from gan_core.evaluation import evaluate_subjects, fit_baseline

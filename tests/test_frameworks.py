@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from gan_core.config import apply_overrides, preset
+from gan_core.presets import apply_overrides, preset
 from gan_core.frameworks import Framework, ImagePool, available, build_framework, get_framework
 
 

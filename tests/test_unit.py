@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from gan_core.config import apply_overrides, preset
+from gan_core.presets import apply_overrides, preset
 from gan_core.frameworks import available, build_framework, get_framework
 from gan_core.frameworks import unit as unit_mod
 from gan_core.models import MultiScaleDiscriminator, ResnetBlock
