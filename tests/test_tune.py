@@ -59,9 +59,9 @@ def test_bad_search_space_is_named(tiny_shards, tmp_path):
     with pytest.raises(TrainStepError, match=r"'loss.image': unknown kind 'gauss'"):
         run_tune(str(data), str(tmp_path / "out"), framework="pix2pix",
                  search_space={"loss.image": ["gauss", 0, 1]})
-    with pytest.raises(TrainStepError, match=r"'loss.l1': no default range"):
+    with pytest.raises(TrainStepError, match=r"'loss.l1': no default range"):  # (the old name)
         run_tune(str(data), str(tmp_path / "out"), framework="pix2pix",
-                 search_space={"loss.image": None})
+                 search_space={"loss.l1": None})
 
 
 def test_tune_optuna_asha_nested_runs(cluster, tiny_shards, tmp_path):
