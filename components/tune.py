@@ -46,8 +46,8 @@ import math
 import sys
 import tempfile
 import time
-from pathlib import Path
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import gan_core
