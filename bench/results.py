@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 from gan_core.data.pack import pack_cohort  # noqa: E402
-from gan_core.config import apply_overrides, preset  # noqa: E402
+from gan_core.presets import apply_overrides, preset  # noqa: E402
 from gan_core.data.phantom import write_cohort  # noqa: E402
 from gan_core.eval.evaluate import evaluate  # noqa: E402
 from gan_core.eval.report import results_table  # noqa: E402

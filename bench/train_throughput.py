@@ -25,7 +25,7 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from gan_core.config import apply_overrides, preset
+from gan_core.presets import apply_overrides, preset
 from gan_core.frameworks import build_framework
 
 # dense peak TFLOP/s by (device substring, dtype): H100 SXM datasheet values

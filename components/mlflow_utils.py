@@ -14,7 +14,7 @@ A step opens its run with :func:`tracked_run` (ended FINISHED, or FAILED when th
 
 Example:
     >>> import tempfile
-    >>> from gan_core.config import preset
+    >>> from gan_core.presets import preset
     >>> uri = f"sqlite:///{tempfile.mkdtemp()}/mlflow.db"
     >>> run_id = create_run(uri, "medgan-doc", run_name="demo")          # doctest: +SKIP
     >>> log_config(uri, run_id, preset("tiny", "pix2pix"))               # doctest: +SKIP
@@ -156,7 +156,7 @@ def _param_value(v: Any) -> str:
 
 def log_config(tracking_uri: str, run_id: str, cfg: "TrainConfig",
                extra: dict[str, Any] | None = None) -> None:
-    """Log ``cfg.flat()`` (dotted keys, e.g. ``loss.l1``) plus ``extra`` as params of a run."""
+    """Log ``cfg.flat()`` (dotted keys, e.g. ``loss.image``) plus ``extra`` as params of a run."""
     from mlflow.entities import Param
 
     params = {**cfg.flat(), **(extra or {})}

@@ -76,7 +76,7 @@ class TrainParams:
     config_uri: str | None = arg("YAML TrainConfig, e.g. the tune step's best_config.yaml",
                                  default=None)
     overrides: dict[str, Any] | None = arg(
-        "config override, repeatable: --set loss.l1=50 --set data.batch_size=8", default=None,
+        "config override, repeatable: --set loss.image=50 --set data.batch_size=8", default=None,
         flag="--set", append=True, metavar="KEY=VALUE", convert=parse_set)
     steps: int | None = arg("total training iterations (keeps the constant/decay LR ratio)",
                             default=None)

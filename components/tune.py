@@ -2,8 +2,7 @@
 
 Inputs and outputs (``data_uri`` / ``output_uri``: a local folder or ``s3://bucket/prefix``)::
 
-    <data_uri>/manifest.json      step "preprocess": the shard folders at
-                                  outputs.shards.{train,val}.path (read from there)
+    <data_uri>/manifest.json      step "preprocess" (validated), shards under <data_uri>/shards
     <out>/best_config.yaml        full TrainConfig with the best trial's loss weights (what
                                   ``components.train --config-uri`` takes)
     <out>/manifest.json           step "tune": best params, best val_mae, every trial,
@@ -12,17 +11,18 @@ Inputs and outputs (``data_uri`` / ``output_uri``: a local folder or ``s3://buck
 
 How it runs:
 
-* Search space: by default the weights of the loss terms the framework uses (pix2pix: ``loss.l1``
-  log-uniform [10, 300], ``loss.gan`` [0.5, 2]; CycleGAN: ``loss.cycle`` log-uniform [1, 30],
-  ``loss.identity`` [0, 1], ``loss.gan`` [0.5, 2]). Other ``LossWeights`` fields a framework
-  declares in ``loss_terms`` get a log-uniform range around their preset value, so new terms
-  are searched without touching this module.
+* Search space: by default the ranges the framework and the task declare next to their code
+  (``search_space``; pix2pix: ``loss.image`` log-uniform [10, 300], ``loss.gan`` [0.5, 2];
+  CycleGAN: ``loss.cycle`` log-uniform [1, 30], ``fw.identity`` [0, 1], ``loss.gan`` [0.5, 2];
+  the k-space task adds ``loss.frequency``), so a new framework or task is searched without
+  touching this module. A Table-5 term named without a range (``--space loss.structure``) gets
+  the loss table's default (``gan_core.losses.TERMS``).
 * ``OptunaSearch`` (TPE, seeded) proposes trials; ``ASHAScheduler`` on the ``step`` axis stops
   weak ones after ``grace_period`` steps. The metric is ``val_mae``: validation MAE in HU
   inside the body mask, computed by every report (``val_every = log_every``).
-* Each trial is a driver function that fits a ``TorchTrainer`` over the same worker loop as
-  ``components.train`` (:func:`components.raytrain.fit`) with ``TuneReportCallback``; trial
-  drivers take no CPU, and the number of concurrent trials is what the cluster's CPUs/GPUs allow.
+* Each trial is a driver function that builds a ``TorchTrainer`` over the same worker loop as
+  ``components.train`` with ``TuneReportCallback``; trial drivers take no CPU, and the number
+  of concurrent trials is what the cluster's CPUs/GPUs allow.
 * MLflow: a parent run for the study; one child run per trial (tag ``mlflow.parentRunId``), to
   which the trial's rank-0 worker logs params, losses, ``val_mae`` and sample images.
   Children stopped by ASHA are marked KILLED.
@@ -31,10 +31,9 @@ Example:
     >>> m = run_tune("work/processed", "work/tune", framework="pix2pix", preset="demo",
     ...              num_samples=8, tracking_uri="sqlite:///work/mlflow.db")  # doctest: +SKIP
     >>> m["best"]["params"], m["best"]["val_mae"]                          # doctest: +SKIP
-    ({'loss.gan': 1.3, 'loss.l1': 61.2}, 118.4)
+    ({'loss.gan': 1.3, 'loss.image': 61.2}, 118.4)
 
-CLI: ``python -m components.tune --data-uri URI --output-uri URI [--num-samples 8 ...]``
-(exit codes: :mod:`components.step`).
+CLI: ``python -m components.tune --data-uri URI --output-uri URI [--num-samples 8 ...]``.
 """
 
 from __future__ import annotations
@@ -47,6 +46,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Iterable
 from typing import Any
 
 from components import mlflow_utils as mlu
@@ -55,12 +55,10 @@ from components.raytrain import RAY_DIR, fit, ray_run_name, ray_session, ray_sto
 from components.step import (StepInputError, arg, build_config, params_from_args, params_parser,
                              read_manifest, run_cli, shard_uris, staged, step_manifest,
                              with_total_steps, write_manifest)
-# The search-space code below (owned by another branch, which moves it into the frameworks /
-# tasks) still raises TrainStepError: this alias goes when that code moves.
-from components.step import StepInputError as TrainStepError  # noqa: E402
-from gan_core.config import LossWeights, TrainConfig, apply_overrides, parse_set, save_config
+from gan_core.config import TrainConfig, parse_set, save_config
+from gan_core.presets import apply_overrides
 
-__all__ = ["METRIC", "MODE", "BEST_CONFIG", "DEFAULT_RANGES", "loss_terms", "default_search_space",
+__all__ = ["METRIC", "MODE", "BEST_CONFIG", "default_search_space",
            "to_domain", "TuneParams", "run_tune", "main"]
 
 log = logging.getLogger(__name__)
@@ -72,81 +70,44 @@ MODE = "min"
 BEST_CONFIG = "best_config.yaml"
 
 
-#: Search ranges of the known loss terms: ``(kind, low, high)``.
-DEFAULT_RANGES: dict[str, tuple[str, float, float]] = {
-    "gan": ("uniform", 0.5, 2.0),
-    "l1": ("loguniform", 10.0, 300.0),
-    "cycle": ("loguniform", 1.0, 30.0),
-    "identity": ("uniform", 0.0, 1.0),
-    # UNIT (Liu et al. defaults 10 / 0.01 / 10 / 0.01)
-    "recon": ("loguniform", 1.0, 30.0),
-    "kl": ("loguniform", 1e-3, 0.1),
-    "cycle_kl": ("loguniform", 1e-3, 0.1),
-    # the optional Table-5 terms (0 = off in the presets): searched when named in the space or
-    # declared by the task (e.g. k-space reconstruction's frequency term)
-    "gradient": ("uniform", 0.0, 20.0),
-    "sharpness": ("uniform", 0.0, 20.0),
-    "structure": ("uniform", 0.0, 20.0),
-    "frequency": ("loguniform", 1.0, 100.0),
-    "regulation": ("uniform", 0.0, 20.0),
-    "shape": ("uniform", 0.0, 20.0),
-    "perceptual": ("uniform", 0.0, 10.0),
-    "style": ("uniform", 0.0, 10.0),
-    "self_reg": ("uniform", 0.0, 10.0),
-}
-#: Loss terms per framework, for frameworks that do not declare ``loss_terms`` themselves.
-_FRAMEWORK_TERMS: dict[str, tuple[str, ...]] = {
-    "pix2pix": ("gan", "l1"),
-    "cyclegan": ("gan", "cycle", "identity"),
-}
+def default_search_space(cfg: TrainConfig, named: Iterable[str] = ()) -> dict[str, list]:
+    """``{"<dotted key>": [kind, low, high]}``: the framework's ``search_space`` plus the task's
+    (the framework's range wins for a key both declare), plus, for each key in ``named`` that
+    neither declares, the loss table's default range of that Table-5 term (``loss.structure``).
 
-
-def loss_terms(framework: str) -> tuple[str, ...]:
-    """``LossWeights`` fields the framework uses: its ``loss_terms`` attribute if it has one,
-    else the built-in table, else every field.
-
-    >>> loss_terms("pix2pix")
-    ('gan', 'l1')
+    >>> from components.step import build_config
+    >>> default_search_space(build_config("cyclegan", "tiny"))["loss.cycle"]
+    ['loguniform', 1.0, 30.0]
+    >>> default_search_space(build_config("pix2pix", "tiny"), ["loss.structure"])["loss.structure"]
+    ['uniform', 0.0, 20.0]
     """
     from gan_core.frameworks import get_framework
+    from gan_core.losses import TERMS
+    from gan_core.tasks import get_task
 
-    fields = tuple(f.name for f in dataclasses.fields(LossWeights))
     try:
-        declared = getattr(get_framework(framework), "loss_terms", None)
+        space = dict(get_framework(cfg.framework).search_space)
+        task_space = get_task(cfg.task.name).search_space
     except KeyError as e:
-        raise TrainStepError(str(e)) from None
-    terms = declared or _FRAMEWORK_TERMS.get(framework) or fields
-    return tuple(t for t in terms if t in fields)
-
-
-def default_search_space(framework: str, base: TrainConfig | None = None) -> dict[str, list]:
-    """``{"loss.<term>": [kind, low, high]}`` over the framework's loss terms.
-
-    >>> default_search_space("cyclegan")["loss.cycle"]
-    ['loguniform', 1.0, 30.0]
-    """
-    base_w = (base.loss if base is not None else LossWeights())
-    space: dict[str, list] = {}
-    terms = loss_terms(framework)
-    if base is not None:  # plus the terms the task declares (k-space: frequency)
-        from gan_core.tasks import build_task
-
-        terms += tuple(t for t in build_task(base.task).loss_terms if t not in terms)
-    for term in terms:
-        if term in DEFAULT_RANGES:
-            kind, lo, hi = DEFAULT_RANGES[term]
-        else:  # a term this module does not know yet: a factor 4 around its preset weight
-            v = float(getattr(base_w, term))
-            kind, lo, hi = ("loguniform", v / 4, v * 4) if v > 0 else ("uniform", 0.0, 1.0)
-        space[f"loss.{term}"] = [kind, lo, hi]
-    return space
+        raise StepInputError(str(e.args[0])) from None
+    for key, rng in task_space.items():
+        space.setdefault(key, rng)
+    for key in named:
+        if key in space:
+            continue
+        section, _, term = key.partition(".")
+        if section != "loss" or term not in TERMS:
+            raise StepInputError(f"search space {key!r}: no default range (the loss table has "
+                                 f"loss.<term> for {list(TERMS)}); give KEY=KIND:LOW:HIGH")
+        space[key] = TERMS[term].search
+    return {k: list(v) for k, v in space.items()}
 
 
 def to_domain(key: str, spec: Any) -> Any:
     """A Ray Tune domain from ``[kind, low, high]`` / ``{"type", "low", "high"}`` /
     ``["choice", [values]]``, a Tune domain (kept) or a constant (kept).
 
-    >>> d = to_domain("loss.l1", ["loguniform", 10, 300]); (d.lower, d.upper)
+    >>> d = to_domain("loss.image", ["loguniform", 10, 300]); (d.lower, d.upper)
     (10.0, 300.0)
     """
     from ray import tune
@@ -160,7 +121,7 @@ def to_domain(key: str, spec: Any) -> Any:
     elif isinstance(spec, (list, tuple)) and spec:
         kind, args = spec[0], list(spec[1:])
     else:
-        raise TrainStepError(f"search space {key!r}: expected [kind, low, high], got {spec!r}")
+        raise StepInputError(f"search space {key!r}: expected [kind, low, high], got {spec!r}")
     try:
         if kind == "uniform":
             lo, hi = (float(a) for a in args)
@@ -174,8 +135,8 @@ def to_domain(key: str, spec: Any) -> Any:
             (values,) = args
             return tune.choice(list(values))
     except (TypeError, ValueError) as e:
-        raise TrainStepError(f"search space {key!r}: bad bounds {args!r} for {kind!r} ({e})") from None
-    raise TrainStepError(f"search space {key!r}: unknown kind {kind!r}; "
+        raise StepInputError(f"search space {key!r}: bad bounds {args!r} for {kind!r} ({e})") from None
+    raise StepInputError(f"search space {key!r}: unknown kind {kind!r}; "
                          f"expected uniform, loguniform or choice")
 
 
@@ -184,7 +145,7 @@ def _trial_driver(config: dict[str, Any], setup: dict[str, Any]) -> None:
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from gan_core.config import from_dict
+    from gan_core.presets import from_dict
 
     trial_id = ray.tune.get_context().get_trial_id()
     overrides = {k: v for k, v in config.items() if k in setup["space_keys"]}
@@ -273,16 +234,20 @@ def _close_children(tracking: str, experiment: str, parent: str,
             mlu.end_run(tracking, run.info.run_id, want)
 
 
-def _parse_space(items: list[str] | None) -> dict[str, list] | None:
-    """``["loss.l1=loguniform:10:300", "loss.gan=choice:0.5,1,2"]`` -> spec dict."""
+def _parse_space(items: list[str] | None) -> dict[str, list | None] | None:
+    """``["loss.image=loguniform:10:300", "loss.gan=choice:0.5,1,2", "loss.structure"]`` -> spec
+    dict (a bare key: ``None``, its default range)."""
     if not items:
         return None
-    out: dict[str, list] = {}
+    out: dict[str, list | None] = {}
     for item in items:
         key, sep, rhs = item.partition("=")
         parts = rhs.split(":")
+        if not sep and key.strip():
+            out[key.strip()] = None
+            continue
         if not sep or len(parts) < 2:
-            raise StepInputError(f"--space expects KEY=KIND:LOW:HIGH or KEY=choice:A,B,..., got {item!r}")
+            raise StepInputError(f"--space expects KEY=KIND:LOW:HIGH, KEY=choice:A,B,... or KEY, got {item!r}")
         if parts[0] == "choice":
             out[key.strip()] = ["choice", [json.loads(v) for v in parts[1].split(",")]]
         elif len(parts) == 3:
@@ -308,8 +273,8 @@ class TuneParams:
     grace_period: int | None = arg("ASHA: steps before a trial may be stopped (default: a "
                                    "quarter of the trial, at least one report)", default=None)
     search_space: dict[str, Any] | None = arg(
-        "search dimension, repeatable (default: the framework's loss terms), e.g. "
-        "--space loss.l1=loguniform:10:300", default=None, flag="--space", append=True,
+        "search dimension, repeatable (default: the framework's and task's ranges; a bare KEY takes the loss table's range), e.g. "
+        "--space loss.image=loguniform:10:300", default=None, flag="--space", append=True,
         metavar="KEY=KIND:LOW:HIGH", convert=_parse_space)
     num_workers_per_trial: int = arg("Ray Train workers per trial", default=1)
     use_gpu: bool = arg("one GPU per worker", default=False)
@@ -338,7 +303,7 @@ def run_tune(data_uri: str, output_uri: str, **params: Any) -> dict[str, Any]:
     """Search loss weights with Optuna + ASHA; write ``best_config.yaml`` and the manifest.
 
     ``params``: the other fields of :class:`TuneParams`. ``search_space``:
-    ``{"loss.l1": ["loguniform", 10, 300], ...}`` (default: the framework's loss terms, see
+    ``{"loss.image": ["loguniform", 10, 300], ...}`` (default: the framework's loss terms, see
     :func:`default_search_space`). ``overrides``: applied to the preset first (and kept in
     ``best_config.yaml``).
 
@@ -361,13 +326,17 @@ def run_tune(data_uri: str, output_uri: str, **params: Any) -> dict[str, Any]:
     grace = int(p.grace_period or max(every, steps // 4))
     if not 1 <= grace <= steps:
         raise StepInputError(f"grace_period: expected 1..{steps} steps, got {grace}")
-    spec = p.search_space if p.search_space is not None else default_search_space(p.framework, base)
+    if p.search_space is None:
+        spec = default_search_space(base)
+    else:
+        defaults = default_search_space(base, [k for k, v in p.search_space.items() if v is None])
+        spec = {k: defaults[k] if v is None else v for k, v in p.search_space.items()}
     if not spec:
         raise StepInputError("search_space is empty: nothing to tune")
     unknown = sorted(set(spec) - set(base.flat()))
     if unknown:
         raise StepInputError(f"search_space: unknown config fields {unknown}; expected dotted "
-                             f"keys such as {sorted(default_search_space(p.framework, base))}")
+                             f"keys such as {sorted(default_search_space(base))}")
     space = {k: to_domain(k, v) for k, v in spec.items()}
     study = p.name or ray_run_name(p.output_uri, prefix="tune")
     rays = storage.join(p.output_uri, RAY_DIR)

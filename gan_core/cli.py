@@ -17,7 +17,8 @@ import sys
 import time
 from pathlib import Path
 
-from gan_core.config import PRESETS, apply_overrides, load_config, parse_set, preset, save_config
+from gan_core.config import parse_set, save_config
+from gan_core.presets import PRESETS, apply_overrides, load_config, preset
 
 
 def _frameworks() -> list[str]:
@@ -174,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--task", default="mr2ct", choices=_tasks(),
                     help="what maps to what (gan_core.tasks); parameters via --set task.<field>=...")
     sp.add_argument("--config", help="YAML config (overrides --framework/--preset/--task)")
-    sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. loss.l1=50 (repeatable)")
+    sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. loss.image=50 (repeatable)")
     sp.add_argument("--steps", type=int, help="total iterations (half constant, half linear decay)")
     sp.add_argument("--data", required=True, help="shard folder (with train/ and optionally val/)")
     sp.add_argument("--out", required=True, help="run folder: checkpoint.pt, model.pt, history.jsonl")

@@ -1,19 +1,20 @@
-"""Typed training configuration: dataclasses, presets and YAML loading.
+"""Typed training configuration: the dataclasses and generic helpers (a leaf: stdlib + yaml).
 
 One ``TrainConfig`` describes a run completely; it is what checkpoints store, what MLflow logs as
-params and what Ray Tune overrides (``apply_overrides(cfg, {"loss.cycle": 5.0})``).
+params (``flat()``) and what Ray Tune overrides. Two sections belong to plug-ins: ``task`` is the
+task's own ``Params`` (a :class:`TaskConfig`) and ``fw`` the framework's (a
+:class:`FrameworkConfig`), declared next to their code; ``gan_core.presets`` builds configs with
+the right ones (``preset``, ``from_dict``, ``load_config``, ``apply_overrides``).
 
->>> cfg = preset("demo", "pix2pix")
->>> cfg.loss.l1
-100.0
->>> cfg = apply_overrides(cfg, {"loss.l1": 50, "optim.lr": 1e-4})
->>> (cfg.loss.l1, cfg.optim.lr)
-(50.0, 0.0001)
+>>> cfg = TrainConfig(framework="pix2pix")
+>>> cfg.loss.image, cfg.flat()["optim.lr"]
+(100.0, 0.0002)
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,33 +22,31 @@ from typing import Any
 
 import yaml
 
+__all__ = ["LossWeights", "ModelConfig", "DataConfig", "OptimConfig", "TaskConfig",
+           "FrameworkConfig", "TrainConfig", "coerce", "update", "save_config", "dotted", "nest",
+           "parse_set"]
+
 
 @dataclass
 class LossWeights:
-    """Weights of the loss terms (the survey's Table 5). 0 disables a term."""
+    """Weights of the survey's Table 5 loss terms, keyed like ``gan_core.losses.TERMS``; 0 disables
+    a term. gan/image/cycle are applied by the frameworks' own objectives (pix2pix: gan + image,
+    CycleGAN and UNIT: gan + cycle); the others, off by default, are added by
+    ``gan_core.frameworks.base.GeneratorTerms`` (pix2pix to (G(A), B), CycleGAN and UNIT to both
+    cycle reconstructions)."""
 
-    gan: float = 1.0        # adversarial term weight
-    l1: float = 100.0       # pix2pix lambda_L1 (image term)
-    cycle: float = 10.0     # CycleGAN lambda_cycle (A->B->A and B->A->B)
-    identity: float = 0.5   # CycleGAN lambda_identity, as a fraction of lambda_cycle (Zhu et al.)
-    # further image-pair terms of Table 5 (gan_core.loss_terms), off by default; pix2pix applies
-    # them to (G(A), B), CycleGAN to both cycle reconstructions
-    gradient: float = 0.0   # L4: L1 between finite-difference gradients (edges)
-    sharpness: float = 0.0  # L5: L1 weighted towards low-contrast regions
-    structure: float = 0.0  # L8: 1 - SSIM (Gaussian window 11, sigma 1.5)
-    frequency: float = 0.0  # L11: L1 between orthonormal k-space spectra
-    regulation: float = 0.0  # L12: row/column mean and std profiles
-    # feature/label terms of Table 5, off by default (pix2pix and CycleGAN)
-    shape: float = 0.0       # L6: segmenter (trained on the real labels) agrees with the labels
-    perceptual: float = 0.0  # L7: L1 between encoder features of G(A) and B
-    style: float = 0.0       # L9: Gram-matrix style + feature content distance
-    self_reg: float = 0.0    # L10: generated image stays close to its source (same modality)
-    feature_encoder: str = ""  # perceptual/style extractor: a local ConvEncoder state_dict file;
-    #                            "" = the framework's own discriminator features (no download)
-    # UNIT (Liu et al.): VAE reconstruction, KL of the shared latent, cycle KL
-    recon: float = 10.0
-    kl: float = 0.01
-    cycle_kl: float = 0.01
+    gan: float = 1.0          # L1: adversarial term weight
+    image: float = 100.0      # L2: pix2pix lambda_L1 (L1 between G(A) and B)
+    cycle: float = 10.0       # L3: CycleGAN / UNIT lambda_cycle (A->B->A and B->A->B)
+    gradient: float = 0.0     # L4: L1 between finite-difference gradients (edges)
+    sharpness: float = 0.0    # L5: L1 weighted towards low-contrast regions
+    shape: float = 0.0        # L6: tissue means agree with the label map's (needs labels)
+    perceptual: float = 0.0   # L7: L1 between encoder features of G(A) and B
+    structure: float = 0.0    # L8: 1 - SSIM (Gaussian window 11, sigma 1.5)
+    style: float = 0.0        # L9: Gram-matrix style + feature content distance
+    self_reg: float = 0.0     # L10: generated image stays close to its source (same modality)
+    frequency: float = 0.0    # L11: L1 between orthonormal k-space spectra
+    regulation: float = 0.0   # L12: row/column mean and std profiles
 
 
 @dataclass
@@ -69,10 +68,10 @@ class ModelConfig:
     norm: str = "instance"
     dropout: bool = False
     residual: bool = False   # G(x) = clamp(x + net(x)), net starts at 0 (same-modality tasks)
-    z_dim: int = 100         # DCGAN / LAPGAN: noise dimension (Radford et al.: 100)
-    levels: int = 3          # LAPGAN: pyramid levels K (K + 1 generators)
     init_type: str = "normal"  # normal (N(0, gain), the GAN papers) | kaiming | xavier | orthogonal
     init_gain: float = 0.02
+    feature_encoder: str = ""  # loss.perceptual / loss.style extractor: a local ConvEncoder
+    #                            state_dict file; "" = the framework's own discriminator features
 
 
 @dataclass
@@ -100,17 +99,15 @@ class OptimConfig:
 
 @dataclass
 class TaskConfig:
-    """What is mapped to what (``gan_core.tasks``) and the parameters of its degradation."""
+    """What is mapped to what: the task's name (``gan_core.tasks``). Each task subclasses it as
+    its ``Params`` with the parameters of its degradation (``task.acceleration`` ...)."""
 
-    name: str = "mr2ct"            # mr2ct | ct2mr | labels2ct | kspace | lowdose | superres | synth
-    n_classes: int = 10            # labels2ct: label values 0..n_classes-1 (the phantom's tissues)
-    modality: str = "ct"           # synth: which modality to synthesize
-    acceleration: int = 4          # kspace: undersampling factor (fastMRI: 4 or 8)
-    center_fraction: float = 0.08  # kspace: fully sampled centre (fastMRI: 0.08 at 4x, 0.04 at 8x)
-    mask: str = "random"           # kspace: random | equispaced (fastMRI mask functions)
-    dose: float = 0.25             # lowdose: fraction of the full-dose photon count
-    photons: float = 1e5           # lowdose: full-dose incident photons per detector bin (I0)
-    factor: int = 2                # superres: through-plane downsampling factor
+    name: str = "mr2ct"
+
+
+@dataclass
+class FrameworkConfig:
+    """Base of each framework's own ``Params`` (``fw.identity``, ``fw.z_dim`` ...); empty here."""
 
 
 @dataclass
@@ -119,7 +116,6 @@ class TrainConfig:
 
     framework: str = "cyclegan"
     gan_mode: str = "lsgan"               # vanilla | lsgan | hinge | wgangp
-    pool_size: int = 50                   # CycleGAN image pool
     seed: int = 0
     amp: str = "auto"                     # auto (bf16 on CUDA) | bf16 | off
     channels_last: bool = True
@@ -131,6 +127,7 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     loss: LossWeights = field(default_factory=LossWeights)
+    fw: FrameworkConfig = field(default_factory=FrameworkConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
 
     @property
@@ -141,7 +138,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def flat(self) -> dict[str, Any]:
-        """Dotted-key view, e.g. for MLflow params: ``{"loss.l1": 100.0, ...}``."""
+        """Dotted-key view, e.g. for MLflow params: ``{"loss.image": 100.0, ...}``."""
         out: dict[str, Any] = {}
 
         def walk(prefix: str, d: dict) -> None:
@@ -155,65 +152,13 @@ class TrainConfig:
         return out
 
 
-PRESETS = ("demo", "full", "tiny")
+def coerce(tp: Any, value: Any, where: str) -> Any:
+    """``value`` as the field type ``tp`` (bool / int / float / str; other types unchanged), or a
+    ValueError naming the field ``where``.
 
-
-def preset(name: str, framework: str, task: str | None = None) -> TrainConfig:
-    """The named preset for a framework.
-
-    - ``full``: the published recipe at 256 px (Isola et al. / Zhu et al.): 64 filters, batch 1,
-      100k constant + 100k decay iterations; the framework sets its own G/D/norm/GAN mode.
-    - ``demo``: CPU minutes: a full-resolution ConvNet generator (Kaiming init, lr 1e-3),
-      PatchGAN, 32 px crops, batch 8, 1500 iterations; the framework's objective unchanged.
-    - ``tiny``: seconds, for tests.
+    >>> coerce(float, 5, "loss.image"), coerce(bool, "yes", "compile")
+    (5.0, True)
     """
-    if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; expected one of {PRESETS}")
-    from gan_core.frameworks import get_framework
-
-    cfg = TrainConfig(framework=framework)
-    if task is not None:
-        cfg.task.name = task
-    if name in ("demo", "tiny"):
-        # small and fast on a CPU: a full-resolution ConvNet generator (Kaiming init) learns the
-        # MR -> CT intensity translation in minutes, where the published U-Net / ResNet with
-        # N(0, 0.02) init needs hours (measured on the phantom: docs/benchmarks.md)
-        m = cfg.model
-        m.generator, m.g_filters, m.g_layers, m.norm, m.init_type = "convnet", 32, 6, "none", "kaiming"
-        m.d_filters, m.d_layers = 32, 3
-        cfg.optim.lr = 1e-3
-    if name == "demo":
-        cfg.data = DataConfig(image_size=32, batch_size=8, min_body_fraction=0.1)
-        cfg.optim.steps_constant, cfg.optim.steps_decay = 750, 750
-        cfg.log_every, cfg.checkpoint_every = 100, 500
-    elif name == "tiny":
-        cfg.data = DataConfig(image_size=32, batch_size=2)
-        cfg.model.g_filters, cfg.model.g_layers, cfg.model.d_filters = 8, 3, 8
-        cfg.optim.steps_constant, cfg.optim.steps_decay = 4, 4
-        cfg.log_every, cfg.checkpoint_every = 2, 4
-    get_framework(framework).configure(cfg, name)
-    set_task_defaults(cfg)
-    return cfg
-
-
-def set_task_defaults(cfg: TrainConfig, keep: tuple[str, ...] = ()) -> None:
-    """Set ``model.in_channels`` from the task (a one-hot label map has ``task.n_classes``
-    channels; unconditional synthesis none), the task's loss weights (``Task.loss_defaults``) and
-    model choices (``Task.model_defaults``), except the dotted keys in ``keep`` (overrides win)."""
-    from gan_core.tasks import build_task
-
-    task = build_task(cfg.task)
-    if "model.in_channels" not in keep:
-        cfg.model.in_channels = task.in_channels
-    if "model.out_channels" not in keep:
-        cfg.model.out_channels = 1
-    for section, defaults in (("loss", task.loss_defaults), ("model", task.model_defaults)):
-        for k, v in defaults.items():
-            if f"{section}.{k}" not in keep:
-                setattr(getattr(cfg, section), k, v)
-
-
-def _coerce(tp: Any, value: Any, where: str) -> Any:
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -230,7 +175,13 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
     return value
 
 
-def _update(obj: Any, data: dict[str, Any], prefix: str = "") -> None:
+def update(obj: Any, data: dict[str, Any], prefix: str = "") -> None:
+    """Set the fields of the dataclass ``obj`` (recursively) from a mapping, coercing values;
+    ValueError naming an unknown or badly typed field.
+
+    >>> w = LossWeights(); update(w, {"image": 50}); w.image
+    50.0
+    """
     hints = typing.get_type_hints(type(obj))
     names = {f.name for f in dataclasses.fields(obj)}
     for key, value in data.items():
@@ -241,70 +192,52 @@ def _update(obj: Any, data: dict[str, Any], prefix: str = "") -> None:
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
                 raise ValueError(f"config field {where}: expected a mapping, got {value!r}")
-            _update(current, value, where + ".")
+            update(current, value, where + ".")
         else:
-            setattr(obj, key, _coerce(hints[key], value, where))
-
-
-def from_dict(data: dict[str, Any]) -> TrainConfig:
-    """Build a config from a (YAML) mapping: optional ``preset`` + ``framework`` then overrides."""
-    data = dict(data)
-    name = data.pop("preset", None)
-    framework = data.get("framework", "cyclegan")
-    task = data.get("task", {}).get("name") if isinstance(data.get("task"), dict) else None
-    cfg = preset(name, framework, task) if name else TrainConfig(framework=framework)
-    _update(cfg, data)
-    if name and isinstance(data.get("task"), dict):  # task parameters may change the channels
-        set_task_defaults(cfg, keep=tuple(_dotted(data)))
-    return cfg
-
-
-def _dotted(d: dict[str, Any], prefix: str = "") -> list[str]:
-    out: list[str] = []
-    for k, v in d.items():
-        out += _dotted(v, f"{prefix}{k}.") if isinstance(v, dict) else [f"{prefix}{k}"]
-    return out
-
-
-def load_config(path: str | Path) -> TrainConfig:
-    """Load a YAML config file (see ``from_dict``); errors name the file."""
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"config file not found: {path}") from None
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping at top level, got {type(data).__name__}")
-    try:
-        return from_dict(data)
-    except ValueError as exc:
-        raise ValueError(f"{path}: {exc}") from None
+            setattr(obj, key, coerce(hints[key], value, where))
 
 
 def save_config(cfg: TrainConfig, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    """Write ``cfg`` as YAML (a temporary file renamed into place); ``gan_core.presets.load_config``
+    reads it back."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    os.replace(tmp, path)
 
 
-def apply_overrides(cfg: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
-    """Return a copy with dotted-key overrides applied (``{"loss.cycle": 5}``)."""
-    cfg = from_dict(cfg.to_dict())  # a deep copy, through the validated path
-    for dotted, value in overrides.items():
-        nested: dict[str, Any] = {}
+def dotted(data: dict[str, Any], prefix: str = "") -> list[str]:
+    """The dotted keys of a nested mapping.
+
+    >>> dotted({"loss": {"image": 1}, "seed": 0})
+    ['loss.image', 'seed']
+    """
+    out: list[str] = []
+    for k, v in data.items():
+        out += dotted(v, f"{prefix}{k}.") if isinstance(v, dict) else [f"{prefix}{k}"]
+    return out
+
+
+def nest(overrides: dict[str, Any]) -> dict[str, Any]:
+    """Dotted-key overrides as a nested mapping.
+
+    >>> nest({"loss.image": 50, "seed": 1})
+    {'loss': {'image': 50}, 'seed': 1}
+    """
+    nested: dict[str, Any] = {}
+    for key, value in overrides.items():
         node = nested
-        parts = dotted.split(".")
+        parts = key.split(".")
         for p in parts[:-1]:
             node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"config override {key!r}: {p!r} is a value, not a section")
         node[parts[-1]] = value
-        _update(cfg, nested)
-    if any(k.startswith("task.") for k in overrides):
-        set_task_defaults(cfg, keep=tuple(overrides))
-    return cfg
+    return nested
 
 
 def parse_set(items: list[str] | None) -> dict[str, Any]:
-    """``["loss.l1=50", "data.batch_size=8"]`` -> dict (values parsed as YAML scalars)."""
+    """``["loss.image=50", "data.batch_size=8"]`` -> dict (values parsed as YAML scalars)."""
     out: dict[str, Any] = {}
     for item in items or []:
         if "=" not in item:

@@ -1,6 +1,6 @@
 """The one training loop, shared by the local CLI and every Ray Train worker.
 
->>> # from gan_core.config import preset
+>>> # from gan_core.presets import preset
 >>> # result = train(preset("demo", "pix2pix"), "shards", "runs/p2p")
 
 What it does, in order: seed, build the framework, optionally wrap its nets (DDP), resume from
@@ -25,10 +25,11 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from gan_core.config import TrainConfig, from_dict
+from gan_core.config import TrainConfig
 from gan_core.data.shards import InfiniteSampler, PatchDataset, Shards, SliceDataset
 from gan_core.frameworks import GANFramework, build_framework
 from gan_core.frameworks.base import generator_multiple
+from gan_core.presets import from_dict
 from gan_core.tasks import build_task
 
 CHECKPOINT = "checkpoint.pt"

@@ -133,7 +133,7 @@ def train_output(shards: Path, dst: Path, tracking_uri: str, *, experiment: str 
     ``mlflow_run_id`` is a new, finished run on ``tracking_uri``; returns ``(dst, run_id)``."""
     from mlflow import MlflowClient
 
-    from gan_core.config import apply_overrides, preset
+    from gan_core.presets import apply_overrides, preset
     from gan_core.train import train
 
     half = steps // 2

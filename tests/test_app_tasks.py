@@ -11,10 +11,9 @@ from scipy import ndimage
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from gan_core.eval import metrics as M
-from gan_core.config import TaskConfig
 from gan_core.data.normalize import unit_to_ct
 from gan_core.data.shards import Shards, SliceDataset
-from gan_core.tasks import available, build_task
+from gan_core.tasks import available, build_task, task_config
 from gan_core.tasks.base import to_magnitude
 from gan_core.tasks.kspace import data_consistency, fft2c, ifft2c, kspace_mask
 from gan_core.tasks.lowdose import estimate_noise_sigma, simulate_low_dose
@@ -82,7 +81,7 @@ def test_fastmri_metrics_reject_bad_input(call, match):
 @pytest.mark.parametrize("name", ["kspace", "lowdose", "superres"])
 def test_slice_dataset_yields_unit_range_pairs(tiny_shards, name):
     assert name in available()
-    task = build_task(TaskConfig(name=name))
+    task = build_task(task_config(name))
     ds = SliceDataset(tiny_shards / "train", task=task)
     sh = Shards(tiny_shards / "train")
     h, w = sh.index["inplane"]
@@ -98,13 +97,13 @@ def test_slice_dataset_yields_unit_range_pairs(tiny_shards, name):
         i = int(ds.slices[key if isinstance(key, int) else key[1]])
         assert np.array_equal(s["B"][0].numpy(), sh.arrays[task.target][i])  # target untouched
         assert not np.array_equal(s["A"][0].numpy(), s["B"][0].numpy())  # input is degraded
-    again = SliceDataset(tiny_shards / "train", task=build_task(TaskConfig(name=name)))
+    again = SliceDataset(tiny_shards / "train", task=build_task(task_config(name)))
     key = (0, picks[1], picks[1])
     assert np.array_equal(ds[key]["A"], again[key]["A"])  # reproducible
 
 
 def test_kspace_dataset_draws_a_fresh_mask_per_sample(tiny_shards):
-    ds = SliceDataset(tiny_shards / "train", task=build_task(TaskConfig(name="kspace")))
+    ds = SliceDataset(tiny_shards / "train", task=build_task(task_config("kspace")))
     i = int(np.argmax(ds.shards.arrays["mask"].reshape(len(ds), -1).mean(1)))
     a = [ds[(e, i, i)]["A"].numpy() for e in range(4)]
     assert sum(not np.array_equal(a[0], x) for x in a[1:]) >= 2
@@ -174,9 +173,9 @@ def test_mask_rejects_bad_parameters(acc, cf, kind, match):
 
 def test_kspace_task_validates_config():
     with pytest.raises(ValueError, match="task.acceleration"):
-        build_task(TaskConfig(name="kspace", acceleration=0))
+        build_task(task_config("kspace", acceleration=0))
     with pytest.raises(ValueError, match="task.mask"):
-        build_task(TaskConfig(name="kspace", mask="radial"))
+        build_task(task_config("kspace", mask="radial"))
 
 
 # ----------------------------------------------------------------------------- k-space task
@@ -190,7 +189,7 @@ def test_fft_is_orthonormal_and_centred():
 
 @pytest.mark.parametrize("acc, cf", [(4, 0.08), (8, 0.04)])
 def test_zero_filled_input_and_aux(slabs, acc, cf):
-    task = build_task(TaskConfig(name="kspace", acceleration=acc, center_fraction=cf))
+    task = build_task(task_config("kspace", acceleration=acc, center_fraction=cf))
     slab = slabs[0]
     deg = task.degrade(slab, np.random.default_rng(1))
     assert deg.image.shape == (1, *slab["mr"].shape) and deg.image.dtype == np.float32
@@ -207,7 +206,7 @@ def test_zero_filled_input_and_aux(slabs, acc, cf):
 
 
 def test_fully_sampled_returns_the_image(slabs):
-    task = build_task(TaskConfig(name="kspace", acceleration=1))
+    task = build_task(task_config("kspace", acceleration=1))
     slab = slabs[1]
     deg = task.degrade(slab, np.random.default_rng(0))
     assert deg.aux["mask"].all()
@@ -216,7 +215,7 @@ def test_fully_sampled_returns_the_image(slabs):
 
 @pytest.mark.parametrize("width", [40, 41])  # even and odd: the Hermitian mirror differs
 def test_data_consistency_is_exact_idempotent_and_never_hurts(slabs, width):
-    task = build_task(TaskConfig(name="kspace"))
+    task = build_task(task_config("kspace"))
     rng = np.random.default_rng(3)
     for slab in slabs[:3]:
         mr = slab["mr"] if width == 40 else np.pad(slab["mr"], ((0, 0), (0, 1), (0, 1)),
@@ -250,7 +249,7 @@ def test_data_consistency_rejects_mismatched_shapes():
 
 # ----------------------------------------------------------------------------- low-dose CT
 def _lowdose_hu(slab, rng_seed=0, **cfg):
-    task = build_task(TaskConfig(name="lowdose", **cfg))
+    task = build_task(task_config("lowdose", **cfg))
     return unit_to_ct(task.degrade(slab, np.random.default_rng(rng_seed)).image[0]), task
 
 
@@ -283,7 +282,7 @@ def test_lowdose_with_unlimited_photons_is_the_original(slabs):
 def test_lowdose_baselines_reduce_error(slabs):
     for slab in slabs[:2]:
         for method in ("nlm", "tv"):
-            task = build_task(TaskConfig(name="lowdose"))
+            task = build_task(task_config("lowdose"))
             if method == "tv":
                 task = type(task)(task.cfg, baseline_filter="tv")
             deg = task.degrade(slab, np.random.default_rng(0))
@@ -320,11 +319,11 @@ def test_noise_sigma_estimate():
 ])
 def test_lowdose_validates_config(cfg, match):
     with pytest.raises(ValueError, match=match):
-        build_task(TaskConfig(name="lowdose", **cfg))
+        build_task(task_config("lowdose", **cfg))
 
 
 def test_lowdose_rejects_unknown_filter():
-    task = build_task(TaskConfig(name="lowdose"))
+    task = build_task(task_config("lowdose"))
     with pytest.raises(ValueError, match="baseline_filter"):
         type(task)(task.cfg, baseline_filter="median")
 
@@ -332,7 +331,7 @@ def test_lowdose_rejects_unknown_filter():
 # ----------------------------------------------------------------------------- super-resolution
 def test_superres_keeps_slices_and_shape(slabs):
     for factor in (2, 3):
-        task = build_task(TaskConfig(name="superres", factor=factor))
+        task = build_task(task_config("superres", factor=factor))
         slab = slabs[0]
         deg = task.degrade(slab, np.random.default_rng(0))
         assert deg.image.shape == (1, *slab["mr"].shape) and deg.image.dtype == np.float32
@@ -368,7 +367,7 @@ def test_thick_slices_average_and_sit_at_their_centre():
 
 
 def test_superres_short_slabs():
-    task = build_task(TaskConfig(name="superres"))
+    task = build_task(task_config("superres"))
     one = np.linspace(-1, 1, 16, dtype=np.float32).reshape(1, 4, 4)
     assert np.array_equal(task.degrade({"mr": one}, None).image[0], one)
     two = np.stack([one[0], -one[0]])
@@ -377,7 +376,7 @@ def test_superres_short_slabs():
 
 def test_superres_baseline_between_truth_and_nearest_neighbour(slabs):
     for factor in (2, 3):
-        task = build_task(TaskConfig(name="superres", factor=factor))
+        task = build_task(task_config("superres", factor=factor))
         for slab in slabs:
             deg = task.degrade(slab, None)
             depth = slab["mr"].shape[0]
@@ -395,4 +394,4 @@ def test_superres_baseline_between_truth_and_nearest_neighbour(slabs):
 @pytest.mark.parametrize("factor", [1, 0, 2.5, True, "2"])
 def test_superres_validates_factor(factor):
     with pytest.raises(ValueError, match="task.factor"):
-        build_task(TaskConfig(name="superres", factor=factor))
+        build_task(task_config("superres", factor=factor))

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from gan_core.config import apply_overrides, preset
+from gan_core.presets import apply_overrides, preset
 from gan_core.frameworks import available, build_framework, get_framework
 from gan_core.models.dcgan import (
     ConditionalDCGANGenerator,
@@ -47,10 +47,10 @@ def cfg(request):
 def test_registry_and_recipe():
     assert {"dcgan", "lapgan"} <= set(available())
     cls = get_framework("dcgan")
-    assert cls.paired and "gan" in cls.loss_terms
+    assert cls.paired and cls.search_space == {"loss.gan": ("uniform", 0.5, 2.0)}
     c = preset("tiny", "dcgan", task="synth")
-    assert (c.gan_mode, c.pool_size, c.optim.lr, c.optim.beta1) == ("vanilla", 0, 2e-4, 0.5)
-    assert (c.model.norm, c.model.init_type, c.model.init_gain, c.loss.l1) == ("batch", "normal", 0.02, 0.0)
+    assert (c.gan_mode, c.optim.lr, c.optim.beta1, c.fw.z_dim) == ("vanilla", 2e-4, 0.5, 100)
+    assert (c.model.norm, c.model.init_type, c.model.init_gain, c.loss.image) == ("batch", "normal", 0.02, 0.0)
     assert c.model.in_channels == 0 and preset("tiny", "dcgan", task="labels2ct").model.in_channels == 10
     full = preset("full", "dcgan", task="synth")
     assert (full.data.image_size, full.data.batch_size, full.model.g_filters, full.model.d_filters) == (64, 64, 64, 64)
@@ -108,10 +108,10 @@ def test_train_steps_finite_and_every_generator_parameter_gets_gradient(cfg):
     assert any(not torch.equal(a, b) for a, b in zip(d_before, fw.networks()["D"].parameters()))
 
 
-def test_conditional_l1_is_optional():
+def test_conditional_image_term_is_optional():
     c = preset("tiny", "dcgan", task="labels2ct")
     assert float(build_framework(c).train_step(_batch(c))["G_L1"]) == 0.0
-    c1 = apply_overrides(c, {"loss.l1": 10.0})
+    c1 = apply_overrides(c, {"loss.image": 10.0})
     out = build_framework(c1).train_step(_batch(c1))
     assert float(out["G_L1"]) > 0 and float(out["G"]) == pytest.approx(float(out["G_GAN"] + out["G_L1"]), rel=1e-5)
     assert "G_L1" not in build_framework(preset("tiny", "dcgan", task="synth")).train_step(
@@ -170,7 +170,7 @@ def test_conditional_generator_without_skips():
 def test_3d_networks_train_and_generate(task):
     c = apply_overrides(preset("tiny", "dcgan", task=task),
                         {"model.spatial_dims": 3, "data.image_size": 8, "data.patch_depth": 8,
-                         "model.g_filters": 4, "model.d_filters": 4, "model.z_dim": 8})
+                         "model.g_filters": 4, "model.d_filters": 4, "fw.z_dim": 8})
     fw = build_framework(c)
     assert isinstance(fw.networks()["G"].decode.ups[0][0], nn.ConvTranspose3d)
     losses = fw.train_step(_batch(c))

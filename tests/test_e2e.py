@@ -7,7 +7,7 @@ import numpy as np
 
 from gan_core.cli import main
 from gan_core.data.pack import pack_cohort
-from gan_core.config import preset
+from gan_core.presets import preset
 from gan_core.data.phantom import write_cohort
 from gan_core.data.shards import Shards
 from gan_core.eval.evaluate import evaluate

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from gan_core.config import apply_overrides, preset
+from gan_core.presets import apply_overrides, preset
 from gan_core.frameworks import Framework, ImagePool, available, build_framework, get_framework
 
 
@@ -49,16 +49,16 @@ def test_generator_gets_gradients_from_every_term(name):
 
 def test_pix2pix_weights_change_the_objective():
     torch.manual_seed(0)
-    a = build_framework(apply_overrides(preset("tiny", "pix2pix"), {"loss.l1": 100}))
+    a = build_framework(apply_overrides(preset("tiny", "pix2pix"), {"loss.image": 100}))
     torch.manual_seed(0)
-    b = build_framework(apply_overrides(preset("tiny", "pix2pix"), {"loss.l1": 1}))
+    b = build_framework(apply_overrides(preset("tiny", "pix2pix"), {"loss.image": 1}))
     la, lb = a.train_step(_batch()), b.train_step(_batch())
     la, lb = {k: float(v) for k, v in la.items()}, {k: float(v) for k, v in lb.items()}
     assert la["G_L1"] == pytest.approx(lb["G_L1"] * 100, rel=1e-4)
 
 
 def test_cyclegan_identity_off_is_zero():
-    fw = build_framework(apply_overrides(preset("tiny", "cyclegan"), {"loss.identity": 0}))
+    fw = build_framework(apply_overrides(preset("tiny", "cyclegan"), {"fw.identity": 0}))
     out = fw.train_step(_batch())
     assert out["idt_A"] == 0 and out["idt_B"] == 0
 
@@ -136,10 +136,10 @@ def test_table5_terms_are_weighted_into_the_generator_loss(name, term):
 
 def test_terms_only_gradient_reaches_generator_without_gan_or_l1():
     """Each extra term alone (adversarial and L1 off) still trains the generator."""
-    from gan_core.frameworks.base import EXTRA_TERMS
+    from gan_core.losses import optional_terms
 
-    for term in EXTRA_TERMS:
-        cfg = apply_overrides(preset("tiny", "pix2pix"), {"loss.gan": 0.0, "loss.l1": 0.0,
+    for term in optional_terms():
+        cfg = apply_overrides(preset("tiny", "pix2pix"), {"loss.gan": 0.0, "loss.image": 0.0,
                                                           f"loss.{term}": 1.0})
         fw = build_framework(cfg)
         fw.train_step(_batch())
@@ -148,19 +148,19 @@ def test_terms_only_gradient_reaches_generator_without_gan_or_l1():
 
 
 def test_perceptual_from_a_local_encoder_file_and_clear_errors(tmp_path):
-    from gan_core.loss_terms import ConvEncoder
+    from gan_core.losses import ConvEncoder
 
     enc = ConvEncoder()
     path = tmp_path / "enc.pt"
     torch.save(enc.state_dict(), path)
     cfg = apply_overrides(preset("tiny", "pix2pix"), {"loss.perceptual": 1.0,
-                                                      "loss.feature_encoder": str(path)})
+                                                      "model.feature_encoder": str(path)})
     fw = build_framework(cfg)
     assert fw.extra_terms.encoder is not None
     assert not any(p.requires_grad for p in fw.extra_terms.encoder.parameters())
     assert math.isfinite(float(fw.train_step(_batch())["G_perceptual"]))
     with pytest.raises(FileNotFoundError, match="weights_path"):
-        build_framework(apply_overrides(cfg, {"loss.feature_encoder": str(tmp_path / "none.pt")}))
+        build_framework(apply_overrides(cfg, {"model.feature_encoder": str(tmp_path / "none.pt")}))
     no_labels = {k: v for k, v in _batch().items() if k != "labels"}
     fw = build_framework(apply_overrides(preset("tiny", "pix2pix"), {"loss.shape": 1.0}))
     with pytest.raises(ValueError, match="labels"):

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from gan_core.config import apply_overrides, preset
+from gan_core.presets import apply_overrides, preset
 from gan_core.frameworks import available, build_framework, get_framework
 from gan_core.frameworks.lapgan import (
     downsample,
@@ -37,12 +37,12 @@ def _batch(cfg, n=2, seed=0):
 
 def test_registry_and_recipe():
     assert {"dcgan", "lapgan"} <= set(available())
-    assert get_framework("lapgan").paired and get_framework("lapgan").loss_terms == ("gan",)
+    assert get_framework("lapgan").paired and get_framework("lapgan").search_space == {"loss.gan": ("uniform", 0.5, 2.0)}
     c = _cfg()
     assert (c.gan_mode, c.optim.lr, c.optim.beta1, c.model.norm, c.model.in_channels) == (
         "vanilla", 2e-4, 0.5, "batch", 0)
     full = preset("full", "lapgan", task="synth")
-    assert (full.data.image_size, full.model.levels, full.data.batch_size) == (64, 3, 64)
+    assert (full.data.image_size, full.fw.levels, full.data.batch_size) == (64, 3, 64)
 
 
 @pytest.mark.parametrize("shape", [(2, 1, 32, 32), (1, 2, 16, 24), (1, 1, 8, 16, 16)])
@@ -82,8 +82,8 @@ def test_pyramid_errors():
         reconstruct([])
 
 
-@pytest.mark.parametrize("over,match", [({"data.image_size": 36}, r"data\.image_size must be divisible by 2\*\*model\.levels = 8"),
-                                        ({"model.levels": 0}, r"model\.levels must be >= 1"),
+@pytest.mark.parametrize("over,match", [({"data.image_size": 36}, r"data\.image_size must be divisible by 2\*\*fw\.levels = 8"),
+                                        ({"fw.levels": 0}, r"fw\.levels must be >= 1"),
                                         ({"task.name": "labels2ct"}, "unconditional")])
 def test_bad_configs_are_clear_errors(over, match):
     with pytest.raises(ValueError, match=match):
@@ -91,7 +91,7 @@ def test_bad_configs_are_clear_errors(over, match):
 
 
 def test_one_generator_and_discriminator_per_level():
-    fw = build_framework(_cfg(**{"model.levels": 2}))
+    fw = build_framework(_cfg(**{"fw.levels": 2}))
     assert sorted(fw.networks()) == ["D0", "D1", "D2", "G0", "G1", "G2"]
     assert fw.sample(1, torch.Generator().manual_seed(0), return_pyramid=True)[-1].shape == (1, 1, 8, 8)
 
@@ -161,8 +161,8 @@ def test_generate_takes_the_empty_synth_input():
 
 
 def test_3d_levels_train_and_sample():
-    c = _cfg(**{"model.spatial_dims": 3, "data.image_size": 8, "data.patch_depth": 8, "model.levels": 2,
-                "model.g_filters": 4, "model.d_filters": 4, "model.z_dim": 8})
+    c = _cfg(**{"model.spatial_dims": 3, "data.image_size": 8, "data.patch_depth": 8, "fw.levels": 2,
+                "model.g_filters": 4, "model.d_filters": 4, "fw.z_dim": 8})
     fw = build_framework(c)
     assert isinstance(fw.networks()["G0"].model[0], nn.Conv3d)
     losses = fw.train_step(_batch(c))

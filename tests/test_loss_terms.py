@@ -1,15 +1,19 @@
-"""Tests for gan_core.loss_terms: every Table 5 term on tiny 2D and 3D tensors, no network."""
+"""Tests for gan_core.losses: every Table 5 term on tiny 2D and 3D tensors, no network, and the
+one table of them (``TERMS``) that the config, the frameworks and Ray Tune read."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
 import torch
 from torch import nn
 
-import gan_core.losses as base_losses
-from gan_core import loss_terms as lt
+from gan_core import losses as lt
+from gan_core.config import LossWeights
+from gan_core.frameworks.base import GeneratorTerms
+from gan_core.losses import adversarial
 
 SHAPES = {"2d": (2, 1, 16, 16), "3d": (1, 1, 8, 8, 8)}
 
@@ -35,12 +39,12 @@ def _encoder(nd: int) -> nn.Module:
 
 def _make(name: str, nd: int) -> tuple[nn.Module, dict]:
     """(term, extra forward kwargs)."""
-    if name in ("perceptual", "style_content"):
-        return lt.TERMS[name](_encoder(nd)), {}
-    return lt.TERMS[name](), {}
+    if name in ("perceptual", "style"):
+        return lt.TERMS[name].factory(_encoder(nd)), {}
+    return lt.TERMS[name].factory(), {}
 
 
-PAIRED = ["image", "cycle", "gradient", "sharpness", "perceptual", "structure", "style_content",
+PAIRED = ["image", "cycle", "gradient", "sharpness", "perceptual", "structure", "style",
           "self_reg", "frequency", "regulation"]
 
 
@@ -70,12 +74,48 @@ def test_term_zero_positive_and_grad(name: str, dim: str) -> None:
     assert torch.isfinite(pz.grad).all()
 
 
-def test_terms_registry_matches_weights() -> None:
-    names = set(lt.TERMS)
-    assert names == set(lt.LossTermWeights().as_dict())
-    assert len(names) == 12
-    assert lt.TERMS["adversarial"] is base_losses.GANLoss          # re-export, not a copy
-    assert lt.gradient_penalty is base_losses.gradient_penalty
+def test_terms_table_matches_weights() -> None:
+    assert set(lt.TERMS) == {f.name for f in dataclasses.fields(LossWeights)}
+    assert [t.row for t in lt.TERMS.values()] == [f"L{i}" for i in range(1, 13)]
+    assert all(name == t.name for name, t in lt.TERMS.items())
+    assert lt.TERMS["gan"].factory is adversarial.GANLoss          # re-export, not a copy
+    assert lt.gradient_penalty is adversarial.gradient_penalty
+    # the frameworks' own objective applies gan/image/cycle; the optional terms start off
+    defaults = LossWeights()
+    assert [n for n, t in lt.TERMS.items() if not t.optional] == ["gan", "image", "cycle"]
+    assert all(getattr(defaults, n) == 0.0 for n in lt.optional_terms())
+    assert lt.optional_terms("pair") == ["gradient", "sharpness", "structure", "frequency",
+                                         "regulation"]
+    for t in lt.TERMS.values():
+        kind, lo, hi = t.search
+        assert kind in ("uniform", "loguniform") and lo < hi and (kind == "uniform" or lo > 0)
+    with pytest.raises(ValueError, match="kind"):
+        lt.LossTerm("x", "L0", "nonsense", lt.ImageLoss, ("uniform", 0.0, 1.0))
+    with pytest.raises(ValueError, match="kind"):
+        lt.optional_terms("nonsense")
+
+
+@pytest.mark.parametrize("name", lt.optional_terms())
+def test_generator_terms_add_each_optional_term_by_its_kind(name: str) -> None:
+    shape = SHAPES["2d"]
+    p, t = _pair(shape)
+    enc = _encoder(2)
+    terms = GeneratorTerms(LossWeights(**{name: 2.0}))
+    assert terms and not GeneratorTerms(LossWeights())
+    out = terms(p, t, source=t, labels=_labels(shape), features=enc, prefix="G_")
+    assert list(out) == [f"G_{name}"]
+    kind = lt.TERMS[name].kind
+    if kind == "pair":
+        expect = lt.TERMS[name].factory()(p, t)
+    elif kind == "label":
+        expect = lt.ShapeLoss("mean")(p, t, _labels(shape))
+    elif kind == "feature":
+        expect = lt.TERMS[name].factory(enc, freeze=False)(p, t)
+    else:  # source: the output against its own input
+        expect = lt.SelfRegLoss()(p, t)
+    assert torch.allclose(out[f"G_{name}"], 2.0 * expect)
+    assert not terms(p, t, source=t, labels=_labels(shape), features=enc, skip=(name,)) \
+        or kind in ("pair", "feature")  # skip applies to the label and source terms
 
 
 @pytest.mark.parametrize("dim", ["2d", "3d"])
@@ -323,25 +363,3 @@ def test_regulation_sees_row_banding() -> None:
     assert math.isclose(full, expected + float((mpc - mtc).abs().mean()) / 2, rel_tol=1e-5)
     with pytest.raises(ValueError, match="stats"):
         lt.RegulationLoss(stats=("median",))
-
-
-def test_weights_and_combine() -> None:
-    w = lt.LossTermWeights()
-    assert w.adversarial == 1.0 and w.image == 100.0 and w.cycle == 10.0
-    assert all(v == 0.0 for k, v in w.as_dict().items()
-               if k not in ("adversarial", "image", "cycle"))
-    with pytest.raises(ValueError, match="LossTermWeights.gradient"):
-        lt.LossTermWeights(gradient=-1.0)
-    with pytest.raises(ValueError, match="LossTermWeights.frequency"):
-        lt.LossTermWeights(frequency=float("nan"))
-    x = torch.tensor(2.0, requires_grad=True)
-    terms = {"image": x * 1.0, "structure": x * 3.0, "frequency": torch.tensor(float("nan"))}
-    total = lt.combine(terms, lt.LossTermWeights(image=1.0, structure=0.5))
-    assert math.isclose(total.item(), 2.0 + 3.0)              # NaN term at weight 0 skipped
-    total.backward()
-    assert math.isclose(float(x.grad), 1.0 + 1.5)
-    assert lt.combine({"image": x}, {"image": 0.0}).item() == 0.0
-    with pytest.raises(KeyError, match="bogus"):
-        lt.combine({"bogus": x}, w)
-    with pytest.raises(ValueError, match="scalar"):
-        lt.combine({"image": torch.ones(2)}, w)

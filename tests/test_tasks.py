@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from gan_core.config import TaskConfig, apply_overrides, from_dict, preset
+from gan_core.config import TaskConfig
 from gan_core.data.shards import Shards, SliceDataset
-from gan_core.tasks import available, build_task, get_task
+from gan_core.presets import apply_overrides, from_dict, preset
+from gan_core.tasks import available, build_task, get_task, task_config
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -21,6 +22,22 @@ def test_registry_lists_every_task_and_rejects_unknown_names():
     assert {"mr2ct", "ct2mr", "labels2ct", "synth", "kspace", "lowdose", "superres"} <= set(available())
     with pytest.raises(KeyError, match="available"):
         get_task("ct2pet")
+
+
+def test_each_task_declares_its_params():
+    for name in available():
+        cls = get_task(name)
+        params = task_config(name)
+        assert isinstance(params, cls.Params) and issubclass(cls.Params, TaskConfig)
+        assert params.name == name and build_task(params).name == name
+        if cls.Params is not TaskConfig:  # its own class names its own task by default
+            assert cls.Params().name == name
+        assert all(k.startswith(("loss.", "fw.", "model.")) for k in cls.search_space)
+    assert task_config("kspace", acceleration=8).acceleration == 8
+    with pytest.raises(ValueError, match=r"task.factor.*task 'kspace'"):
+        task_config("kspace", factor=2)
+    with pytest.raises(TypeError, match="takes a KSpaceReconstruction.Params"):
+        build_task(TaskConfig(name="kspace"))
 
 
 def test_preset_takes_channels_and_loss_defaults_from_the_task():
@@ -63,20 +80,20 @@ def test_shards_carry_the_lesion_masks_in_slab_layout(tiny_shards):
 def test_dataset_inputs_follow_the_task(tiny_shards):
     d = tiny_shards / "train"
     plain = SliceDataset(d)[3]
-    ct2mr = SliceDataset(d, task=build_task(TaskConfig(name="ct2mr")))[3]
+    ct2mr = SliceDataset(d, task=build_task(task_config("ct2mr")))[3]
     assert torch.equal(ct2mr["A"], plain["B"]) and torch.equal(ct2mr["B"], plain["A"])
-    lab = SliceDataset(d, task=build_task(TaskConfig(name="labels2ct")))[3]
+    lab = SliceDataset(d, task=build_task(task_config("labels2ct")))[3]
     assert lab["A"].shape == (10, *plain["B"].shape[1:])
     assert torch.equal(lab["A"].sum(0), torch.ones_like(lab["A"][0]))
     assert torch.equal(lab["A"].argmax(0), lab["labels"][0])
-    syn = SliceDataset(d, image_size=32, task=build_task(TaskConfig(name="synth")))[(0, 2, 2)]
+    syn = SliceDataset(d, image_size=32, task=build_task(task_config("synth")))[(0, 2, 2)]
     assert syn["A"].shape == (0, 32, 32) and syn["B"].shape == (1, 32, 32)
 
 
 def test_labels2ct_and_ct2mr_baselines_fit_on_the_train_split(tiny_shards):
     sh = Shards(tiny_shards / "train")
     slabs = [sh.subject_slab(i) for i in range(len(sh.subjects))]
-    t = build_task(TaskConfig(name="labels2ct"))
+    t = build_task(task_config("labels2ct"))
     t.fit_baseline(slabs)
     from gan_core.data.normalize import unit_to_ct
 
@@ -86,7 +103,7 @@ def test_labels2ct_and_ct2mr_baselines_fit_on_the_train_split(tiny_shards):
     assert t.lut_hu[wm] == pytest.approx(hu[lab == wm].mean(), rel=1e-4)
     pred = t.baseline(t.degrade(slabs[0], np.random.default_rng(0)), slabs[0])
     assert pred.shape == slabs[0]["ct"].shape
-    c = build_task(TaskConfig(name="ct2mr"))
+    c = build_task(task_config("ct2mr"))
     assert c.baseline(c.degrade(slabs[0], np.random.default_rng(0)), slabs[0]) is None  # not fitted
     c.fit_baseline(slabs)
     p = c.baseline(c.degrade(slabs[0], np.random.default_rng(0)), slabs[0])
@@ -97,7 +114,7 @@ def test_labels2ct_and_ct2mr_baselines_fit_on_the_train_split(tiny_shards):
 def test_labels2ct_rejects_labels_beyond_n_classes(tiny_shards):
     sh = Shards(tiny_shards / "train")
     with pytest.raises(ValueError, match="n_classes"):
-        build_task(TaskConfig(name="labels2ct", n_classes=3)).degrade(sh.subject_slab(0), None)
+        build_task(task_config("labels2ct", n_classes=3)).degrade(sh.subject_slab(0), None)
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from gan_core.config import apply_overrides, preset
+from gan_core.presets import apply_overrides, preset
 from gan_core.train import load_model, train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -17,25 +17,36 @@ def cluster() -> Iterator[str]:
         yield address
 
 
-def test_search_space_is_generic_over_loss_terms():
-    from components.tune import default_search_space, loss_terms
-
-    assert loss_terms("cyclegan") == ("gan", "cycle", "identity")
-    space = default_search_space("pix2pix")
-    assert space == {"loss.gan": ["uniform", 0.5, 2.0], "loss.l1": ["loguniform", 10.0, 300.0]}
-
-
-def test_search_space_covers_new_frameworks_and_task_terms():
+def test_search_space_comes_from_the_framework_and_task():
     from components.step import build_config
     from components.tune import default_search_space
 
-    unit = default_search_space("unit")
-    assert set(unit) == {"loss.gan", "loss.recon", "loss.kl", "loss.cycle", "loss.cycle_kl"}
-    assert unit["loss.kl"] == ["loguniform", 1e-3, 0.1]
-    assert set(default_search_space("dcgan")) == {"loss.gan"}
+    space = default_search_space(build_config("pix2pix", "tiny"))
+    assert space == {"loss.gan": ["uniform", 0.5, 2.0], "loss.image": ["loguniform", 10.0, 300.0]}
+    cyc = default_search_space(build_config("cyclegan", "tiny"))
+    assert cyc == {"loss.gan": ["uniform", 0.5, 2.0], "loss.cycle": ["loguniform", 1.0, 30.0],
+                   "fw.identity": ["uniform", 0.0, 1.0]}
+
+
+def test_search_space_covers_new_frameworks_and_task_terms():
+    from components.step import StepInputError, build_config
+    from components.tune import _parse_space, default_search_space
+
+    unit = default_search_space(build_config("unit", "tiny"))
+    assert set(unit) == {"loss.gan", "fw.recon", "fw.kl", "loss.cycle", "fw.cycle_kl"}
+    assert unit["fw.kl"] == ["loguniform", 1e-3, 0.1]
+    assert set(default_search_space(build_config("dcgan", "tiny", task="synth"))) == {"loss.gan"}
     # the k-space task adds its frequency term to the framework's own
-    kspace = default_search_space("pix2pix", build_config("pix2pix", "tiny", task="kspace"))
-    assert set(kspace) == {"loss.gan", "loss.l1", "loss.frequency"}
+    kspace = default_search_space(build_config("pix2pix", "tiny", task="kspace"))
+    assert set(kspace) == {"loss.gan", "loss.image", "loss.frequency"}
+    assert kspace["loss.frequency"] == ["loguniform", 1.0, 100.0]
+    # a Table-5 term named without a range takes the loss table's default
+    assert _parse_space(["loss.structure", "loss.image=loguniform:1:10"]) == {
+        "loss.structure": None, "loss.image": ["loguniform", 1.0, 10.0]}
+    named = default_search_space(build_config("pix2pix", "tiny"), ["loss.structure"])
+    assert named["loss.structure"] == ["uniform", 0.0, 20.0] and "loss.image" in named
+    with pytest.raises(StepInputError, match="'optim.lr': no default range"):
+        default_search_space(build_config("pix2pix", "tiny"), ["optim.lr"])
 
 
 def test_bad_search_space_is_named(tiny_shards, tmp_path):
@@ -45,9 +56,12 @@ def test_bad_search_space_is_named(tiny_shards, tmp_path):
     data = preprocessed_dir(tiny_shards, tmp_path / "processed")
     with pytest.raises(StepInputError, match=r"unknown config fields \['loss.nope'\]"):
         run_tune(str(data), str(tmp_path / "out"), search_space={"loss.nope": ["uniform", 0, 1]})
-    with pytest.raises(StepInputError, match=r"'loss.l1': unknown kind 'gauss'"):
+    with pytest.raises(StepInputError, match=r"'loss.image': unknown kind 'gauss'"):
         run_tune(str(data), str(tmp_path / "out"), framework="pix2pix",
-                 search_space={"loss.l1": ["gauss", 0, 1]})
+                 search_space={"loss.image": ["gauss", 0, 1]})
+    with pytest.raises(StepInputError, match=r"'loss.l1': no default range"):  # (the old name)
+        run_tune(str(data), str(tmp_path / "out"), framework="pix2pix",
+                 search_space={"loss.l1": None})
 
 
 def test_tune_optuna_asha_nested_runs(cluster, tiny_shards, tmp_path):
@@ -66,9 +80,9 @@ def test_tune_optuna_asha_nested_runs(cluster, tiny_shards, tmp_path):
     trials = m["trials"]
     assert len(trials) == 3 and m["counts"]["trials"] == 3 and m["counts"]["error"] == 0
     sampled = [t["params"] for t in trials]
-    assert len({t["loss.l1"] for t in sampled}) == 3  # Optuna proposed distinct points
+    assert len({t["loss.image"] for t in sampled}) == 3  # Optuna proposed distinct points
     for p in sampled:
-        assert 10 <= p["loss.l1"] <= 300 and 0.5 <= p["loss.gan"] <= 2
+        assert 10 <= p["loss.image"] <= 300 and 0.5 <= p["loss.gan"] <= 2
     assert m["best"]["params"] in sampled
     assert m["best_val_mae"] == min(t["val_mae"] for t in trials
                                        if t["status"] == "completed")
@@ -76,7 +90,7 @@ def test_tune_optuna_asha_nested_runs(cluster, tiny_shards, tmp_path):
 
     best_cfg = yaml.safe_load((out / "best_config.yaml").read_text())
     assert best_cfg["framework"] == "pix2pix"
-    assert {"loss.l1": best_cfg["loss"]["l1"], "loss.gan": best_cfg["loss"]["gan"]} == m["best"]["params"]
+    assert {"loss.image": best_cfg["loss"]["image"], "loss.gan": best_cfg["loss"]["gan"]} == m["best"]["params"]
     assert best_cfg["optim"]["steps_constant"] + best_cfg["optim"]["steps_decay"] == 8  # tiny preset
     assert best_cfg["val_every"] == 0  # the tune-only settings stay out of the best config
 
@@ -90,7 +104,7 @@ def test_tune_optuna_asha_nested_runs(cluster, tiny_shards, tmp_path):
     by_id = {r.info.run_id: r for r in children}
     for t in trials:
         child = by_id[t["mlflow_run_id"]]
-        assert float(child.data.params["loss.l1"]) == pytest.approx(t["params"]["loss.l1"])
+        assert float(child.data.params["loss.image"]) == pytest.approx(t["params"]["loss.image"])
         assert child.info.status == {"completed": "FINISHED", "stopped": "KILLED"}[t["status"]]
         steps = sorted(h.step for h in c.get_metric_history(child.info.run_id, "val_mae"))
         # workers may run ahead of what Tune has seen when ASHA stops a trial

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from gan_core.config import apply_overrides, preset
+from gan_core.presets import apply_overrides, preset
 from gan_core.frameworks import available, build_framework, get_framework
 from gan_core.frameworks import unit as unit_mod
 from gan_core.models import MultiScaleDiscriminator, ResnetBlock
@@ -37,7 +37,7 @@ def test_registry_finds_unit():
     assert "unit" in available()
     cls = get_framework("unit")
     assert cls is unit_mod.UNIT and cls.name == "unit" and not cls.paired
-    assert cls.loss_terms == ("gan", "recon", "kl", "cycle", "cycle_kl")
+    assert set(cls.search_space) == {"loss.gan", "fw.recon", "fw.kl", "loss.cycle", "fw.cycle_kl"}
 
 
 def test_train_steps_finite_and_every_vae_part_gets_gradients():
@@ -83,7 +83,7 @@ def test_kl_term_is_mean_squared_latent_and_zero_for_zero_latents():
     assert float(latent_kl(torch.zeros(2, 8, 4, 4))) == 0.0
     mu = torch.randn(2, 8, 4, 4)
     assert float(latent_kl(mu)) == pytest.approx(float((mu**2).mean()))
-    cfg = apply_overrides(preset("tiny", "unit"), {"loss.kl": 0.5})
+    cfg = apply_overrides(preset("tiny", "unit"), {"fw.kl": 0.5})
     fw = build_framework(cfg)
     b = _batch()
     with torch.no_grad():  # encoders are not stochastic: the mean is what the step sees
@@ -168,7 +168,9 @@ def test_multichannel_domain_a_label_maps():
 def test_full_preset_is_the_published_recipe():
     cfg = preset("full", "unit")
     m, o = cfg.model, cfg.optim
-    assert (cfg.gan_mode, cfg.pool_size, cfg.data.batch_size) == ("lsgan", 0, 1)
+    assert (cfg.gan_mode, cfg.data.batch_size) == ("lsgan", 1)
+    assert (cfg.fw.recon, cfg.fw.kl, cfg.fw.cycle_kl) == (10.0, 0.01, 0.01)
+    assert not hasattr(cfg.fw, "pool_size")  # UNIT uses no image pool
     assert (o.lr, o.beta1, o.beta2) == (1e-4, 0.5, 0.999)
     assert (m.norm, m.discriminator, m.g_filters, m.d_filters, m.n_downsampling, m.n_blocks) == (
         "instance", "multiscale", 64, 64, 2, 4)

@@ -286,12 +286,10 @@ class _TaskInputs:
     sample (k-space masks)."""
 
     def __init__(self, shards: Shards, task, seed: int, cache_subjects: int = 64) -> None:
-        from gan_core.tasks import Task, build_task
+        from gan_core.tasks import Task, build_task, task_config
 
         if task is None:
-            from gan_core.config import TaskConfig
-
-            task = build_task(TaskConfig())
+            task = build_task(task_config("mr2ct"))
         task.check_slab(shards.arrays, str(shards.dir))
         self.shards, self.task, self.seed, self.cache_subjects = shards, task, seed, cache_subjects
         self.identity = type(task).degrade is Task.degrade

@@ -60,12 +60,11 @@ def lut_synthesizer(train_shards: PathLike, n_classes: int = len(TISSUES)) -> Sy
     """The ``labels2ct`` look-up-table baseline as a synthesizer: each label painted with its
     mean training HU (fitted on ``train_shards``), returned in [-1, 1] as ``(B, 1, H, W)`` CT
     (so only meaningful with ``modality="ct"``)."""
-    from gan_core.config import TaskConfig
+    from gan_core.tasks import build_task, task_config
     from gan_core.tasks.base import Degraded
-    from gan_core.tasks.labels2ct import LabelsToCT
 
     sh = Shards(train_shards)
-    task = LabelsToCT(TaskConfig(name="labels2ct", n_classes=n_classes))
+    task = build_task(task_config("labels2ct", n_classes=n_classes))
     task.check_slab(sh.arrays, str(sh.dir))
     task.fit_baseline(sh.subject_slab(i) for i in range(len(sh.subjects)))
 

@@ -1,55 +1,38 @@
 """Frameworks behind one small protocol, found by name.
 
 Adding a framework = one file ``gan_core/frameworks/<name>.py`` that defines a class decorated
-with ``@register("<name>")``. ``get_framework(name)`` imports that file on first use.
+with ``@register("<name>")`` (or that decorator anywhere else, before the name is used).
+``get_framework(name)`` imports that file on first use. A framework declares next to its code its
+parameters (``Params``: the config's ``fw`` section), its loss defaults and its Ray Tune ranges.
 
 >>> sorted(available())[:2]
-['cyclegan', 'pix2pix']
+['cyclegan', 'dcgan']
 """
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from typing import TYPE_CHECKING
 
 from gan_core.frameworks.base import Framework, GANFramework, ImagePool
+from gan_core.registry import Registry
 
 if TYPE_CHECKING:
     from gan_core.config import TrainConfig
 
-_REGISTRY: dict[str, type[GANFramework]] = {}
+__all__ = ["Framework", "GANFramework", "ImagePool", "FRAMEWORKS", "register", "get_framework",
+           "available", "build_framework"]
 
-__all__ = ["Framework", "GANFramework", "ImagePool", "register", "get_framework", "available",
-           "build_framework"]
-
-
-def register(name: str):
-    """Class decorator adding a framework to the registry under ``name``."""
-
-    def deco(cls: type[GANFramework]) -> type[GANFramework]:
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return deco
-
-
-def available() -> list[str]:
-    """Names of all frameworks shipped in this package."""
-    skip = {"base"}
-    return sorted(m.name for m in pkgutil.iter_modules(__path__) if m.name not in skip)
-
-
-def get_framework(name: str) -> type[GANFramework]:
-    """The framework class registered as ``name`` (imports ``gan_core.frameworks.<name>``)."""
-    if name not in _REGISTRY:
-        if name not in available():
-            raise KeyError(f"unknown framework {name!r}; available: {available()}")
-        importlib.import_module(f"gan_core.frameworks.{name}")
-    return _REGISTRY[name]
+#: every framework by name: the modules of this package and any registered elsewhere
+FRAMEWORKS: Registry[type[GANFramework]] = Registry("framework", __name__)
+register = FRAMEWORKS.register
+available = FRAMEWORKS.names
+get_framework = FRAMEWORKS.get
 
 
 def build_framework(cfg: "TrainConfig", device: str = "cpu") -> GANFramework:
     """Instantiate the framework named by ``cfg.framework`` with its networks and optimizers."""
-    return get_framework(cfg.framework)(cfg, device=device)
+    cls = get_framework(cfg.framework)
+    if not isinstance(cfg.fw, cls.Params):
+        raise TypeError(f"framework {cfg.framework!r} takes fw = {cls.Params.__qualname__}, got "
+                        f"{type(cfg.fw).__qualname__}: build the config with gan_core.presets")
+    return cls(cfg, device=device)

@@ -7,12 +7,14 @@ only feeds batches, steps schedulers and checkpoints ``state_dict()``.
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING, Any, Callable, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
 
 from gan_core.models import build_generator, init_weights
+
+from gan_core.config import FrameworkConfig
 
 if TYPE_CHECKING:
     from gan_core.config import TrainConfig
@@ -65,39 +67,18 @@ def generator_multiple(m) -> int:
     return 1
 
 
-#: LossWeights fields that compare a generated image with its target, and their term classes
-PAIR_TERMS = ("gradient", "sharpness", "structure", "frequency", "regulation")
-#: every optional Table-5 term a generator loss can add (the pair terms + label/feature/source ones)
-EXTRA_TERMS = PAIR_TERMS + ("shape", "perceptual", "style", "self_reg")
-
-
-def pair_terms(weights) -> dict[str, tuple[float, nn.Module]]:
-    """The image-pair loss terms (``gan_core.loss_terms``) whose weight is > 0."""
-    from gan_core import loss_terms as lt
-
-    cls = {"gradient": lt.GradientLoss, "sharpness": lt.SharpnessLoss, "structure": lt.StructureLoss,
-           "frequency": lt.FrequencyLoss, "regulation": lt.RegulationLoss}
-    return {name: (float(getattr(weights, name)), cls[name]()) for name in PAIR_TERMS
-            if getattr(weights, name) > 0}
-
-
-def apply_pair_terms(terms: dict[str, tuple[float, nn.Module]], pred: Tensor, target: Tensor,
-                     prefix: str = "") -> dict[str, Tensor]:
-    """Weighted values of ``terms`` on (pred, target), in float32, keyed ``<prefix><name>``."""
-    return {f"{prefix}{name}": w * fn(pred.float(), target.float()) for name, (w, fn) in terms.items()}
-
-
 class GeneratorTerms:
-    """The optional Table-5 terms (weight > 0 in ``LossWeights``) added to a generator's loss.
+    """The optional Table-5 terms (``gan_core.losses.TERMS`` entries with ``optional``; weight > 0
+    in ``LossWeights``) added to a generator's loss, by their kind:
 
-    - pair terms (gradient, sharpness, structure, frequency, regulation) on (pred, target);
-    - ``shape``: :class:`~gan_core.loss_terms.ShapeLoss` (tissue means) against the batch's label
-      map (the shards must hold labels);
-    - ``perceptual`` / ``style``: on the features of a local ConvEncoder file
-      (``loss.feature_encoder``) or, by default, of the framework's own discriminator (the
+    - ``pair`` (gradient, sharpness, structure, frequency, regulation) on (pred, target);
+    - ``label`` (shape): :class:`~gan_core.losses.ShapeLoss` (tissue means) against the batch's
+      label map (the shards must hold labels);
+    - ``feature`` (perceptual, style): on the features of a local ConvEncoder file
+      (``model.feature_encoder``) or, by default, of the framework's own discriminator (the
       ``features`` callable each call passes); nothing is downloaded;
-    - ``self_reg``: L1 between the output and its source (same-modality tasks: denoising,
-      reconstruction, super-resolution).
+    - ``source`` (self_reg): L1 between the output and its source (same-modality tasks:
+      denoising, reconstruction, super-resolution).
 
     >>> from gan_core.config import LossWeights
     >>> terms = GeneratorTerms(LossWeights(gradient=1.0))
@@ -105,22 +86,25 @@ class GeneratorTerms:
     ['G_gradient']
     """
 
-    def __init__(self, weights, device: torch.device | str = "cpu") -> None:
-        from gan_core import loss_terms as lt
+    def __init__(self, weights, device: torch.device | str = "cpu", feature_encoder: str = "") -> None:
+        from gan_core.losses import TERMS, ConvEncoder, PerceptualLoss, optional_terms
 
-        self.pair = pair_terms(weights)
-        self.w = {k: float(getattr(weights, k)) for k in ("shape", "perceptual", "style", "self_reg")
-                  if getattr(weights, k) > 0}
+        weight = {k: float(getattr(weights, k)) for k in optional_terms() if getattr(weights, k) > 0}
+        #: name -> (weight, term), per kind, each in table order
+        self.by_kind: dict[str, dict[str, tuple[float, Any]]] = {
+            kind: {k: (weight[k], TERMS[k].factory) for k in optional_terms(kind) if k in weight}
+            for kind in ("pair", "label", "feature", "source")}
+        self.pair = {k: (w, f()) for k, (w, f) in self.by_kind["pair"].items()}
+        self.shape = TERMS["shape"].factory("mean")
+        self.self_reg = TERMS["self_reg"].factory()
         self.encoder: nn.Module | None = None
-        if weights.feature_encoder and ("perceptual" in self.w or "style" in self.w):
-            enc = lt.ConvEncoder()
-            lt.PerceptualLoss(enc, weights_path=weights.feature_encoder)  # loads, checks, freezes
+        if feature_encoder and self.by_kind["feature"]:
+            enc = ConvEncoder()
+            PerceptualLoss(enc, weights_path=feature_encoder)  # loads, checks, freezes
             self.encoder = enc.to(device)
-        self.shape = lt.ShapeLoss("mean")
-        self.self_reg = lt.SelfRegLoss()
 
     def __bool__(self) -> bool:
-        return bool(self.pair or self.w)
+        return any(self.by_kind.values())
 
     def __call__(self, pred: Tensor, target: Tensor, *, source: Tensor | None = None,
                  labels: Tensor | None = None,
@@ -129,29 +113,30 @@ class GeneratorTerms:
                  prefix: str = "") -> dict[str, Tensor]:
         """Weighted terms keyed ``<prefix><name>``. ``self_reg`` compares ``generated`` (default
         ``pred``) with ``source``; ``skip`` leaves out named terms for this call."""
-        from gan_core import loss_terms as lt
-
         p, t = pred.float(), target.float()
-        out = apply_pair_terms(self.pair, p, t, prefix)
-        if "shape" in self.w and "shape" not in skip:
+        out = {f"{prefix}{name}": w * fn(p, t) for name, (w, fn) in self.pair.items()}
+        for name, (w, _) in self.by_kind["label"].items():
+            if name in skip:
+                continue
             if labels is None:
-                raise ValueError("loss.shape > 0 needs tissue labels in the batch: pack shards from "
-                                 "subjects with a labels.nii.gz")
-            out[f"{prefix}shape"] = self.w["shape"] * self.shape(p, t, labels.long())
+                raise ValueError(f"loss.{name} > 0 needs tissue labels in the batch: pack shards "
+                                 "from subjects with a labels.nii.gz")
+            out[f"{prefix}{name}"] = w * self.shape(p, t, labels.long())
         extractor = self.encoder if self.encoder is not None else features
-        for name, cls in (("perceptual", lt.PerceptualLoss), ("style", lt.StyleContentLoss)):
-            if name in self.w:
-                if extractor is None:
-                    raise ValueError(f"loss.{name} > 0: this framework passes no feature extractor; "
-                                     "set loss.feature_encoder to a local ConvEncoder weights file")
-                out[f"{prefix}{name}"] = self.w[name] * cls(extractor, freeze=False)(p, t)
-        if "self_reg" in self.w and "self_reg" not in skip:
+        for name, (w, factory) in self.by_kind["feature"].items():
+            if extractor is None:
+                raise ValueError(f"loss.{name} > 0: this framework passes no feature extractor; "
+                                 "set model.feature_encoder to a local ConvEncoder weights file")
+            out[f"{prefix}{name}"] = w * factory(extractor, freeze=False)(p, t)
+        for name, (w, _) in self.by_kind["source"].items():
+            if name in skip:
+                continue
             g = pred if generated is None else generated
             if source is None or source.shape != g.shape:
-                raise ValueError("loss.self_reg > 0 needs a source with the output's shape "
+                raise ValueError(f"loss.{name} > 0 needs a source with the output's shape "
                                  f"(same-modality tasks); got {None if source is None else tuple(source.shape)}"
                                  f" vs {tuple(g.shape)}")
-            out[f"{prefix}self_reg"] = self.w["self_reg"] * self.self_reg(g.float(), source.float())
+            out[f"{prefix}{name}"] = w * self.self_reg(g.float(), source.float())
         return out
 
 
@@ -168,13 +153,17 @@ class GANFramework:
     """Base class: builds nets (``build_networks``), Adam optimizers per group, schedulers.
 
     Subclasses define ``build_networks() -> dict``, ``optimizer_groups() -> dict[str, list[str]]``,
-    ``train_step`` and ``generate``; optionally ``configure(cfg, preset)`` to set their recipe.
+    ``train_step`` and ``generate``; optionally ``configure(cfg, preset)`` to set their recipe,
+    and next to their code: ``Params`` (the config's ``fw`` section, a :class:`FrameworkConfig`),
+    ``loss_defaults`` (``LossWeights`` values every preset sets) and ``search_space`` (what Ray
+    Tune searches by default: ``{"loss.gan": ("uniform", 0.5, 2.0), ...}`` by dotted config key).
     """
 
     name: str = "base"
     paired: bool = True
-    #: ``LossWeights`` fields this framework uses (what Ray Tune searches over by default).
-    loss_terms: tuple[str, ...] = ()
+    Params: ClassVar[type[FrameworkConfig]] = FrameworkConfig
+    loss_defaults: ClassVar[dict[str, float]] = {}
+    search_space: ClassVar[dict[str, tuple[str, float, float]]] = {}
 
     def __init__(self, cfg: "TrainConfig", device: str | torch.device = "cpu") -> None:
         self.cfg = cfg

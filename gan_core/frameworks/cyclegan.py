@@ -5,29 +5,44 @@ L = L_GAN(G_A, D_A) + L_GAN(G_B, D_B) + lambda_cycle * (||G_B(G_A(a)) - a||_1 + 
 
 Update order as the authors' code: both generators first (discriminators frozen), then D_A and
 D_B on images drawn from a pool of 50 past fakes. D_A judges domain B (the output of G_A).
+
+Weights: ``loss.gan``, ``loss.cycle`` (lambda_cycle 10) and ``fw.identity`` (lambda_identity, a
+fraction of lambda_cycle: 0.5); ``fw.pool_size`` past fakes per pool.
 """
 
 from __future__ import annotations
 
 import torch.nn.functional as F
+from dataclasses import dataclass
+
 from torch import Tensor, nn
 
+from gan_core.config import FrameworkConfig
 from gan_core.frameworks import register
 from gan_core.frameworks.base import GANFramework, GeneratorTerms, ImagePool, build_gen
-from gan_core.losses import GANLoss, gradient_penalty
+from gan_core.losses.adversarial import GANLoss, gradient_penalty
 from gan_core.models import build_discriminator
 
 
 @register("cyclegan")
 class CycleGAN(GANFramework):
+    @dataclass
+    class Params(FrameworkConfig):
+        """``fw.*`` of CycleGAN (Zhu et al.)."""
+
+        identity: float = 0.5   # lambda_identity, as a fraction of lambda_cycle
+        pool_size: int = 50     # image pool of past fakes per discriminator (0: none)
+
     paired = False
-    loss_terms = ("gan", "cycle", "identity")
+    loss_defaults = {"gan": 1.0, "cycle": 10.0}
+    search_space = {"loss.gan": ("uniform", 0.5, 2.0), "loss.cycle": ("loguniform", 1.0, 30.0),
+                    "fw.identity": ("uniform", 0.0, 1.0)}
 
     @classmethod
     def configure(cls, cfg, preset: str) -> None:
         m = cfg.model
         cfg.gan_mode = "lsgan"
-        cfg.pool_size = 50
+        cfg.fw.pool_size = 50
         if preset == "full":  # ResNet-9 + 70x70 PatchGAN, instance norm, batch 1
             m.generator, m.discriminator, m.norm, m.dropout = "resnet", "patchgan", "instance", False
             m.n_blocks = 9
@@ -52,14 +67,14 @@ class CycleGAN(GANFramework):
     def __init__(self, cfg, device="cpu") -> None:
         super().__init__(cfg, device)
         self.crit = GANLoss(cfg.gan_mode)
-        self.extra_terms = GeneratorTerms(cfg.loss, self.device)
-        self.pool_A = ImagePool(cfg.pool_size, seed=cfg.seed * 2 + 1)
-        self.pool_B = ImagePool(cfg.pool_size, seed=cfg.seed * 2 + 2)
+        self.extra_terms = GeneratorTerms(cfg.loss, self.device, cfg.model.feature_encoder)
+        self.pool_A = ImagePool(cfg.fw.pool_size, seed=cfg.seed * 2 + 1)
+        self.pool_B = ImagePool(cfg.fw.pool_size, seed=cfg.seed * 2 + 2)
 
     def train_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         b = self.to_device(batch)
         real_A, real_B = b["A"], b["B"]
-        w = self.cfg.loss
+        w, idt = self.cfg.loss, self.cfg.fw.identity
         G_A, G_B = self.fwd["G_A"], self.fwd["G_B"]
         D_nets = [self.nets["D_A"], self.nets["D_B"]]
 
@@ -76,9 +91,9 @@ class CycleGAN(GANFramework):
             loss_cyc_A = F.l1_loss(rec_A.float(), real_A.float()) * w.cycle
             loss_cyc_B = F.l1_loss(rec_B.float(), real_B.float()) * w.cycle
             loss_idt_A = loss_idt_B = rec_A.new_zeros((), dtype=real_A.dtype).float()
-            if w.identity > 0:
-                loss_idt_A = F.l1_loss(G_A(real_B).float(), real_B.float()) * w.cycle * w.identity
-                loss_idt_B = F.l1_loss(G_B(real_A).float(), real_A.float()) * w.cycle * w.identity
+            if idt > 0:
+                loss_idt_A = F.l1_loss(G_A(real_B).float(), real_B.float()) * w.cycle * idt
+                loss_idt_B = F.l1_loss(G_B(real_A).float(), real_A.float()) * w.cycle * idt
         # the extra terms compare each cycle reconstruction with its real image (shape: with the
         # A slice's labels; self-reg keeps each translation close to its source)
         extra = {**self.extra_terms(rec_A, real_A, source=real_A, generated=fake_B,

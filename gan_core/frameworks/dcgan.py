@@ -3,23 +3,23 @@
 min_G max_D  E[log D(x)] + E[log(1 - D(G(z)))]                (vanilla GAN loss, survey eq. 1)
 
 Unconditional (task ``synth``, ``model.in_channels == 0``): ``G(z)`` with ``z ~ N(0, I)`` of
-``model.z_dim`` (100) dimensions, the fractionally-strided generator and the strided discriminator
+``fw.z_dim`` (100) dimensions, the fractionally-strided generator and the strided discriminator
 of ``gan_core.models.dcgan`` (BatchNorm, ReLU / LeakyReLU(0.2), Tanh, N(0, 0.02) init).
 
 Conditional (``model.in_channels > 0``, e.g. task ``labels2ct``: a one-hot tissue label map):
 ``G(x, z)`` encodes the map to the 4x4 level, concatenates the tiled noise there and decodes with
 the DCGAN decoder, with U-Net skip connections from the encoder; ``D`` judges
 ``concat(x, image)``. Conditional synthesis from segmentation maps. An L1 term
-``loss.l1 * |G(x, z) - y|`` is added when ``loss.l1 > 0``; DCGAN's recipe has none, so
-``configure`` sets ``loss.l1 = 0`` in every preset (a config built without a preset keeps
-``LossWeights.l1 = 100``, pix2pix's weight). The unconditional model ignores ``loss.l1``.
+``loss.image * |G(x, z) - y|`` is added when ``loss.image > 0``; DCGAN's recipe has none, so its
+``loss_defaults`` set ``loss.image = 0`` in every preset (a config built without a preset keeps
+``LossWeights.image = 100``, pix2pix's weight). The unconditional model ignores ``loss.image``.
 
 Recipe (``configure``, every preset): Adam lr 2e-4, beta1 0.5, vanilla GAN loss, no image pool,
 BatchNorm, N(0, 0.02) init. ``full``: 64 x 64 images, batch 64, 64 filters (the paper's LSUN
 model). ``tiny`` / ``demo`` keep their small filter counts (8 / 32) but use the same BatchNorm,
 init and optimizer: BatchNorm is part of what makes DCGAN train, so it is not dropped to save time.
 
->>> from gan_core.config import preset
+>>> from gan_core.presets import preset
 >>> from gan_core.frameworks import build_framework
 >>> fw = build_framework(preset("tiny", "dcgan", task="synth"))
 >>> fw.sample(2, torch.Generator().manual_seed(0)).shape
@@ -30,14 +30,16 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from gan_core.config import FrameworkConfig
 from gan_core.frameworks import register
 from gan_core.frameworks.base import GANFramework
-from gan_core.losses import GANLoss, gradient_penalty
+from gan_core.losses.adversarial import GANLoss, gradient_penalty
 from gan_core.models.dcgan import (
     ConditionalDCGANGenerator,
     DCGANDiscriminator,
@@ -45,7 +47,7 @@ from gan_core.models.dcgan import (
     dcgan_up_steps,
 )
 
-__all__ = ["DCGAN", "image_shape", "evaluating", "check_unconditional_input"]
+__all__ = ["DCGAN", "image_shape", "evaluating", "check_unconditional_input", "dcgan_recipe"]
 
 
 def image_shape(cfg) -> tuple[int, ...]:
@@ -85,7 +87,7 @@ def dcgan_recipe(cfg, preset: str, name: str) -> None:
     """Radford et al.'s recipe (shared with LAPGAN): vanilla GAN, Adam 2e-4 / beta1 0.5,
     BatchNorm, N(0, 0.02) init, no image pool; ``full``: 64 x 64 images, batch 64, 64 filters."""
     m = cfg.model
-    cfg.gan_mode, cfg.pool_size = "vanilla", 0
+    cfg.gan_mode = "vanilla"
     cfg.optim.lr, cfg.optim.beta1 = 2e-4, 0.5
     m.generator = m.discriminator = name
     m.norm, m.init_type, m.init_gain, m.dropout = "batch", "normal", 0.02, False
@@ -96,15 +98,22 @@ def dcgan_recipe(cfg, preset: str, name: str) -> None:
 
 @register("dcgan")
 class DCGAN(GANFramework):
+    @dataclass
+    class Params(FrameworkConfig):
+        """``fw.*`` of DCGAN."""
+
+        z_dim: int = 100        # noise dimension (Radford et al.: 100)
+
     paired = True
-    # loss.l1 only matters for the conditional variant, where it is optional and 0 by default;
-    # it is left out here so that tuning an unconditional run does not search a dead weight.
-    loss_terms = ("gan",)
+    # loss.image only matters for the conditional variant, where it is optional and 0 by default;
+    # it is left out of the search space so that tuning an unconditional run does not search a
+    # dead weight.
+    loss_defaults = {"gan": 1.0, "image": 0.0}
+    search_space = {"loss.gan": ("uniform", 0.5, 2.0)}
 
     @classmethod
     def configure(cls, cfg, preset: str) -> None:
         dcgan_recipe(cfg, preset, "dcgan")
-        cfg.loss.l1 = 0.0
 
     @property
     def conditional(self) -> bool:
@@ -124,10 +133,10 @@ class DCGAN(GANFramework):
                                  f"data.image_size={self.cfg.data.image_size}, got {self.cfg.data.patch_depth}")
         kw = dict(size=size, spatial_dims=m.spatial_dims, norm=m.norm)
         if self.conditional:
-            G: nn.Module = ConditionalDCGANGenerator(m.in_channels, m.out_channels, z_dim=m.z_dim,
+            G: nn.Module = ConditionalDCGANGenerator(m.in_channels, m.out_channels, z_dim=self.cfg.fw.z_dim,
                                                      base_filters=m.g_filters, **kw)
         else:
-            G = DCGANGenerator(m.z_dim, m.out_channels, base_filters=m.g_filters, **kw)
+            G = DCGANGenerator(self.cfg.fw.z_dim, m.out_channels, base_filters=m.g_filters, **kw)
         D = DCGANDiscriminator(m.in_channels + m.out_channels, base_filters=m.d_filters, **kw)
         return {"G": G, "D": D}
 
@@ -145,7 +154,7 @@ class DCGAN(GANFramework):
         b = self.to_device(batch)
         A, real = b["A"], b["B"]
         w = self.cfg.loss
-        z = torch.randn(real.shape[0], self.cfg.model.z_dim, device=self.device)
+        z = torch.randn(real.shape[0], self.cfg.fw.z_dim, device=self.device)
         with self.autocast():
             fake = self.fwd["G"](A, z) if self.conditional else self.fwd["G"](z)
 
@@ -174,7 +183,7 @@ class DCGAN(GANFramework):
         out = {"G_GAN": loss_G_GAN.detach()}
         loss_G = loss_G_GAN
         if self.conditional:
-            loss_G_L1 = F.l1_loss(fake.float(), real.float()) * w.l1 if w.l1 > 0 else loss_G_GAN.new_zeros(())
+            loss_G_L1 = F.l1_loss(fake.float(), real.float()) * w.image if w.image > 0 else loss_G_GAN.new_zeros(())
             loss_G = loss_G + loss_G_L1
             out["G_L1"] = loss_G_L1.detach()
         loss_G.backward()
@@ -198,7 +207,7 @@ class DCGAN(GANFramework):
                              f"{self.cfg.model.in_channels}); use generate(label_map)")
         if n < 1:
             raise ValueError(f"DCGAN.sample: n must be >= 1, got {n}")
-        z = self._noise(n, self.cfg.model.z_dim, generator).to(self.device)
+        z = self._noise(n, self.cfg.fw.z_dim, generator).to(self.device)
         with evaluating(self, ["G"]):
             y = self.nets["G"](z)
         return y.float().contiguous()
@@ -222,7 +231,7 @@ class DCGAN(GANFramework):
             x = F.pad(x, flat, mode="replicate")
         if self._channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
-        z = self._noise(x.shape[0], m.z_dim, generator).to(self.device)
+        z = self._noise(x.shape[0], self.cfg.fw.z_dim, generator).to(self.device)
         with evaluating(self, ["G"]):
             y = self.nets["G"](x, z)
         crop = tuple(slice(p // 2, p // 2 + s) for p, s in zip(pads, spatial))

@@ -1,6 +1,6 @@
 """LAPGAN (Denton et al., 2015): a Laplacian pyramid of GANs, one per level, sampled coarse to fine.
 
-Pyramid with ``K = model.levels`` levels (survey eq. 2): ``I_0`` is the image,
+Pyramid with ``K = fw.levels`` levels (survey eq. 2): ``I_0`` is the image,
 ``I_{k+1} = d(I_k)``, ``l_k = u(I_{k+1})`` and ``h_k = I_k - l_k`` for ``k < K``; the last level
 is the low-pass residual ``I_K``. ``d`` is 2x2 (2x2x2) average pooling (a box blur and decimation
 in one step), ``u`` bilinear (trilinear) 2x upsampling, ``align_corners=False``. The pair is exact
@@ -31,14 +31,17 @@ True
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from gan_core.config import FrameworkConfig
 from gan_core.frameworks import register
 from gan_core.frameworks.base import GANFramework
 from gan_core.frameworks.dcgan import check_unconditional_input, dcgan_recipe, evaluating, image_shape
-from gan_core.losses import GANLoss, gradient_penalty
+from gan_core.losses.adversarial import GANLoss, gradient_penalty
 from gan_core.models.dcgan import LapGANCoarseGenerator, LapGANDiscriminator, LapGANLevelGenerator
 
 __all__ = ["LAPGAN", "downsample", "upsample", "gaussian_pyramid", "laplacian_pyramid", "reconstruct"]
@@ -106,33 +109,39 @@ def reconstruct(pyramid: list[Tensor]) -> Tensor:
 
 @register("lapgan")
 class LAPGAN(GANFramework):
+    @dataclass
+    class Params(FrameworkConfig):
+        """``fw.*`` of LAPGAN."""
+
+        z_dim: int = 100        # noise dimension of the coarsest generator
+        levels: int = 3         # pyramid levels K (K + 1 generators; the survey's example: 3)
+
     paired = True
-    loss_terms = ("gan",)
+    loss_defaults = {"gan": 1.0}
+    search_space = {"loss.gan": ("uniform", 0.5, 2.0)}
 
     @classmethod
     def configure(cls, cfg, preset: str) -> None:
         dcgan_recipe(cfg, preset, "lapgan")
-        if preset == "full":
-            cfg.model.levels = 3
 
     @property
     def levels(self) -> int:
-        return self.cfg.model.levels
+        return self.cfg.fw.levels
 
     @property
     def size(self) -> tuple[int, ...]:
         return image_shape(self.cfg)
 
     def build_networks(self) -> dict[str, nn.Module]:
-        m, size, K = self.cfg.model, image_shape(self.cfg), self.cfg.model.levels
+        m, size, K = self.cfg.model, image_shape(self.cfg), self.cfg.fw.levels
         if m.in_channels != 0:
             raise ValueError(f"LAPGAN is unconditional: use task.name 'synth' (model.in_channels 0), "
                              f"got model.in_channels = {m.in_channels} (task {self.cfg.task.name!r})")
         if isinstance(K, bool) or K < 1:
-            raise ValueError(f"model.levels must be >= 1 for LAPGAN, got {K!r}")
+            raise ValueError(f"fw.levels must be >= 1 for LAPGAN, got {K!r}")
         for name, s in zip(("data.patch_depth", "data.image_size", "data.image_size")[-len(size):], size):
             if s % 2**K:
-                raise ValueError(f"{name} must be divisible by 2**model.levels = {2**K} for LAPGAN, got {s}")
+                raise ValueError(f"{name} must be divisible by 2**fw.levels = {2**K} for LAPGAN, got {s}")
         c, sd = m.out_channels, m.spatial_dims
         nets: dict[str, nn.Module] = {}
         for k in range(K):
@@ -141,14 +150,14 @@ class LAPGAN(GANFramework):
             nets[f"D{k}"] = LapGANDiscriminator(2 * c, size=lsize, spatial_dims=sd,
                                                 base_filters=m.d_filters, norm=m.norm)
         top = tuple(s // 2**K for s in size)
-        nets[f"G{K}"] = LapGANCoarseGenerator(m.z_dim, c, size=top, spatial_dims=sd,
+        nets[f"G{K}"] = LapGANCoarseGenerator(self.cfg.fw.z_dim, c, size=top, spatial_dims=sd,
                                               base_filters=m.g_filters, norm=m.norm)
         nets[f"D{K}"] = LapGANDiscriminator(c, size=top, spatial_dims=sd, base_filters=m.d_filters,
                                             norm=m.norm)
         return nets
 
     def optimizer_groups(self) -> dict[str, list[str]]:
-        K = self.cfg.model.levels
+        K = self.cfg.fw.levels
         return {"G": [f"G{k}" for k in range(K + 1)], "D": [f"D{k}" for k in range(K + 1)]}
 
     def __init__(self, cfg, device="cpu") -> None:
@@ -167,7 +176,7 @@ class LAPGAN(GANFramework):
             for k in range(K):
                 z = torch.randn(n, 1, *lows[k].shape[2:], device=self.device)
                 fakes.append(self.fwd[f"G{k}"](lows[k], z))
-            fakes.append(self.fwd[f"G{K}"](torch.randn(n, self.cfg.model.z_dim, device=self.device)))
+            fakes.append(self.fwd[f"G{K}"](torch.randn(n, self.cfg.fw.z_dim, device=self.device)))
 
         def d_in(k: int, x: Tensor) -> Tensor:
             return torch.cat([x.float(), lows[k]], 1) if k < K else x
@@ -215,7 +224,7 @@ class LAPGAN(GANFramework):
         K, size = self.levels, self.size
         names = [f"G{k}" for k in range(K + 1)]
         with evaluating(self, names):
-            z = torch.randn(n, self.cfg.model.z_dim, generator=generator).to(self.device)
+            z = torch.randn(n, self.cfg.fw.z_dim, generator=generator).to(self.device)
             img = self.nets[f"G{K}"](z).float().clamp(-1, 1)
             levels = [img]
             for k in range(K - 1, -1, -1):

@@ -1,6 +1,9 @@
 """pix2pix (Isola et al., 2017): conditional GAN + lambda_L1 * L1, U-Net G and PatchGAN D.
 
 L = E[log D(x, y)] + E[log(1 - D(x, G(x)))] + lambda_L1 * ||y - G(x)||_1   (survey eqs. 5-6)
+
+``loss.gan`` weighs the adversarial term, ``loss.image`` is lambda_L1 (100); any optional Table-5
+term with a weight > 0 is added on (G(A), B). No framework parameters (``fw`` is empty).
 """
 
 from __future__ import annotations
@@ -11,20 +14,20 @@ from torch import Tensor, nn
 
 from gan_core.frameworks import register
 from gan_core.frameworks.base import GANFramework, GeneratorTerms, build_gen
-from gan_core.losses import GANLoss, gradient_penalty
+from gan_core.losses.adversarial import GANLoss, gradient_penalty
 from gan_core.models import build_discriminator
 
 
 @register("pix2pix")
 class Pix2Pix(GANFramework):
     paired = True
-    loss_terms = ("gan", "l1")
+    loss_defaults = {"gan": 1.0, "image": 100.0}
+    search_space = {"loss.gan": ("uniform", 0.5, 2.0), "loss.image": ("loguniform", 10.0, 300.0)}
 
     @classmethod
     def configure(cls, cfg, preset: str) -> None:
         m = cfg.model
         cfg.gan_mode = "vanilla"
-        cfg.pool_size = 0
         if preset == "full":  # U-Net-256 + 70x70 PatchGAN, batch norm, dropout, batch 1
             m.generator, m.discriminator, m.norm, m.dropout = "unet", "patchgan", "batch", True
             m.num_downs = 8
@@ -45,7 +48,7 @@ class Pix2Pix(GANFramework):
     def __init__(self, cfg, device="cpu") -> None:
         super().__init__(cfg, device)
         self.crit = GANLoss(cfg.gan_mode)
-        self.extra_terms = GeneratorTerms(cfg.loss, self.device)
+        self.extra_terms = GeneratorTerms(cfg.loss, self.device, cfg.model.feature_encoder)
 
     def train_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         b = self.to_device(batch)
@@ -75,7 +78,7 @@ class Pix2Pix(GANFramework):
         with self.autocast():
             pred = self.frozen["D"](torch.cat([real_A, fake_B], 1))
         loss_G_GAN = self.crit(pred, True, for_discriminator=False) * w.gan
-        loss_G_L1 = F.l1_loss(fake_B.float(), real_B.float()) * w.l1
+        loss_G_L1 = F.l1_loss(fake_B.float(), real_B.float()) * w.image
         extra = self.extra_terms(fake_B, real_B, source=real_A, labels=b.get("labels"), prefix="G_",
                                  features=lambda x: self.nets["D"].features(torch.cat([real_A, x.to(real_A.dtype)], 1)))
         loss_G = loss_G_GAN + loss_G_L1 + sum(extra.values())

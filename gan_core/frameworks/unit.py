@@ -13,8 +13,8 @@ in training, ``z = mu`` for translation. With ``x_ab = G_B(z_a)``, ``x_ba = G_A(
           + cycle_kl * (KL(E_B(x_ab)) + KL(E_A(x_ba)))
 
 with ``KL(mu) = mean(mu**2)``: the survey's eq. 11 (L_VAE + L_GAN + L_CC per domain; the
-paper's eqs. 3-5) with the weights of the authors' code (recon 10, kl 0.01, cycle 10,
-cycle_kl 0.01, gan 1), plus any optional Table-5 term of ``LossWeights`` with a weight > 0,
+paper's eqs. 3-5) with the weights of the authors' code (``fw.recon`` 10, ``fw.kl`` 0.01,
+``loss.cycle`` 10, ``fw.cycle_kl`` 0.01, ``loss.gan`` 1), plus any optional Table-5 term of ``LossWeights`` with a weight > 0,
 applied to the cycle reconstructions as in CycleGAN. D_A judges domain-A
 images (real ``x_a`` vs ``x_ba``), D_B domain-B images; they are multi-scale PatchGANs (as many
 scales, up to 3, as the training crop allows) with LSGAN, the adversarial terms summed over
@@ -24,10 +24,10 @@ Update order, as the authors' training loop (``dis_update`` then ``gen_update`` 
 mingyuliutw/UNIT ``train.py``): first the discriminators, on translations drawn with the current
 generator (no gradient to it); then the generator with a fresh forward pass judged by the just
 updated discriminators. So the generator always trains against the discriminators' latest
-state, and no image pool is used (``pool_size = 0``). After ``train_step`` the generator's
+state, and no image pool is used. After ``train_step`` the generator's
 ``.grad`` are those of its last update.
 
->>> from gan_core.config import preset
+>>> from gan_core.presets import preset
 >>> import torch
 >>> fw = UNIT(preset("tiny", "unit"))
 >>> fw.generate(torch.zeros(1, 1, 32, 32)).shape
@@ -36,15 +36,17 @@ torch.Size([1, 1, 32, 32])
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from gan_core.config import FrameworkConfig
 from gan_core.frameworks import register
 from gan_core.frameworks.base import GANFramework, GeneratorTerms
-from gan_core.losses import GANLoss, gradient_penalty
+from gan_core.losses.adversarial import GANLoss, gradient_penalty
 from gan_core.models import build_discriminator, patchgan_output_size
 from gan_core.models.vae import SharedLatentVAE, latent_kl
 
@@ -102,8 +104,19 @@ class UNIT(GANFramework):
     a DDP wrapper sees one forward per generator update.
     """
 
+    @dataclass
+    class Params(FrameworkConfig):
+        """``fw.*`` of UNIT: the VAE weights of the authors' code (Liu et al.)."""
+
+        recon: float = 10.0     # within-domain VAE reconstruction L1
+        kl: float = 0.01        # KL of the shared latent
+        cycle_kl: float = 0.01  # KL of the cycle's latents
+
     paired = False
-    loss_terms = ("gan", "recon", "kl", "cycle", "cycle_kl")
+    loss_defaults = {"gan": 1.0, "cycle": 10.0}
+    search_space = {"loss.gan": ("uniform", 0.5, 2.0), "loss.cycle": ("loguniform", 1.0, 30.0),
+                    "fw.recon": ("loguniform", 1.0, 30.0), "fw.kl": ("loguniform", 1e-3, 0.1),
+                    "fw.cycle_kl": ("loguniform", 1e-3, 0.1)}
 
     @classmethod
     def configure(cls, cfg, preset: str) -> None:
@@ -125,7 +138,6 @@ class UNIT(GANFramework):
         """
         m = cfg.model
         cfg.gan_mode = "lsgan"
-        cfg.pool_size = 0
         m.generator, m.discriminator = "resnet", "multiscale"
         if preset == "full":
             m.norm, m.dropout = "instance", False
@@ -178,7 +190,7 @@ class UNIT(GANFramework):
     def __init__(self, cfg, device: str | torch.device = "cpu") -> None:
         super().__init__(cfg, device)
         self.crit = GANLoss(cfg.gan_mode)
-        self.extra_terms = GeneratorTerms(cfg.loss, self.device)
+        self.extra_terms = GeneratorTerms(cfg.loss, self.device, cfg.model.feature_encoder)
         # the latent noise has its own RNG (per rank), checkpointed in ``extra_state``: a resumed
         # run draws exactly the noise an uninterrupted one would have drawn
         self.rank = _rank()
@@ -208,7 +220,7 @@ class UNIT(GANFramework):
     def train_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         b = self.to_device(batch)
         x_a, x_b = b["A"], b["B"]
-        w = self.cfg.loss
+        w, p = self.cfg.loss, self.cfg.fw
         D_nets = [self.nets["D_A"], self.nets["D_B"]]
 
         # 1) discriminators, on translations of the current generator (sampled latents)
@@ -231,14 +243,14 @@ class UNIT(GANFramework):
         xa, xb = x_a.float(), x_b.float()
         terms = {
             "G_GAN_A": gan_A, "G_GAN_B": gan_B,
-            "recon_A": F.l1_loss(out["x_aa"].float(), xa) * w.recon,
-            "recon_B": F.l1_loss(out["x_bb"].float(), xb) * w.recon,
-            "kl_A": latent_kl(out["mu_A"]) * w.kl,
-            "kl_B": latent_kl(out["mu_B"]) * w.kl,
+            "recon_A": F.l1_loss(out["x_aa"].float(), xa) * p.recon,
+            "recon_B": F.l1_loss(out["x_bb"].float(), xb) * p.recon,
+            "kl_A": latent_kl(out["mu_A"]) * p.kl,
+            "kl_B": latent_kl(out["mu_B"]) * p.kl,
             "cycle_A": F.l1_loss(out["x_aba"].float(), xa) * w.cycle,
             "cycle_B": F.l1_loss(out["x_bab"].float(), xb) * w.cycle,
-            "cycle_kl_A": latent_kl(out["mu_ab"]) * w.cycle_kl,
-            "cycle_kl_B": latent_kl(out["mu_ba"]) * w.cycle_kl,
+            "cycle_kl_A": latent_kl(out["mu_ab"]) * p.cycle_kl,
+            "cycle_kl_B": latent_kl(out["mu_ba"]) * p.cycle_kl,
         }
         if self.extra_terms:  # optional Table-5 terms on the cycle reconstructions, as CycleGAN
             # (self-reg: each translation stays close to its source; shape: the A slice's labels)

@@ -20,6 +20,8 @@ from typing import Any
 
 from torch import nn
 
+from gan_core.registry import Registry
+
 from .layers import (
     conv,
     conv_transpose,
@@ -58,15 +60,8 @@ __all__ = [
 Factory = Callable[..., nn.Module]
 
 #: name -> (factory, fixed keyword arguments)
-GENERATORS: dict[str, tuple[Factory, dict[str, Any]]] = {}
-DISCRIMINATORS: dict[str, tuple[Factory, dict[str, Any]]] = {}
-
-
-def _register(table: dict[str, tuple[Factory, dict[str, Any]]], kind: str, name: str,
-              factory: Factory, fixed: dict[str, Any]) -> None:
-    if name in table:
-        raise ValueError(f"{kind} {name!r} is already registered")
-    table[name] = (factory, dict(fixed))
+GENERATORS: Registry[tuple[Factory, dict[str, Any]]] = Registry("generator")
+DISCRIMINATORS: Registry[tuple[Factory, dict[str, Any]]] = Registry("discriminator")
 
 
 def register_generator(name: str, factory: Factory, **fixed: Any) -> None:
@@ -75,9 +70,9 @@ def register_generator(name: str, factory: Factory, **fixed: Any) -> None:
     >>> register_generator("resnet_2blocks", ResnetGenerator, n_blocks=2)
     >>> sum(isinstance(m, ResnetBlock) for m in build_generator("resnet_2blocks", base_filters=4).modules())
     2
-    >>> del GENERATORS["resnet_2blocks"]  # (keep the doctest from changing the registry)
+    >>> GENERATORS.remove("resnet_2blocks")  # (keep the doctest from changing the registry)
     """
-    _register(GENERATORS, "generator", name, factory, fixed)
+    GENERATORS.add(name, (factory, dict(fixed)))
 
 
 def register_discriminator(name: str, factory: Factory, **fixed: Any) -> None:
@@ -86,16 +81,15 @@ def register_discriminator(name: str, factory: Factory, **fixed: Any) -> None:
     >>> register_discriminator("patchgan_2layers", PatchGANDiscriminator, n_layers=2)
     >>> build_discriminator("patchgan_2layers", in_channels=1, base_filters=4).n_layers
     2
-    >>> del DISCRIMINATORS["patchgan_2layers"]  # (keep the doctest from changing the registry)
+    >>> DISCRIMINATORS.remove("patchgan_2layers")  # (keep the doctest from changing the registry)
     """
-    _register(DISCRIMINATORS, "discriminator", name, factory, fixed)
+    DISCRIMINATORS.add(name, (factory, dict(fixed)))
 
 
-def _build(table: dict[str, tuple[Factory, dict[str, Any]]], kind: str, name: str,
+def _build(table: Registry[tuple[Factory, dict[str, Any]]], name: str,
            kwargs: dict[str, Any]) -> nn.Module:
-    if name not in table:
-        raise KeyError(f"unknown {kind} {name!r}; available: {sorted(table)}")
-    factory, fixed = table[name]
+    factory, fixed = table.get(name)  # KeyError listing the names if unknown
+    kind = table.kind
     for key, value in fixed.items():
         if key in kwargs and kwargs[key] != value:
             raise ValueError(f"{kind} {name!r} fixes {key}={value!r}, got {key}={kwargs[key]!r}")
@@ -108,7 +102,7 @@ def build_generator(name: str, **kwargs: Any) -> nn.Module:
     >>> build_generator("unet_128", base_filters=4).num_downs
     7
     """
-    return _build(GENERATORS, "generator", name, kwargs)
+    return _build(GENERATORS, name, kwargs)
 
 
 def build_discriminator(name: str, **kwargs: Any) -> nn.Module:
@@ -117,7 +111,7 @@ def build_discriminator(name: str, **kwargs: Any) -> nn.Module:
     >>> len(build_discriminator("multiscale", in_channels=1, num_scales=2, base_filters=4).discriminators)
     2
     """
-    return _build(DISCRIMINATORS, "discriminator", name, kwargs)
+    return _build(DISCRIMINATORS, name, kwargs)
 
 
 def count_parameters(net: nn.Module, trainable_only: bool = False) -> int:

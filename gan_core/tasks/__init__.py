@@ -4,55 +4,53 @@ A task turns one subject's normalised slab (``mr``, ``ct``, ``mask`` and, where 
 ``labels``; each ``(Z, H, W)``) into the network input ``A`` (a degradation, another modality or a
 label map) and names the slab array that is the target ``B``. It also owns the task's
 inference-time post-processing (e.g. k-space data consistency), its non-learned baseline and its
-metrics. Adding a task = one file ``gan_core/tasks/<name>.py`` with a class decorated
-``@register("<name>")``.
+metrics, and declares its parameters (``Params``: the config's ``task`` section), loss/model
+defaults and Ray Tune ranges. Adding a task = one file ``gan_core/tasks/<name>.py`` with a class
+decorated ``@register("<name>")`` (or that decorator anywhere else, before the name is used).
 
->>> from gan_core.config import TaskConfig
->>> build_task(TaskConfig(name="ct2mr")).target
+>>> build_task(task_config("ct2mr")).target
 'mr'
+>>> task_config("kspace", acceleration=8).acceleration
+8
 """
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
-from typing import TYPE_CHECKING
+import dataclasses
+from typing import TYPE_CHECKING, Any
 
+from gan_core.registry import Registry
 from gan_core.tasks.base import Degraded, Task
 
 if TYPE_CHECKING:
     from gan_core.config import TaskConfig
 
-_REGISTRY: dict[str, type[Task]] = {}
+__all__ = ["Degraded", "Task", "TASKS", "register", "available", "get_task", "build_task",
+           "task_config"]
 
-__all__ = ["Degraded", "Task", "register", "available", "get_task", "build_task"]
-
-
-def register(name: str):
-    """Class decorator adding a task to the registry under ``name``."""
-
-    def deco(cls: type[Task]) -> type[Task]:
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return deco
-
-
-def available() -> list[str]:
-    """Names of all tasks shipped in this package."""
-    return sorted(m.name for m in pkgutil.iter_modules(__path__) if m.name != "base")
-
-
-def get_task(name: str) -> type[Task]:
-    """The task class registered as ``name`` (imports ``gan_core.tasks.<name>``)."""
-    if name not in _REGISTRY:
-        if name not in available():
-            raise KeyError(f"unknown task {name!r}; available: {available()}")
-        importlib.import_module(f"gan_core.tasks.{name}")
-    return _REGISTRY[name]
+#: every task by name: the modules of this package and any registered elsewhere
+TASKS: Registry[type[Task]] = Registry("task", __name__)
+register = TASKS.register
+available = TASKS.names
+get_task = TASKS.get
 
 
 def build_task(cfg: "TaskConfig") -> Task:
-    """The task named by ``cfg.name``, with its parameters."""
-    return get_task(cfg.name)(cfg)
+    """The task named by ``cfg.name``, with its parameters (``cfg``: the task's ``Params``)."""
+    cls = get_task(cfg.name)
+    if not isinstance(cfg, cls.Params):
+        raise TypeError(f"task {cfg.name!r} takes a {cls.Params.__qualname__} config "
+                        f"(gan_core.tasks.task_config), got {type(cfg).__qualname__}")
+    return cls(cfg)
+
+
+def task_config(name: str, **params: Any) -> "TaskConfig":
+    """The task's ``Params`` with ``name`` and the given parameters (values taken as given: the
+    task validates them); ValueError naming an unknown parameter."""
+    cls = get_task(name).Params
+    fields = {f.name for f in dataclasses.fields(cls)} - {"name"}
+    unknown = sorted(set(params) - fields)
+    if unknown:
+        raise ValueError(f"unknown config field(s) {['task.' + k for k in unknown]} for task "
+                         f"{name!r}; expected one of {sorted(fields)}")
+    return cls(name=name, **params)

@@ -7,14 +7,12 @@ in [-1, 1], ``mask``/``labels`` uint8). A network input is ``(C, Z, H, W)`` floa
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, ClassVar
 
 import numpy as np
 
+from gan_core.config import TaskConfig
 from gan_core.data.normalize import CT_MAX, CT_MIN, unit_to_ct
-
-if TYPE_CHECKING:
-    from gan_core.config import TaskConfig
 
 
 @dataclass
@@ -34,7 +32,9 @@ class Task:
       ``in_channels``: channels of ``A`` (0: unconditional synthesis, no input);
       ``per_sample``: ``True`` when ``degrade`` draws fresh randomness per training sample
       (k-space masks); otherwise it is computed once per subject and cached;
-      ``needs``: slab arrays ``degrade`` reads (``"labels"`` must be packed in the shards).
+      ``needs``: slab arrays ``degrade`` reads (``"labels"`` must be packed in the shards);
+      ``Params``: the task's parameters, the config's ``task`` section (a :class:`TaskConfig`);
+      ``search_space``: Ray Tune ranges the task adds to the framework's, by dotted config key.
     """  # noqa: D205
 
     name: str = "base"
@@ -43,14 +43,16 @@ class Task:
     in_channels: int = 1
     per_sample: bool = False
     needs: tuple[str, ...] = ()
-    #: ``LossWeights`` fields the task relies on (searched by Ray Tune beside the framework's)
-    loss_terms: tuple[str, ...] = ()
+    Params: ClassVar[type[TaskConfig]] = TaskConfig
     #: loss weights the task's presets set (e.g. k-space: a frequency term)
-    loss_defaults: dict[str, float] = {}
+    loss_defaults: ClassVar[dict[str, float]] = {}
     #: model choices the task's presets set (same-modality tasks: a residual generator)
-    model_defaults: dict[str, object] = {}
+    model_defaults: ClassVar[dict[str, object]] = {}
+    #: ``{"loss.frequency": ("loguniform", 1.0, 100.0)}``: searched by Ray Tune beside the
+    #: framework's own ranges
+    search_space: ClassVar[dict[str, tuple[str, float, float]]] = {}
 
-    def __init__(self, cfg: "TaskConfig") -> None:
+    def __init__(self, cfg: TaskConfig) -> None:
         self.cfg = cfg
 
     # -- what a task defines -----------------------------------------------------------------

@@ -28,9 +28,11 @@ magnitude (the base class).
 from __future__ import annotations
 
 import numbers
+from dataclasses import dataclass
 
 import numpy as np
 
+from gan_core.config import TaskConfig
 from gan_core.tasks import register
 from gan_core.tasks.base import Degraded, Task, from_magnitude, to_magnitude
 
@@ -139,12 +141,21 @@ def data_consistency(image: np.ndarray, mask: np.ndarray, measured: np.ndarray) 
 class KSpaceReconstruction(Task):
     """Zero-filled undersampled MR -> fully sampled MR (see the module docstring)."""
 
+    @dataclass
+    class Params(TaskConfig):
+        """``task.*`` of k-space reconstruction (fastMRI mask functions)."""
+
+        name: str = "kspace"
+        acceleration: int = 4          # undersampling factor (fastMRI: 4 or 8)
+        center_fraction: float = 0.08  # fully sampled centre (fastMRI: 0.08 at 4x, 0.04 at 8x)
+        mask: str = "random"           # random | equispaced
+
     source, target = "mr", "mr"
     per_sample = True
     #: the generator is trained with the L11 frequency (k-space fidelity) term beside L1 and GAN;
     #: its weight is searched by Ray Tune like the framework's own terms
-    loss_terms = ("frequency",)
     loss_defaults = {"frequency": 10.0}
+    search_space = {"loss.frequency": ("loguniform", 1.0, 100.0)}
     model_defaults = {"residual": True}  # learn the de-aliasing, not the image
 
     def __init__(self, cfg) -> None:

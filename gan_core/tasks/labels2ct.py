@@ -1,13 +1,16 @@
 """Tissue label map -> CT (conditional synthesis from segmentation maps).
 
-Input: the label map one-hot encoded over ``TaskConfig.n_classes`` channels (values 0/1).
+Input: the label map one-hot encoded over ``task.n_classes`` channels (values 0/1).
 Baseline: each label painted with its mean training HU (a look-up table fitted on the train split).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
+from gan_core.config import TaskConfig
 from gan_core.data.normalize import ct_to_unit, unit_to_ct
 from gan_core.tasks import register
 from gan_core.tasks.base import Degraded, Task
@@ -25,6 +28,13 @@ def one_hot(labels: np.ndarray, n_classes: int, where: str = "labels") -> np.nda
 
 @register("labels2ct")
 class LabelsToCT(Task):
+    @dataclass
+    class Params(TaskConfig):
+        """``task.*`` of label map -> CT."""
+
+        name: str = "labels2ct"
+        n_classes: int = 10     # label values 0..n_classes-1 (the phantom's tissues)
+
     source, target = "labels", "ct"
     needs = ("labels",)
 

@@ -41,12 +41,14 @@ Metrics: SynthRAD MAE / PSNR / SSIM in HU inside the body mask (the base class).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 from scipy.stats import norm
 from skimage.restoration import denoise_nl_means, denoise_tv_chambolle
 from skimage.transform import iradon, radon
 
+from gan_core.config import TaskConfig
 from gan_core.data.normalize import ct_to_unit, unit_to_ct
 from gan_core.tasks import register
 from gan_core.tasks.base import Degraded, Task
@@ -151,6 +153,14 @@ def denoise(x: np.ndarray, method: str = "nlm") -> np.ndarray:
 @register("lowdose")
 class LowDoseCT(Task):
     """Simulated low-dose CT -> original CT (see the module docstring)."""
+
+    @dataclass
+    class Params(TaskConfig):
+        """``task.*`` of low-dose CT denoising."""
+
+        name: str = "lowdose"
+        dose: float = 0.25      # fraction of the full-dose photon count
+        photons: float = 1e5    # full-dose incident photons per detector bin (I0)
 
     source, target = "ct", "ct"
     model_defaults = {"residual": True}  # learn the noise, not the image (as RED-CNN / DnCNN)

@@ -28,10 +28,12 @@ True
 from __future__ import annotations
 
 import numbers
+from dataclasses import dataclass
 
 import numpy as np
 from scipy.interpolate import CubicSpline
 
+from gan_core.config import TaskConfig
 from gan_core.tasks import register
 from gan_core.tasks.base import Degraded, Task
 
@@ -85,6 +87,13 @@ def cubic_upsample(slices: np.ndarray, positions: np.ndarray, depth: int) -> np.
 @register("superres")
 class SuperResolution(Task):
     """Cubic-interpolated thick-slice MR -> the original thin-slice MR (module docstring)."""
+
+    @dataclass
+    class Params(TaskConfig):
+        """``task.*`` of through-plane super-resolution."""
+
+        name: str = "superres"
+        factor: int = 2         # through-plane downsampling factor
 
     source, target = "mr", "mr"
     # no residual generator here (unlike low-dose CT and k-space): on the phantom benchmark a

@@ -1,4 +1,4 @@
-"""Unconditional synthesis of ``TaskConfig.modality`` slices (DCGAN, LAPGAN): no network input.
+"""Unconditional synthesis of ``task.modality`` slices (DCGAN, LAPGAN): no network input.
 
 ``A`` has zero channels; the framework draws its own noise. Quality is measured by the
 in-domain Fréchet distance (``gan_core.eval.fid``), not by a per-subject metric.
@@ -6,14 +6,24 @@ in-domain Fréchet distance (``gan_core.eval.fid``), not by a per-subject metric
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
+from gan_core.config import TaskConfig
 from gan_core.tasks import register
 from gan_core.tasks.base import Degraded, Task
 
 
 @register("synth")
 class Synthesis(Task):
+    @dataclass
+    class Params(TaskConfig):
+        """``task.*`` of unconditional synthesis."""
+
+        name: str = "synth"
+        modality: str = "ct"    # which modality to synthesize: ct | mr
+
     source = ""
     in_channels = 0
 

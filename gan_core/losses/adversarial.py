@@ -1,4 +1,4 @@
-"""Loss terms. Adversarial objectives follow the survey's L1 (Table 5) in four flavours.
+"""L1 adversarial loss of the survey's Table 5, in four flavours, and the WGAN-GP penalty.
 
 >>> import torch
 >>> crit = GANLoss("lsgan")
@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+__all__ = ["GAN_MODES", "GANLoss", "gradient_penalty"]
 
 GAN_MODES = ("vanilla", "lsgan", "hinge", "wgangp")
 

@@ -1,0 +1,166 @@
+"""Configs built from the plug-ins: presets, YAML loading and dotted-key overrides.
+
+``gan_core.config`` holds the dataclasses; this module fills them in with what the framework and
+the task declare next to their code: their ``Params`` (the ``fw`` and ``task`` sections), the
+framework's recipe (``configure``) and loss defaults, the task's channels and loss/model defaults.
+Frameworks and tasks are found by name in their registries, so one registered at runtime (a test
+file's toy framework) works here too.
+
+>>> cfg = preset("demo", "pix2pix")
+>>> cfg.loss.image
+100.0
+>>> cfg = apply_overrides(cfg, {"loss.image": 50, "optim.lr": 1e-4})
+>>> (cfg.loss.image, cfg.optim.lr)
+(50.0, 0.0001)
+>>> preset("demo", "cyclegan").fw.identity
+0.5
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gan_core.config import DataConfig, TrainConfig, dotted, nest, update
+from gan_core.frameworks import get_framework
+from gan_core.tasks import build_task, task_config
+
+__all__ = ["PRESETS", "base_config", "preset", "set_task_defaults", "from_dict", "load_config",
+           "apply_overrides"]
+
+PRESETS = ("demo", "full", "tiny")
+
+
+def _name(value: Any, field: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"config field {field}: expected a name, got {value!r}")
+    return value
+
+
+def base_config(framework: str = "cyclegan", task: str = "mr2ct") -> TrainConfig:
+    """The dataclass defaults with the framework's and the task's own ``Params`` (no recipe).
+
+    >>> base_config("cyclegan", "kspace").task.acceleration
+    4
+    """
+    fw_params = get_framework(_name(framework, "framework")).Params()
+    return TrainConfig(framework=framework, fw=fw_params,
+                       task=task_config(_name(task, "task.name")))
+
+
+def preset(name: str, framework: str, task: str | None = None) -> TrainConfig:
+    """The named preset for a framework.
+
+    - ``full``: the published recipe at 256 px (Isola et al. / Zhu et al.): 64 filters, batch 1,
+      100k constant + 100k decay iterations; the framework sets its own G/D/norm/GAN mode.
+    - ``demo``: CPU minutes: a full-resolution ConvNet generator (Kaiming init, lr 1e-3),
+      PatchGAN, 32 px crops, batch 8, 1500 iterations; the framework's objective unchanged.
+    - ``tiny``: seconds, for tests.
+    """
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; expected one of {PRESETS}")
+    fw_cls = get_framework(framework)
+    cfg = base_config(framework, task if task is not None else "mr2ct")
+    if name in ("demo", "tiny"):
+        # small and fast on a CPU: a full-resolution ConvNet generator (Kaiming init) learns the
+        # MR -> CT intensity translation in minutes, where the published U-Net / ResNet with
+        # N(0, 0.02) init needs hours (measured on the phantom: docs/benchmarks.md)
+        m = cfg.model
+        m.generator, m.g_filters, m.g_layers, m.norm, m.init_type = "convnet", 32, 6, "none", "kaiming"
+        m.d_filters, m.d_layers = 32, 3
+        cfg.optim.lr = 1e-3
+    if name == "demo":
+        cfg.data = DataConfig(image_size=32, batch_size=8, min_body_fraction=0.1)
+        cfg.optim.steps_constant, cfg.optim.steps_decay = 750, 750
+        cfg.log_every, cfg.checkpoint_every = 100, 500
+    elif name == "tiny":
+        cfg.data = DataConfig(image_size=32, batch_size=2)
+        cfg.model.g_filters, cfg.model.g_layers, cfg.model.d_filters = 8, 3, 8
+        cfg.optim.steps_constant, cfg.optim.steps_decay = 4, 4
+        cfg.log_every, cfg.checkpoint_every = 2, 4
+    fw_cls.configure(cfg, name)
+    update(cfg.loss, dict(fw_cls.loss_defaults), "loss.")
+    set_task_defaults(cfg)
+    return cfg
+
+
+def set_task_defaults(cfg: TrainConfig, keep: tuple[str, ...] = ()) -> None:
+    """Set ``model.in_channels`` from the task (a one-hot label map has ``task.n_classes``
+    channels; unconditional synthesis none), the task's loss weights (``Task.loss_defaults``) and
+    model choices (``Task.model_defaults``), except the dotted keys in ``keep`` (overrides win)."""
+    task = build_task(cfg.task)
+    if "model.in_channels" not in keep:
+        cfg.model.in_channels = task.in_channels
+    if "model.out_channels" not in keep:
+        cfg.model.out_channels = 1
+    for section, defaults in (("loss", task.loss_defaults), ("model", task.model_defaults)):
+        update(getattr(cfg, section),
+               {k: v for k, v in defaults.items() if f"{section}.{k}" not in keep}, f"{section}.")
+
+
+def from_dict(data: dict[str, Any]) -> TrainConfig:
+    """Build a config from a (YAML) mapping: optional ``preset`` + ``framework`` (+ ``task.name``),
+    then the rest as overrides. The ``fw`` and ``task`` sections are the named framework's and
+    task's ``Params``.
+
+    >>> from_dict({"framework": "lapgan", "task": {"name": "synth"}, "fw": {"levels": 2}}).fw.levels
+    2
+    """
+    data = dict(data)
+    name = data.pop("preset", None)
+    framework = _name(data.get("framework", "cyclegan"), "framework")
+    task_section = data.get("task")
+    task = task_section.get("name") if isinstance(task_section, dict) else None
+    if task is not None:
+        _name(task, "task.name")
+    cfg = preset(name, framework, task) if name else base_config(framework, task or "mr2ct")
+    update(cfg, data)
+    if name and isinstance(task_section, dict):  # task parameters may change the channels
+        set_task_defaults(cfg, keep=tuple(dotted(data)))
+    return cfg
+
+
+def load_config(path: str | Path) -> TrainConfig:
+    """Load a YAML config file (see ``from_dict``); errors name the file."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"config file not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping at top level, got {type(data).__name__}")
+    try:
+        return from_dict(data)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+
+
+def apply_overrides(cfg: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
+    """Return a copy with dotted-key overrides applied (``{"loss.cycle": 5}``).
+
+    Switching ``framework`` or ``task.name`` starts that section over from the new plug-in's
+    ``Params`` defaults (plus the overrides given for it); a task switch also re-applies the
+    task's channels and defaults, except for keys overridden here.
+
+    >>> cfg = apply_overrides(preset("tiny", "pix2pix"), {"task.name": "kspace"})
+    >>> (cfg.task.acceleration, cfg.loss.frequency)
+    (4, 10.0)
+    """
+    nested = nest(overrides)
+    data = cfg.to_dict()
+    framework = nested.get("framework", cfg.framework)
+    if framework != cfg.framework:
+        data["framework"], data["fw"] = framework, {}
+    task_section = nested.get("task")
+    task = task_section.get("name", cfg.task.name) if isinstance(task_section, dict) else cfg.task.name
+    if task != cfg.task.name:
+        data["task"] = {"name": task}
+    out = from_dict(data)  # a deep copy (with the switched sections), through the validated path
+    update(out, nested)
+    if any(k.startswith("task.") for k in overrides):
+        set_task_defaults(out, keep=tuple(overrides))
+    return out
