@@ -29,7 +29,7 @@ from gan_core.config import apply_overrides, preset  # noqa: E402
 from gan_core.data.phantom import write_cohort  # noqa: E402
 from gan_core.task_evaluation import evaluate_task, task_table  # noqa: E402
 from gan_core.tasks import build_task  # noqa: E402
-from gan_core.train import load_model, train  # noqa: E402
+from gan_core.engine import load_model, train  # noqa: E402
 
 #: (section, task, task overrides, frameworks)
 TRANSLATION = [

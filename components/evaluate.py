@@ -427,7 +427,7 @@ def run_evaluate(data_uri: str, model_uri: str, output_uri: str, *, tracking_uri
     (142.3, False)
     """
     from gan_core.evaluation import evaluate_subjects, fit_baseline, results_table
-    from gan_core.train import load_model, pick_device
+    from gan_core.engine import load_model, pick_device
 
     t_start = time.monotonic()
     if figures < 0:

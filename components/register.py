@@ -266,10 +266,10 @@ def run_register(model_uri: str, eval_uri: str, *, model_name: str = "medgan-sct
     ('1', True, 'no champion yet; test MAE 88.10 HU and the audit passed')
     """
     import mlflow
-    import torch
     from mlflow import MlflowClient
 
     from components.pyfunc_model import log_pyfunc_model
+    from gan_core.engine import read_model_file
 
     t_start = time.monotonic()
     tracking = resolve_tracking_uri(tracking_uri)
@@ -304,7 +304,7 @@ def run_register(model_uri: str, eval_uri: str, *, model_name: str = "medgan-sct
                                 f"but {storage.join(model_uri, MODEL_FILE)} has sha256 {sha[:12]}…: "
                                 "this evaluation is of a different model")
         try:
-            model_cfg = torch.load(model_path, map_location="cpu", weights_only=False).get("config") or {}
+            model_cfg = read_model_file(model_path).get("config") or {}
         except Exception as exc:  # noqa: BLE001 - reported with the file name
             raise RegisterError(f"{storage.join(model_uri, MODEL_FILE)}: not a medgan model ({exc})") from exc
         run_id = manifest_value(train_manifest, "mlflow_run_id") or manifest_value(eval_manifest, "mlflow_run_id")

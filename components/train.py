@@ -1,10 +1,10 @@
-"""Pipeline step ``train``: Ray Train (``TorchTrainer``) over ``gan_core.train.train``.
+"""Pipeline step ``train``: Ray Train (``TorchTrainer``) over ``gan_core.engine.train``.
 
 Inputs and outputs (``data_uri`` / ``output_uri``: a local folder or ``s3://bucket/prefix``)::
 
     <data_uri>/manifest.json           step "preprocess" (validated)
     <data_uri>/shards/{train,val}/     packed shards (gan_core.data.shards.pack_shards)
-    <out>/model.pt                     inference weights + config (gan_core.train.save_model)
+    <out>/model.pt                     inference weights + config (gan_core.engine.save_model)
     <out>/config.yaml                  the full TrainConfig of the run
     <out>/manifest.json                step "train": mlflow_run_id, val_mae, steps, images_per_s,
                                        ray_storage_path, world_size, ...
@@ -60,7 +60,7 @@ import gan_core
 from components import mlflow_utils as mlu
 from components import storage
 from gan_core.config import TrainConfig, apply_overrides, from_dict, parse_set, preset, save_config
-from gan_core.train import CHECKPOINT, MODEL
+from gan_core.engine import CHECKPOINT, MODEL
 
 __all__ = ["MANIFEST", "RAY_DIR", "FAULT_ENV", "TrainStepError", "load_preprocess_manifest",
            "build_config", "with_total_steps", "ray_run_name", "ray_storage", "ray_session",
@@ -273,7 +273,7 @@ def sample_figure(fw: Any, val_dir: str | Path, path: str | Path, n: int = 3) ->
     from gan_core.data.normalize import unit_to_ct
     from gan_core.data.shards import SliceDataset
     from gan_core.tasks import build_task
-    from gan_core.train import translate_slices
+    from gan_core.engine import translate_slices
 
     task = build_task(fw.cfg.task)
     ds = SliceDataset(val_dir, min_body_fraction=0.2, task=task,
@@ -324,7 +324,7 @@ class _Reporter:
     def _log_samples(self, ckpt: Path, step: int) -> None:
         if not (self.ml and self.val_dir is not None):
             return
-        from gan_core.train import load_model
+        from gan_core.engine import load_model
 
         try:
             with tempfile.TemporaryDirectory(prefix="medgan-samples-") as d:
@@ -356,7 +356,7 @@ class _Reporter:
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
-    """Ray Train worker: resume from the Ray checkpoint if any, then ``gan_core.train.train``.
+    """Ray Train worker: resume from the Ray checkpoint if any, then ``gan_core.engine.train``.
 
     ``config``: ``{"config": TrainConfig dict, "shards_uri": str, "mlflow": {"tracking_uri",
     "run_id"} | None, "fault": {...} | None}``. Returns (rank 0's value reaches
@@ -365,7 +365,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     import ray.train
     import ray.train.torch
 
-    from gan_core.train import train
+    from gan_core.engine import train
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -425,17 +425,15 @@ def _ray_uri(output_uri: str, path: str) -> str:
 
 def _export(result: Any, cfg: TrainConfig, shards_uri: str) -> tuple[Any, int, float | None, TrainConfig]:
     """Framework from the final Ray checkpoint, its step, its val MAE (HU) and config."""
-    import torch
-
+    from gan_core.engine import load_checkpoint, validate
     from gan_core.frameworks import build_framework
-    from gan_core.train import validate
 
     ck = result.checkpoint
     if ck is None:
         raise TrainStepError("the Ray run reported no checkpoint; nothing to export")
     with tempfile.TemporaryDirectory(prefix="medgan-export-") as tmp:
         d = Path(ck.to_directory(str(Path(tmp) / "ckpt")))
-        sd = torch.load(d / CHECKPOINT, map_location="cpu", weights_only=False)
+        sd = load_checkpoint(d / CHECKPOINT)
     step = int(sd["step"])
     final_cfg = from_dict(sd["config"])
     if step != final_cfg.total_steps:
@@ -472,7 +470,7 @@ def run_train(data_uri: str, output_uri: str, *, framework: str = "cyclegan", pr
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from gan_core.train import save_model
+    from gan_core.engine import save_model
 
     t0 = time.perf_counter()
     if num_workers < 1:

@@ -22,7 +22,7 @@ from gan_core.data.normalize import mr_to_unit, unit_to_ct
 from gan_core.data.shards import Shards, SubjectFiles
 from gan_core.frameworks import GANFramework
 from gan_core.metrics import aggregate, lesion_audit, score
-from gan_core.translate import translate_array
+from gan_core.engine import translate_array
 
 BASELINE = "baseline"
 

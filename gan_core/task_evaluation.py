@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import torch
 
 from gan_core.data.shards import Shards
+from gan_core.engine.infer import predict_volume
 from gan_core.evaluation import write_figure, write_report
 from gan_core.frameworks import GANFramework
 from gan_core.metrics import aggregate
@@ -26,22 +26,6 @@ from gan_core.tasks import Task
 
 BASELINE = "baseline"
 INPUT = "input"
-
-
-def predict_volume(fw: GANFramework, image: np.ndarray, batch_size: int = 16) -> np.ndarray:
-    """A model's output ``(Z, H, W)`` in [-1, 1] for a ``(C, Z, H, W)`` network input."""
-    from gan_core.train import translate_slices
-    from gan_core.translate import translate_patches
-
-    image = np.asarray(image, np.float32)
-    if image.ndim != 4:
-        raise ValueError(f"predict_volume: expected a (C, Z, H, W) input, got shape {image.shape}")
-    if fw.cfg.model.spatial_dims == 3:
-        return translate_patches(fw, image)
-    x = np.array(np.moveaxis(image, 1, 0))  # (Z, C, H, W), writable
-    outs = [translate_slices(fw, torch.from_numpy(x[z:z + batch_size])).numpy()[:, 0]
-            for z in range(0, x.shape[0], batch_size)]
-    return np.concatenate(outs, 0).astype(np.float32)
 
 
 def _train_slabs(train_shards: str | Path):

@@ -134,7 +134,7 @@ def train_output(shards: Path, dst: Path, tracking_uri: str, *, experiment: str 
     from mlflow import MlflowClient
 
     from gan_core.config import apply_overrides, preset
-    from gan_core.train import train
+    from gan_core.engine import train
 
     half = steps // 2
     cfg = apply_overrides(preset("tiny", framework), {"seed": seed, "optim.steps_constant": steps - half,

@@ -10,7 +10,7 @@ from gan_core.config import preset
 from gan_core.data.phantom import write_cohort
 from gan_core.data.shards import Shards
 from gan_core.evaluation import evaluate_subjects, fit_baseline
-from gan_core.train import load_model, train
+from gan_core.engine import load_model, train
 
 
 def test_demo_preset_beats_baseline_on_held_out_subjects(tmp_path):
