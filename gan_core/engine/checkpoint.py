@@ -115,6 +115,13 @@ def save_model(fw: GANFramework, path: str | Path, extra: dict[str, Any] | None 
 
 
 # -- reading ----------------------------------------------------------------------------------
+def _reason(exc: Exception) -> str:
+    """The informative line of a ``torch.load`` error (not torch's advice to load unsafely)."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    useful = [ln for ln in lines if not ln.startswith(("Weights only load failed", "Check the doc"))]
+    return f"{type(exc).__name__}: {useful[0]}" if useful else type(exc).__name__
+
+
 def read_model_file(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """The dict in a ``model.pt`` / ``checkpoint.pt``, loaded with ``weights_only=True``.
 
@@ -127,9 +134,8 @@ def read_model_file(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         sd = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - reported with the file name
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ValueError(f"{path}: not a medgan model/checkpoint: it does not load as plain "
-                         f"tensors and values ({first})") from exc
+        raise ValueError(f"{path}: not a medgan model/checkpoint: it does not load as tensors and "
+                         f"plain values, and nothing in it was run ({_reason(exc)})") from exc
     if not isinstance(sd, dict) or not isinstance(sd.get("config"), dict):
         raise ValueError(f"{path}: not a medgan model/checkpoint (expected a dict with a "
                          "'config' mapping)")
