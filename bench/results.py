@@ -30,7 +30,7 @@ from gan_core.data.phantom import write_cohort  # noqa: E402
 from gan_core.eval.evaluate import evaluate  # noqa: E402
 from gan_core.eval.report import results_table  # noqa: E402
 from gan_core.tasks import build_task  # noqa: E402
-from gan_core.train import load_model, train  # noqa: E402
+from gan_core.engine import load_model, train  # noqa: E402
 
 #: (section, task, task overrides, frameworks)
 TRANSLATION = [

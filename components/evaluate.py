@@ -289,10 +289,10 @@ def run_evaluate(data_uri: str, model_uri: str, output_uri: str, *, tracking_uri
     >>> m["outputs"]["aggregate"]["model"]["mae"], m["outputs"]["audit_passed"]  # doctest: +SKIP
     (142.3, False)
     """
+    from gan_core.engine import load_model, pick_device
     from gan_core.eval.evaluate import EvaluationFailed, evaluate
     from gan_core.eval.report import results_table
     from gan_core.tasks import build_task
-    from gan_core.train import load_model, pick_device
 
     t_start = time.monotonic()
     if figures < 0:

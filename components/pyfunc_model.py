@@ -127,7 +127,7 @@ class SyntheticCTModel(mlflow.pyfunc.PythonModel):
     def _load(self, path: Path, device: str | None) -> None:
         import torch
 
-        from gan_core.train import load_model
+        from gan_core.engine import load_model
 
         self._device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self._fw = load_model(path, self._device)
@@ -149,7 +149,7 @@ class SyntheticCTModel(mlflow.pyfunc.PythonModel):
     def translate_volume(self, mr: np.ndarray, mask: np.ndarray | None = None, *,
                          batch_size: int = 16) -> np.ndarray:
         """3D MR array (X, Y, Z) -> synthetic CT float32 in HU (-1000 outside the body)."""
-        from gan_core.translate import translate_array
+        from gan_core.engine import translate_array
 
         arr = np.asarray(mr)
         if arr.ndim != 3:
@@ -207,7 +207,7 @@ class SyntheticCTModel(mlflow.pyfunc.PythonModel):
                     check_same_grid(mr, mvol, names=("MR", "mask"))
                     mask = mvol.array
                 from gan_core.data.masks import body_mask
-                from gan_core.translate import translate_array
+                from gan_core.engine import translate_array
 
                 mask = body_mask(mr.array) if mask is None else (mask > 0).astype(np.uint8)
                 hu = translate_array(fw, mr.array, mask, batch_size=batch_size)

@@ -6,7 +6,7 @@
   (rerun = resume).
 * :func:`fit` builds and fits one ``TorchTrainer`` (gloo on CPU, NCCL on GPU) over
   :func:`train_loop_per_worker`, the worker: it gets the shards (:func:`components.step.local_dir`
-  of each split URI, laid out as ``train/`` + ``val/`` for ``gan_core.train.train``), resumes
+  of each split URI, laid out as ``train/`` + ``val/`` for ``gan_core.engine.train``), resumes
   from ``ray.train.get_checkpoint()`` when Ray restarts it and runs gan_core's one training loop
   with each net wrapped by ``ray.train.torch.prepare_model`` (DDP).
 * Reporting (:class:`_Reporter`): every log step all ranks ``ray.train.report`` their metrics;
@@ -48,8 +48,9 @@ from urllib.parse import urlsplit
 from components import mlflow_utils as mlu
 from components import storage
 from components.step import StepInputError, local_dir
-from gan_core.config import TrainConfig, from_dict
-from gan_core.train import CHECKPOINT, MODEL
+from gan_core.config import TrainConfig
+from gan_core.presets import from_dict
+from gan_core.engine import CHECKPOINT, MODEL
 
 __all__ = ["RAY_DIR", "FAULT_ENV", "CKPT_META", "WorkerConfig", "worker_config", "fault_from_env",
            "ray_run_name", "ray_storage", "ray_session", "ray_uri", "sample_figure",
@@ -197,7 +198,7 @@ def sample_figure(fw: Any, val_dir: str | Path, path: str | Path, n: int = 3) ->
     from gan_core.data.normalize import unit_to_ct
     from gan_core.data.shards import SliceDataset
     from gan_core.tasks import build_task
-    from gan_core.train import translate_slices
+    from gan_core.engine import translate_slices
 
     fw.train(False)
     task = build_task(fw.cfg.task)
@@ -301,7 +302,7 @@ def _data_dir(shards: dict[str, str | None], root: Path) -> Path:
 
 def _export(fw: Any, export_uri: str, extra: dict[str, Any]) -> None:
     """Rank 0: the final inference model to ``<export_uri>/model.pt``."""
-    from gan_core.train import save_model
+    from gan_core.engine import save_model
 
     with tempfile.TemporaryDirectory(prefix="medgan-export-") as d:
         save_model(fw, Path(d) / MODEL, extra)
@@ -309,7 +310,7 @@ def _export(fw: Any, export_uri: str, extra: dict[str, Any]) -> None:
 
 
 def train_loop_per_worker(config: WorkerConfig) -> dict[str, Any]:
-    """Ray Train worker: resume from the Ray checkpoint if any, then ``gan_core.train.train``.
+    """Ray Train worker: resume from the Ray checkpoint if any, then ``gan_core.engine.train``.
 
     Returns (rank 0's value reaches ``Result.return_value``) ``steps, seconds, images_per_s,
     val_mae, resumed_from, world_size``; rank 0 also writes ``<export_uri>/model.pt``.
@@ -317,7 +318,7 @@ def train_loop_per_worker(config: WorkerConfig) -> dict[str, Any]:
     import ray.train
     import ray.train.torch
 
-    from gan_core.train import train
+    from gan_core.engine import train
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()

@@ -267,10 +267,10 @@ def run_register(model_uri: str, eval_uri: str, **params: Any) -> dict[str, Any]
     ('1', True, 'no champion yet; test MAE 88.10 HU and the audit passed')
     """
     import mlflow
-    import torch
     from mlflow import MlflowClient
 
     from components.pyfunc_model import log_pyfunc_model
+    from gan_core.engine import read_model_file
 
     p = RegisterParams(model_uri, eval_uri, **params)
     t_start = time.monotonic()
@@ -307,7 +307,7 @@ def run_register(model_uri: str, eval_uri: str, **params: Any) -> dict[str, Any]
                                  f"but {model_file} has sha256 {sha[:12]}…: this evaluation is "
                                  "of a different model")
         try:
-            model_cfg = torch.load(model_path, map_location="cpu", weights_only=False).get("config") or {}
+            model_cfg = read_model_file(model_path).get("config") or {}
         except Exception as exc:  # noqa: BLE001 - reported with the file name
             raise StepInputError(f"{model_file}: not a medgan model ({exc})") from exc
         run_id = train_m.value("mlflow_run_id") or eval_m.value("mlflow_run_id")

@@ -498,12 +498,12 @@ def with_total_steps(cfg: "TrainConfig", steps: int) -> "TrainConfig":
     The one ``--steps`` rule (to move next to the presets in gan_core; it only raises
     ``ValueError``).
 
-    >>> from gan_core.config import preset
+    >>> from gan_core.presets import preset
     >>> c = with_total_steps(preset("demo", "pix2pix"), 10)
     >>> c.total_steps, c.optim.steps_constant
     (10, 5)
     """
-    from gan_core.config import apply_overrides
+    from gan_core.presets import apply_overrides
 
     try:
         n = int(steps)
@@ -525,12 +525,12 @@ def build_config(framework: str = "cyclegan", preset_name: str = "demo",
     if given, else ``preset(preset_name, framework, task)``; then ``overrides``; then ``steps``
     (:func:`with_total_steps`). Errors raise :class:`StepInputError` naming what was wrong.
 
-    >>> build_config("pix2pix", "tiny", overrides={"loss.l1": 50}).loss.l1
+    >>> build_config("pix2pix", "tiny", overrides={"loss.image": 50}).loss.image
     50.0
     """
     import yaml
 
-    from gan_core.config import apply_overrides, from_dict, preset
+    from gan_core.presets import apply_overrides, from_dict, preset
 
     if config_uri:
         try:

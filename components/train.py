@@ -1,10 +1,10 @@
-"""Pipeline step ``train``: Ray Train (``TorchTrainer``) over ``gan_core.train.train``.
+"""Pipeline step ``train``: Ray Train (``TorchTrainer``) over ``gan_core.engine.train``.
 
 Inputs and outputs (``data_uri`` / ``output_uri``: a local folder or ``s3://bucket/prefix``)::
 
     <data_uri>/manifest.json           step "preprocess": splits, and the shard folders at
                                        outputs.shards.{train,val}.path (read from there)
-    <out>/model.pt                     inference weights + config (gan_core.train.save_model)
+    <out>/model.pt                     inference weights + config (gan_core.engine.save_model)
     <out>/config.yaml                  the full TrainConfig of the run
     <out>/manifest.json                step "train": mlflow_run_id, val_mae, steps, images_per_s,
                                        ray_storage_path, world_size, ...
@@ -52,7 +52,7 @@ from components.step import (StepInputError, arg, build_config, local_file, para
                              params_parser, read_manifest, run_cli, shard_uris, staged,
                              step_manifest, write_manifest)
 from gan_core.config import parse_set, save_config
-from gan_core.train import MODEL
+from gan_core.engine import MODEL
 
 __all__ = ["EXPORT_DIR", "TrainParams", "run_train", "main"]
 

@@ -6,6 +6,7 @@
     medgan train --framework pix2pix --task kspace --set task.acceleration=8 --data shards --out runs/k8
     medgan evaluate --model runs/pix2pix --data shards --out eval/
     medgan translate --model runs/pix2pix --input cohort/phantom_000/mr.nii.gz --output sct.nii.gz
+    medgan translate --model runs/k8 --input cohort/phantom_000/mr.nii.gz --output recon.nii.gz
     medgan demo --workdir demo_out
 """
 
@@ -60,7 +61,7 @@ def build_config(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from gan_core.train import train
+    from gan_core.engine import train
 
     cfg = build_config(args)
     Path(args.out).mkdir(parents=True, exist_ok=True)
@@ -72,10 +73,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from gan_core.engine import load_model
     from gan_core.eval.evaluate import evaluate
     from gan_core.eval.report import results_table
     from gan_core.tasks import build_task
-    from gan_core.train import load_model
 
     models = {}
     for spec in args.model:
@@ -98,10 +99,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_translate(args: argparse.Namespace) -> int:
-    from gan_core.translate import translate_file
+    from gan_core.engine import translate_file
 
     out = translate_file(args.model, args.input, args.output, mask_path=args.mask,
-                         batch_size=args.batch_size, device=args.device or "cpu")
+                         batch_size=args.batch_size, device=args.device or "cpu", seed=args.seed)
     print(f"wrote {out}")
     return 0
 
@@ -111,11 +112,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from gan_core.data.pack import pack_cohort
     from gan_core.data.phantom import write_cohort
     from gan_core.data.shards import Shards
+    from gan_core.engine import train, translate_file
     from gan_core.eval.evaluate import evaluate
     from gan_core.eval.report import results_table
     from gan_core.tasks import build_task
-    from gan_core.train import train
-    from gan_core.translate import translate_file
 
     t0 = time.perf_counter()
     work = Path(args.workdir)
@@ -136,8 +136,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
               f"{cfg.data.image_size}px)")
         res = train(cfg, shards, work / "runs" / fw_name, device=args.device)
         print(f"      {res.seconds:.0f}s, {res.images_per_s:.1f} img/s, val MAE {res.val_mae:.1f} HU")
-        from gan_core.train import load_model
-
         models[fw_name] = load_model(res.model_path)
     print("[4/5] evaluate on the held-out test subjects (SynthRAD metrics, HU, body mask)")
     report = evaluate(models, build_task(models["pix2pix"].cfg.task), shards / "test", work / "eval",
@@ -194,13 +192,19 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--device", default="cpu")
     sp.set_defaults(func=cmd_evaluate)
 
-    sp = sub.add_parser("translate", help="MR NIfTI -> synthetic CT NIfTI in HU")
+    sp = sub.add_parser("translate", help="a NIfTI of the model's task input -> its target NIfTI "
+                                          "(MR -> synthetic CT in HU, k-space -> MR, ...)")
     sp.add_argument("--model", required=True, help="model.pt or run folder")
-    sp.add_argument("--input", required=True, help="MR NIfTI")
-    sp.add_argument("--output", required=True, help="synthetic CT NIfTI to write")
-    sp.add_argument("--mask", help="body mask NIfTI (default: computed from the MR)")
+    sp.add_argument("--input", required=True,
+                    help="input NIfTI: MR, CT (HU) or label map, as the model's task expects")
+    sp.add_argument("--output", required=True,
+                    help="NIfTI to write (CT targets: int16 HU; MR targets: float32 [0, 1]); "
+                         "never the input or mask file")
+    sp.add_argument("--mask", help="body mask NIfTI (default: computed from the input)")
     sp.add_argument("--batch-size", type=int, default=16)
     sp.add_argument("--device", default="cpu")
+    sp.add_argument("--seed", type=int, default=0,
+                    help="seed of the task's input degradation (e.g. the k-space sampling mask)")
     sp.set_defaults(func=cmd_translate)
 
     sp = sub.add_parser("demo", help="the whole CPU demo: phantom, train pix2pix + CycleGAN, evaluate")

@@ -133,8 +133,8 @@ def train_output(shards: Path, dst: Path, tracking_uri: str, *, experiment: str 
     ``mlflow_run_id`` is a new, finished run on ``tracking_uri``; returns ``(dst, run_id)``."""
     from mlflow import MlflowClient
 
+    from gan_core.engine import train
     from gan_core.presets import apply_overrides, preset
-    from gan_core.train import train
 
     half = steps // 2
     cfg = apply_overrides(preset("tiny", framework), {"seed": seed, "optim.steps_constant": steps - half,

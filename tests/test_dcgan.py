@@ -17,7 +17,7 @@ from gan_core.models.dcgan import (
     DCGANGenerator,
     dcgan_up_steps,
 )
-from gan_core.train import load_model, train
+from gan_core.engine import load_model, train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

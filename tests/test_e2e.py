@@ -10,9 +10,9 @@ from gan_core.data.pack import pack_cohort
 from gan_core.presets import preset
 from gan_core.data.phantom import write_cohort
 from gan_core.data.shards import Shards
+from gan_core.engine import load_model, train
 from gan_core.eval.evaluate import evaluate
 from gan_core.tasks import build_task
-from gan_core.train import load_model, train
 
 
 def test_demo_preset_beats_baseline_on_held_out_subjects(tmp_path):

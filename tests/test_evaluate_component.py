@@ -163,9 +163,9 @@ def test_bad_inputs_name_the_file_and_field(data, trained, tmp_path):
 def test_a_task_without_audit_uses_its_own_metric_names(data, tmp_path, monkeypatch):
     """CT -> MR through the same step: fastMRI metric names, no audit_* metrics, audit_passed
     false with the reason."""
-    from gan_core.config import preset
+    from gan_core.presets import preset
     from gan_core.frameworks import build_framework
-    from gan_core.train import save_model
+    from gan_core.engine import save_model
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     fw = build_framework(preset("tiny", "pix2pix", "ct2mr"))

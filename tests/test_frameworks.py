@@ -165,3 +165,19 @@ def test_perceptual_from_a_local_encoder_file_and_clear_errors(tmp_path):
     fw = build_framework(apply_overrides(preset("tiny", "pix2pix"), {"loss.shape": 1.0}))
     with pytest.raises(ValueError, match="labels"):
         fw.train_step(no_labels)
+
+
+@pytest.mark.parametrize("name", ["pix2pix", "cyclegan", "unit"])
+def test_conditional_frameworks_refuse_to_sample(name):
+    fw = build_framework(preset("tiny", name))
+    assert isinstance(fw, Framework)
+    with pytest.raises(ValueError, match=rf"{name}\.sample: .*conditional.*dcgan or lapgan"):
+        fw.sample(2)
+
+
+@pytest.mark.parametrize("name", ["dcgan", "lapgan"])
+def test_unconditional_frameworks_sample_through_the_protocol(name):
+    fw = build_framework(preset("tiny", name, "synth"))
+    assert isinstance(fw, Framework)
+    a = fw.sample(2, generator=torch.Generator().manual_seed(3))
+    assert a.shape[:2] == (2, 1) and torch.equal(a, fw.sample(2, generator=torch.Generator().manual_seed(3)))

@@ -18,7 +18,7 @@ from gan_core.frameworks.lapgan import (
     reconstruct,
     upsample,
 )
-from gan_core.train import load_model, train
+from gan_core.engine import load_model, train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

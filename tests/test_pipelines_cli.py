@@ -89,8 +89,8 @@ def toy_names():
         pass
 
     yield "toy_cli_gan", "toy_cli_task"
-    frameworks._REGISTRY.pop("toy_cli_gan", None)
-    tasks._REGISTRY.pop("toy_cli_task", None)
+    frameworks.FRAMEWORKS.remove("toy_cli_gan")
+    tasks.TASKS.remove("toy_cli_task")
 
 
 def test_a_runtime_registered_framework_and_task_compile(toy_names, tmp_path):

@@ -126,7 +126,7 @@ def test_bad_manifest_is_named(tmp_path):
 def test_train_two_workers_mlflow(cluster, data_uri, tmp_path):
     from components import mlflow_utils as mlu
     from components.train import run_train
-    from gan_core.train import load_model
+    from gan_core.engine import load_model
 
     tracking = f"sqlite:///{tmp_path}/mlflow.db"
     out = tmp_path / "train"
@@ -171,7 +171,7 @@ def test_worker_killed_resumes_from_checkpoint(cluster, data_uri, tmp_path, monk
                   tracking_uri=tracking, experiment="medgan-test")
     assert marker.read_text().startswith("killed rank 1 at step 6")
     assert m["steps"] == 12
-    ck = torch.load(Path(m["outputs"]["ray_checkpoint"]) / "checkpoint.pt", weights_only=False)
+    ck = torch.load(Path(m["outputs"]["ray_checkpoint"]) / "checkpoint.pt", weights_only=True)
     assert ck["step"] == 12
 
     c = mlu.client(tracking)

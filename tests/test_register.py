@@ -113,7 +113,7 @@ def test_failed_audit_is_never_promoted(models, server):
 
 def test_champion_loads_and_writes_a_synthetic_ct(models, data, server, tmp_path, monkeypatch):
     from gan_core.data.nifti import load_volume
-    from gan_core.translate import translate_file
+    from gan_core.engine import translate_file
 
     best = models[0]
     name = "medgan-sct-serve"

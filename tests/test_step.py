@@ -224,7 +224,7 @@ def test_step_clis_share_the_convention(tmp_path: Path, capsys) -> None:
 
 
 def test_one_steps_rule_keeps_the_lr_ratio() -> None:
-    from gan_core.config import preset
+    from gan_core.presets import preset
 
     base = preset("demo", "pix2pix")
     c = with_total_steps(base, 10)

@@ -119,7 +119,7 @@ def test_labels2ct_rejects_labels_beyond_n_classes(tiny_shards):
 
 @pytest.fixture(scope="module")
 def ct2mr_model(tiny_shards, tmp_path_factory):
-    from gan_core.train import load_model, train
+    from gan_core.engine import load_model, train
 
     out = tmp_path_factory.mktemp("ct2mr")
     res = train(preset("tiny", "pix2pix", "ct2mr"), tiny_shards, out, progress=False)
@@ -257,7 +257,7 @@ def test_unconditional_synthesis_validates_by_intensity_distance(tiny_shards):
     """Synthesis has no per-image target: validation is the W1 distance of pixel intensities
     between samples and val slices, in the target's units (HU), finite and bounded."""
     from gan_core.frameworks import build_framework
-    from gan_core.train import synthesis_distance, validate
+    from gan_core.engine import synthesis_distance, validate
 
     cfg = preset("tiny", "dcgan", "synth")
     fw = build_framework(cfg)

@@ -5,8 +5,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from gan_core.engine import load_model, train
 from gan_core.presets import apply_overrides, preset
-from gan_core.train import load_model, train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -31,8 +31,8 @@ def test_exact_resume(tiny_shards, tmp_path, name, task):
     assert pa.keys() == pb.keys()
     for k in pa:
         assert torch.equal(pa[k], pb[k]), f"{name}: {k} differs after resume"
-    ca = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=False)
-    cb = torch.load(tmp_path / "part" / "checkpoint.pt", weights_only=False)
+    ca = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=True)
+    cb = torch.load(tmp_path / "part" / "checkpoint.pt", weights_only=True)
     assert ca["step"] == cb["step"] == cfg.total_steps
     for g in ca["framework"]["opts"]:
         sa, sb = ca["framework"]["opts"][g]["state"], cb["framework"]["opts"][g]["state"]
@@ -82,7 +82,7 @@ def test_3d_patches_train_and_translate_a_volume(tiny_shards, tmp_path):
     import numpy as np
 
     from gan_core.data.shards import Shards
-    from gan_core.translate import translate_array
+    from gan_core.engine import translate_array
 
     cfg = apply_overrides(preset("tiny", "pix2pix"), {"model.spatial_dims": 3, "data.patch_depth": 8,
                                                       "data.image_size": 24, "model.d_layers": 1})

@@ -12,7 +12,7 @@ from gan_core.frameworks import unit as unit_mod
 from gan_core.models import MultiScaleDiscriminator, ResnetBlock
 from gan_core.models import vae as vae_mod
 from gan_core.models.vae import SharedLatentVAE, latent_kl
-from gan_core.train import load_model, train
+from gan_core.engine import load_model, train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

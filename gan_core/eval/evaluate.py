@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
-import torch
 
 from gan_core.data.shards import Shards
+from gan_core.engine.infer import predict_volume
 from gan_core.eval.metrics import aggregate
 from gan_core.eval.report import pick_slices, save_panels, write_report
 
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from gan_core.frameworks import GANFramework
     from gan_core.tasks import Task
 
-__all__ = ["BASELINE", "INPUT", "EvaluationFailed", "evaluate", "predict_volume"]
+__all__ = ["BASELINE", "INPUT", "EvaluationFailed", "evaluate"]
 
 BASELINE = "baseline"
 INPUT = "input"
@@ -48,23 +48,6 @@ class EvaluationFailed(ValueError):
         self.failed = failed
         self.reasons = "; ".join(f"{f['subject']}: {f['error']}" for f in failed) or "no subject given"
         super().__init__(f"no subject of {where} could be evaluated: {self.reasons}")
-
-
-# engine helper moves this to engine/infer.py
-def predict_volume(fw: "GANFramework", image: np.ndarray, batch_size: int = 16) -> np.ndarray:
-    """A model's output ``(Z, H, W)`` in [-1, 1] for a ``(C, Z, H, W)`` network input."""
-    from gan_core.train import translate_slices
-    from gan_core.translate import translate_patches
-
-    image = np.asarray(image, np.float32)
-    if image.ndim != 4:
-        raise ValueError(f"predict_volume: expected a (C, Z, H, W) input, got shape {image.shape}")
-    if fw.cfg.model.spatial_dims == 3:
-        return translate_patches(fw, image)
-    x = np.array(np.moveaxis(image, 1, 0))  # (Z, C, H, W), writable
-    outs = [translate_slices(fw, torch.from_numpy(x[z:z + batch_size])).numpy()[:, 0]
-            for z in range(0, x.shape[0], batch_size)]
-    return np.concatenate(outs, 0).astype(np.float32)
 
 
 def _slab_spacing(entry: dict[str, Any]) -> tuple[float, float, float] | None:

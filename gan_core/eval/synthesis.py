@@ -36,15 +36,11 @@ def _crops(images: np.ndarray, size: int, seed: int) -> np.ndarray:
 
 def sample(fw: GANFramework, n: int, seed: int, batch_size: int = 64) -> np.ndarray:
     """``n`` samples ``(n, 1, s, s)`` in [-1, 1] from an unconditional framework (seeded)."""
-    s = fw.cfg.data.image_size
     g = torch.Generator().manual_seed(seed)
     out = []
     for i in range(0, n, batch_size):
         k = min(batch_size, n - i)
-        if hasattr(fw, "sample"):
-            out.append(fw.sample(k, generator=g).cpu().numpy())
-        else:
-            out.append(fw.generate(torch.zeros(k, 0, s, s)).cpu().numpy())
+        out.append(fw.sample(k, generator=g).cpu().numpy())
     return np.concatenate(out).astype(np.float32)
 
 

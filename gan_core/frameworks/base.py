@@ -1,7 +1,7 @@
 """The framework protocol, a shared base class and the CycleGAN image pool.
 
-A framework owns its networks, optimizers and LR schedulers; the training loop (``gan_core.train``)
-only feeds batches, steps schedulers and checkpoints ``state_dict()``.
+A framework owns its networks, optimizers and LR schedulers; the training loop
+(``gan_core.engine.loop``) only feeds batches, steps schedulers and checkpoints ``state_dict()``.
 """
 
 from __future__ import annotations
@@ -32,6 +32,9 @@ class Framework(Protocol):
         """One G and D update; returns every loss term as a detached 0-dim tensor (no host sync)."""
         ...
     def generate(self, x: Tensor) -> Tensor: ...
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """``n`` unconditional samples ``(n, 1, *size)`` in [-1, 1] (raises for conditional ones)."""
+        ...
     def state_dict(self) -> dict[str, Any]: ...
     def load_state_dict(self, sd: dict[str, Any]) -> None: ...
 
@@ -217,6 +220,12 @@ class GANFramework:
 
     def generate(self, x: Tensor) -> Tensor:
         raise NotImplementedError
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """Unconditional samples; conditional frameworks translate an input instead."""
+        raise ValueError(f"{self.name}.sample: framework {self.name!r} is conditional (it translates "
+                         f"a task {self.cfg.task.name!r} input with generate(x)); sampling needs an "
+                         "unconditional framework (dcgan or lapgan with task 'synth')")
 
     def extra_state(self) -> dict[str, Any]:
         return {}

@@ -12,7 +12,11 @@ from typing import Any, ClassVar
 import numpy as np
 
 from gan_core.config import TaskConfig
-from gan_core.data.normalize import CT_MAX, CT_MIN, unit_to_ct
+from gan_core.data.normalize import CT_MAX, CT_MIN, ct_to_unit, mr_to_unit, unit_to_ct
+
+
+#: CT value written outside the body mask (air).
+AIR_HU = -1000.0
 
 
 @dataclass
@@ -130,6 +134,37 @@ class Task:
         """A report computed over the whole cohort instead of per subject (unconditional
         synthesis: the Fréchet distance), or None to be scored per subject (default)."""
         return None
+
+    # -- raw volumes (``medgan translate``) --------------------------------------------------
+    def input_mask(self, volume: np.ndarray) -> np.ndarray:
+        """uint8 body mask of a raw ``source`` volume when no mask file is given (labels: > 0)."""
+        from gan_core.data.masks import body_mask
+
+        return body_mask(volume, threshold=0.0 if self.source == "labels" else None)
+
+    def normalize_input(self, volume: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """A raw ``source`` volume -> the network's unit space, exactly as the shards hold it:
+        MR by robust percentiles inside ``mask`` (outside: -1), CT from HU, labels as uint8."""
+        if self.source == "mr":
+            return mr_to_unit(volume, mask)
+        if self.source == "ct":
+            return ct_to_unit(volume)
+        if self.source == "labels":
+            lab = np.asarray(volume)
+            if lab.size and (lab.min() < 0 or lab.max() > 255 or not np.all(lab == np.round(lab))):
+                raise ValueError(f"task {self.name!r}: expected integer labels 0..255 as input")
+            return lab.astype(np.uint8)
+        raise ValueError(f"task {self.name!r} takes no input volume (source {self.source!r}): "
+                         "an unconditional model samples instead of translating")
+
+    def to_target_units(self, pred: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """A prediction in [-1, 1] -> float32 in the target's units: HU for CT (``AIR_HU``
+        outside ``mask``), the [0, 1] magnitude for MR (0 outside ``mask``)."""
+        inside = np.asarray(mask) > 0
+        if self.target == "ct":
+            return np.where(inside, unit_to_ct(np.asarray(pred, np.float32)).astype(np.float32),
+                            AIR_HU).astype(np.float32)
+        return np.where(inside, np.clip(to_magnitude(pred), 0.0, 1.0), 0.0).astype(np.float32)
 
     # -- shared ------------------------------------------------------------------------------
     @property

@@ -13,7 +13,6 @@ batches an uninterrupted one would have seen.
 from __future__ import annotations
 
 import json
-import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -22,24 +21,27 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from gan_core.config import TrainConfig
-from gan_core.data.shards import InfiniteSampler, PatchDataset, Shards, SliceDataset
-from gan_core.frameworks import GANFramework, build_framework
-from gan_core.frameworks.base import generator_multiple
-from gan_core.presets import from_dict
+from gan_core.data.shards import InfiniteSampler, PatchDataset, SliceDataset
+from gan_core.engine.checkpoint import (CHECKPOINT, MODEL, load_checkpoint, save_checkpoint,
+                                        save_model, set_rng_state)
+from gan_core.engine.validate import validate
+from gan_core.frameworks import build_framework
 from gan_core.tasks import build_task
 
-CHECKPOINT = "checkpoint.pt"
-MODEL = "model.pt"
+__all__ = ["ReportFn", "TrainResult", "pick_device", "make_dataset", "train"]
 
+#: ``report(step, metrics, checkpoint_path_or_None)``, called on every rank at each log step.
 ReportFn = Callable[[int, dict[str, float], "Path | None"], None]
 
 
 @dataclass
 class TrainResult:
+    """What :func:`train` returns: steps reached, where the model is, speed and the val error."""
+
     steps: int
     out_dir: Path
     model_path: Path
@@ -50,12 +52,14 @@ class TrainResult:
 
 
 def pick_device(name: str | None = None) -> torch.device:
+    """``name`` as a device; ``None`` / ``"auto"``: CUDA when available, else the CPU."""
     if name and name != "auto":
         return torch.device(name)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def make_dataset(cfg: TrainConfig, shard_dir: str | Path, *, train: bool = True):
+def make_dataset(cfg: TrainConfig, shard_dir: str | Path, *, train: bool = True) -> Dataset:
+    """The task's samples from a shard folder: slices (2D models) or patches (3D models)."""
     d = cfg.data
     task = build_task(cfg.task)
     if cfg.model.spatial_dims == 3:
@@ -63,126 +67,6 @@ def make_dataset(cfg: TrainConfig, shard_dir: str | Path, *, train: bool = True)
                             flip=d.flip and train, seed=cfg.seed, task=task)
     return SliceDataset(shard_dir, image_size=d.image_size, flip=d.flip and train,
                         min_body_fraction=d.min_body_fraction, seed=cfg.seed, task=task)
-
-
-def _rng_state() -> dict[str, Any]:
-    st = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        st["cuda"] = torch.cuda.get_rng_state_all()
-    return st
-
-
-def _set_rng_state(st: dict[str, Any]) -> None:
-    torch.set_rng_state(st["torch"])
-    np.random.set_state(st["numpy"])
-    random.setstate(st["python"])
-    if "cuda" in st and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(st["cuda"])
-
-
-def _atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def save_checkpoint(fw: GANFramework, step: int, path: Path) -> None:
-    _atomic_save({"step": step, "config": fw.cfg.to_dict(), "framework": fw.state_dict(),
-                  "rng": _rng_state()}, path)
-
-
-def save_model(fw: GANFramework, path: Path, extra: dict[str, Any] | None = None) -> None:
-    """Inference weights + config (no optimizer state): what ``load_model`` reads."""
-    _atomic_save({"config": fw.cfg.to_dict(), "nets": {k: v.state_dict() for k, v in fw.nets.items()},
-                  "framework": fw.name, **(extra or {})}, path)
-
-
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> GANFramework:
-    """A framework in eval mode from ``model.pt`` or ``checkpoint.pt``."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / MODEL if (path / MODEL).exists() else path / CHECKPOINT
-    if not path.exists():
-        raise FileNotFoundError(f"model file not found: {path}")
-    try:
-        sd = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # noqa: BLE001 - reported with the file name
-        raise ValueError(f"{path}: not a medgan model/checkpoint ({exc})") from exc
-    if not isinstance(sd, dict) or "config" not in sd:
-        raise ValueError(f"{path}: not a medgan model/checkpoint (no 'config' entry)")
-    cfg = from_dict(sd["config"])
-    cfg.compile = False
-    fw = build_framework(cfg, device=device)
-    nets = sd["nets"] if "nets" in sd else sd["framework"]["nets"]
-    for k, net in fw.nets.items():
-        net.load_state_dict(nets[k])
-    fw.train(False)
-    return fw
-
-
-@torch.no_grad()
-def validate(fw: GANFramework, shard_dir: str | Path, max_slices: int = 64) -> float:
-    """Mean absolute error inside the body mask, in the task's target units (HU for CT targets,
-    the [0, 1] magnitude for MR), over (up to) ``max_slices`` val slices (3D models: every val
-    subject, translated by sliding patches). Unconditional synthesis has no per-image target:
-    there it is the 1-D Wasserstein distance between the pixel intensities of ``max_slices``
-    samples and as many val slices (a cheap proxy for Ray Tune; ``gan_core.synthesis_eval`` has
-    the Fréchet distance).
-    """
-    task = build_task(fw.cfg.task)
-    scale = task.target_scale
-    if task.in_channels == 0:
-        return synthesis_distance(fw, shard_dir, task, n=max_slices) * scale
-    err = n = 0.0
-    if fw.cfg.model.spatial_dims == 3:
-        from gan_core.translate import translate_patches  # (translate imports this module)
-
-        sh = Shards(shard_dir)
-        ds = PatchDataset(sh, patch=(1, 1, 1), task=task)
-        for i in range(len(sh.subjects)):
-            slab = sh.subject_slab(i)
-            m = slab["mask"] > 0
-            pred = translate_patches(fw, ds.inputs.subject_input(i))
-            err += float((np.abs(pred - slab[task.target]) * scale)[m].sum())
-            n += float(m.sum())
-        return err / max(n, 1.0)
-    ds = SliceDataset(shard_dir, min_body_fraction=0.05, task=task)
-    idx = np.linspace(0, len(ds) - 1, num=min(max_slices, len(ds))).round().astype(int)
-    for i in idx:
-        s = ds[int(i)]
-        pred = translate_slices(fw, s["A"][None])
-        m = s["mask"][None] > 0
-        err += float(((pred - s["B"][None]).abs() * scale)[m].sum())
-        n += float(m.sum())
-    return err / max(n, 1.0)
-
-
-@torch.no_grad()
-def synthesis_distance(fw: GANFramework, shard_dir: str | Path, task, n: int = 64) -> float:
-    """W1 distance (in [-1, 1] units) between pixel intensities of ``n`` samples and ``n`` val
-    slices (seeded crops of the model's size): 0 when the intensity distributions agree."""
-    s = fw.cfg.data.image_size
-    ds = SliceDataset(shard_dir, image_size=s, min_body_fraction=fw.cfg.data.min_body_fraction,
-                      seed=fw.cfg.seed, task=task)
-    idx = np.linspace(0, len(ds) - 1, num=min(n, len(ds))).round().astype(int)
-    real = np.sort(np.concatenate([ds[(0, int(i), int(i))]["B"].numpy().ravel() for i in idx]))
-    if hasattr(fw, "sample"):  # seeded noise: the same samples at every validation
-        fake = fw.sample(len(idx), generator=torch.Generator().manual_seed(fw.cfg.seed))
-    else:
-        fake = fw.generate(torch.zeros(len(idx), 0, s, s))
-    fake = np.sort(fake.cpu().numpy().ravel())
-    return float(np.abs(real - fake).mean())
-
-
-def translate_slices(fw: GANFramework, x: torch.Tensor) -> torch.Tensor:
-    """Generate on (N, C, H, W) slices of any size: pad to the generator's multiple, crop back."""
-    mult = generator_multiple(fw.cfg.model)
-    h, w = x.shape[-2:]
-    ph, pw = (-h) % mult, (-w) % mult
-    if ph or pw:
-        x = torch.nn.functional.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2), value=-1.0)
-    y = fw.generate(x).cpu()
-    return y[..., ph // 2:ph // 2 + h, pw // 2:pw // 2 + w]
 
 
 def train(cfg: TrainConfig, data_dir: str | Path, out_dir: str | Path, *,
@@ -213,11 +97,11 @@ def train(cfg: TrainConfig, data_dir: str | Path, out_dir: str | Path, *,
     start = 0
     src = Path(resume_from) if resume_from else (ckpt_path if ckpt_path.exists() else None)
     if src is not None:
-        ck = torch.load(src, map_location=device, weights_only=False)
+        ck = load_checkpoint(src, map_location=device)
         fw.load_state_dict(ck["framework"])
         start = int(ck["step"])
         if world_size == 1:
-            _set_rng_state(ck["rng"])
+            set_rng_state(ck["rng"])
         else:  # each rank continues its own stream, deterministically from the step
             torch.manual_seed(cfg.seed * 1000 + rank + start)
     if wrap is not None:
