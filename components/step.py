@@ -26,7 +26,7 @@ place for the plumbing they all need:
   (``components.storage.staged_output``), optionally carrying sub-folders of the previous output
   (Ray's run folder, so a rerun resumes).
 * **The TrainConfig of a run.** :func:`build_config` (preset or YAML, ``--set`` overrides,
-  ``--steps``) with the one ``--steps`` rule :func:`with_total_steps` (keeps the constant/decay
+  ``--steps``) with the one ``--steps`` rule ``gan_core.presets.with_total_steps`` (keeps the constant/decay
   learning-rate ratio).
 
 MLflow runs are opened with :func:`components.mlflow_utils.tracked_run` (ended FINISHED or
@@ -86,7 +86,7 @@ if typing.TYPE_CHECKING:
 __all__ = ["MANIFEST", "StepInputError", "arg", "params_parser", "params_from_args", "run_cli",
            "Manifest", "read_manifest", "shard_uris", "local_dir", "local_file", "staged",
            "write_manifest", "code_info", "step_manifest", "finite_or_none", "json_safe",
-           "build_config", "with_total_steps"]
+           "build_config"]
 
 log = logging.getLogger(__name__)
 
@@ -492,32 +492,6 @@ def json_safe(obj: Any) -> Any:
 # --------------------------------------------------------------------------- the run's config
 
 
-def with_total_steps(cfg: "TrainConfig", steps: int) -> "TrainConfig":
-    """Copy of ``cfg`` running ``steps`` iterations, keeping the constant/decay LR ratio.
-
-    The one ``--steps`` rule (to move next to the presets in gan_core; it only raises
-    ``ValueError``).
-
-    >>> from gan_core.presets import preset
-    >>> c = with_total_steps(preset("demo", "pix2pix"), 10)
-    >>> c.total_steps, c.optim.steps_constant
-    (10, 5)
-    """
-    from gan_core.presets import apply_overrides
-
-    try:
-        n = int(steps)
-    except (TypeError, ValueError):
-        n = 0
-    if n < 1 or n != steps:
-        raise ValueError(f"steps: expected a positive integer, got {steps!r}")
-    steps = n
-    o = cfg.optim
-    const = round(steps * o.steps_constant / max(o.steps_constant + o.steps_decay, 1))
-    const = min(max(const, 0), steps)
-    return apply_overrides(cfg, {"optim.steps_constant": const, "optim.steps_decay": steps - const})
-
-
 def build_config(framework: str = "cyclegan", preset_name: str = "demo",
                  config_uri: str | None = None, overrides: dict[str, Any] | None = None,
                  steps: int | None = None, task: str = "mr2ct") -> "TrainConfig":
@@ -530,7 +504,7 @@ def build_config(framework: str = "cyclegan", preset_name: str = "demo",
     """
     import yaml
 
-    from gan_core.presets import apply_overrides, from_dict, preset
+    from gan_core.presets import apply_overrides, from_dict, preset, with_total_steps
 
     if config_uri:
         try:

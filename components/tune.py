@@ -54,9 +54,9 @@ from components import storage
 from components.raytrain import RAY_DIR, fit, ray_run_name, ray_session, ray_storage, worker_config
 from components.step import (StepInputError, arg, build_config, params_from_args, params_parser,
                              read_manifest, run_cli, shard_uris, staged, step_manifest,
-                             with_total_steps, write_manifest)
+                             write_manifest)
 from gan_core.config import TrainConfig, parse_set, save_config
-from gan_core.presets import apply_overrides
+from gan_core.presets import apply_overrides, with_total_steps
 
 __all__ = ["METRIC", "MODE", "BEST_CONFIG", "default_search_space",
            "to_domain", "TuneParams", "run_tune", "main"]

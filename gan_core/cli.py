@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from gan_core.config import parse_set, save_config
-from gan_core.presets import PRESETS, apply_overrides, load_config, preset
+from gan_core.presets import PRESETS, apply_overrides, load_config, preset, with_total_steps
 
 
 def _frameworks() -> list[str]:
@@ -54,10 +54,8 @@ def cmd_pack(args: argparse.Namespace) -> int:
 def build_config(args: argparse.Namespace):
     cfg = load_config(args.config) if args.config else preset(args.preset, args.framework, args.task)
     overrides = parse_set(args.set)
-    if args.steps is not None:
-        half = max(args.steps // 2, 0)
-        overrides.update({"optim.steps_constant": args.steps - half, "optim.steps_decay": half})
-    return apply_overrides(cfg, overrides) if overrides else cfg
+    cfg = apply_overrides(cfg, overrides) if overrides else cfg
+    return with_total_steps(cfg, args.steps) if args.steps is not None else cfg
 
 
 def cmd_train(args: argparse.Namespace) -> int:

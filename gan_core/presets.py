@@ -28,7 +28,7 @@ from gan_core.frameworks import get_framework
 from gan_core.tasks import build_task, task_config
 
 __all__ = ["PRESETS", "base_config", "preset", "set_task_defaults", "from_dict", "load_config",
-           "apply_overrides"]
+           "apply_overrides", "with_total_steps"]
 
 PRESETS = ("demo", "full", "tiny")
 
@@ -164,3 +164,25 @@ def apply_overrides(cfg: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
     if any(k.startswith("task.") for k in overrides):
         set_task_defaults(out, keep=tuple(overrides))
     return out
+
+
+def with_total_steps(cfg: TrainConfig, steps: int) -> TrainConfig:
+    """Copy of ``cfg`` running ``steps`` iterations, keeping the constant/decay LR ratio.
+
+    The one ``--steps`` rule of the ``medgan`` CLI and of the pipeline steps.
+
+    >>> c = with_total_steps(preset("demo", "pix2pix"), 10)
+    >>> c.total_steps, c.optim.steps_constant
+    (10, 5)
+    """
+    try:
+        n = int(steps)
+    except (TypeError, ValueError):
+        n = 0
+    if n < 1 or n != steps:
+        raise ValueError(f"steps: expected a positive integer, got {steps!r}")
+    steps = n
+    o = cfg.optim
+    const = round(steps * o.steps_constant / max(o.steps_constant + o.steps_decay, 1))
+    const = min(max(const, 0), steps)
+    return apply_overrides(cfg, {"optim.steps_constant": const, "optim.steps_decay": steps - const})

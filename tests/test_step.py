@@ -13,7 +13,8 @@ import pytest
 from components import storage
 from components.step import (MANIFEST, Manifest, StepInputError, arg, build_config, local_dir,
                              local_file, params_from_args, params_parser, read_manifest, run_cli,
-                             shard_uris, staged, step_manifest, with_total_steps, write_manifest)
+                             shard_uris, staged, step_manifest, write_manifest)
+from gan_core.presets import with_total_steps
 from tests.test_storage import SECRET, endpoint, s3  # noqa: F401 - pytest fixtures
 
 
