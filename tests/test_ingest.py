@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from components import storage
-from components.ingest import TCIA_CACHE, main, run_ingest
+from components.ingest import main, run_ingest
+from components.sources import TCIA_CACHE
 from components.step import MANIFEST, StepInputError
 from gan_core.data.nifti import load_volume, save_volume
 from gan_core.data.phantom import write_cohort

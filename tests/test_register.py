@@ -17,7 +17,8 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from components.evaluate import run_evaluate
-from components.register import INTENDED_USE, decide_promotion, main, run_register
+from components.register import main, run_register
+from components.registry_policy import INTENDED_USE, decide_promotion
 from components.step import StepInputError
 from tests.mlflow_server import preprocess_output, train_output
 
