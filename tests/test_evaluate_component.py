@@ -250,3 +250,12 @@ def test_evaluate_s3_uris(data, trained, server, s3, tmp_path):
     assert m["counts"]["evaluated"] == len(_test_ids(data)) and m["outputs"]["mlflow_run_id"] == run_id
     local = run_evaluate(str(data), str(model_dir), str(tmp_path / "local"), figures=0, tracking_uri=None)
     assert m["outputs"]["aggregate"] == local["outputs"]["aggregate"]  # same numbers from S3 and disk
+
+
+def test_flat_metric_names_docstring_examples_run():
+    import doctest
+
+    import components.eval_summary as summary
+
+    result = doctest.testmod(summary, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0

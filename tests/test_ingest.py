@@ -243,3 +243,12 @@ def test_folder_from_s3(s3: str, synthrad: Path, tmp_path: Path) -> None:
     assert m["subjects"][0]["source"]["path"] == storage.join(s3, "synthrad", "phantom_000")
     a = load_volume(tmp_path / "raw/subjects/phantom_001/mr.nii.gz").array
     assert np.array_equal(a, load_volume(synthrad / "phantom_001/mr.nii.gz").array)
+
+
+@pytest.mark.parametrize("module", ["components.sources", "components.ingest"])
+def test_docstring_examples_run(module: str) -> None:
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0

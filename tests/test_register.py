@@ -183,3 +183,12 @@ def test_register_rejects_mismatched_inputs(models, server, tmp_path, monkeypatc
     # bad input (no train manifest there): exit code 2, the message names the file
     assert main(["--model-uri", str(tmp_path / "none"), "--eval-uri", mid["eval"], "--tracking-uri", server]) == 2
     assert f"{tmp_path / 'none'}/manifest.json: not found (expected the output of step 'train')" in capsys.readouterr().err
+
+
+def test_policy_docstring_examples_run():
+    import doctest
+
+    import components.registry_policy as policy
+
+    result = doctest.testmod(policy, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0
