@@ -11,7 +11,8 @@ output (``manifest.json``: aggregate MAE, ``audit_passed``, the evaluated model'
    test MAE/PSNR/SSIM and the baseline's, audit verdict, framework, ``intended_use``.
 3. The alias (default ``champion``) moves to this version only if the audit passed and its test
    MAE is lower than the current champion's (no champion yet: the audit decides alone).
-   :func:`decide_promotion` is that rule, as a pure function.
+   :func:`components.registry_policy.decide_promotion` is that rule (and
+   :func:`~components.registry_policy.model_card` the card), as pure functions.
 
 Returns (and, with ``output_uri``, writes) a manifest with ``version``, ``created``, ``promoted``,
 ``reason`` and the previous champion's version and MAE.
@@ -27,196 +28,29 @@ CLI: ``python -m components.register --model-uri M --eval-uri E [--output-uri O]
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import logging
-import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from components import storage
 from components.mlflow_utils import redact_uri, resolve_tracking_uri
-from components.step import (MANIFEST, Manifest, StepInputError, arg, code_info, finite_or_none,
+from components.model_registry import champion, champion_mae, existing_version, fluent_target
+from components.registry_policy import (INTENDED_USE, SHA_TAG, decide_promotion, model_card,
+                                        model_description)
+from components.step import (MANIFEST, Manifest, StepInputError, arg, finite_or_none,
                              local_file, params_from_args, params_parser, read_manifest, run_cli,
                              staged, step_manifest, write_manifest)
 
-__all__ = ["INTENDED_USE", "RegisterParams", "decide_promotion", "model_card", "run_register",
-           "main"]
+__all__ = ["RegisterParams", "run_register", "main"]
 
 log = logging.getLogger(__name__)
 
-INTENDED_USE = "research use only — not for clinical use"
-MODEL_FILE = "model.pt"
-SHA_TAG = "model_sha256"
-MAE_TAG = "test_mae_hu"
 
-
-# --------------------------------------------------------------------------- the promotion rule
-
-
-def decide_promotion(candidate_mae: float | None, audit_passed: bool, champion: dict[str, Any] | None,
-                     *, require_audit: bool = True) -> tuple[bool, str]:
-    """Should the candidate take the alias? Returns ``(promote, reason)``.
-
-    ``champion``: ``{"version": str, "mae": float | None}`` or None when there is none.
-    Lower MAE wins, strictly; a failed audit blocks promotion (unless ``require_audit=False``);
-    a champion without a recorded MAE is never replaced automatically.
-
-    >>> decide_promotion(90.0, True, {"version": "1", "mae": 100.0})
-    (True, 'test MAE 90.00 HU beats champion v1 (100.00 HU) and the audit passed')
-    >>> decide_promotion(90.0, False, None)[0], decide_promotion(120.0, True, {"version": "1", "mae": 100.0})[0]
-    (False, False)
-    """
-    mae = finite_or_none(candidate_mae)
-    audit_note = "the audit passed" if audit_passed else "the audit failed (not required)"
-    if require_audit and not audit_passed:
-        return False, "lesion hallucination audit failed: not promoted"
-    if mae is None:
-        return False, f"candidate has no finite test MAE ({candidate_mae!r}): not promoted"
-    if champion is None:
-        return True, f"no champion yet; test MAE {mae:.2f} HU and {audit_note}"
-    champ_mae = finite_or_none(champion.get("mae"))
-    if champ_mae is None:
-        return False, (f"champion v{champion['version']} has no recorded test MAE: it is not replaced "
-                       "automatically (compare by hand and move the alias)")
-    if mae < champ_mae:
-        return True, (f"test MAE {mae:.2f} HU beats champion v{champion['version']} ({champ_mae:.2f} HU) "
-                      f"and {audit_note}")
-    return False, f"test MAE {mae:.2f} HU does not beat champion v{champion['version']} ({champ_mae:.2f} HU)"
-
-
-# --------------------------------------------------------------------------- model card
-
-
-def _fmt(x: Any) -> str:
-    """Full precision (``repr``) so a champion's MAE tag compares exactly; "nan" if missing."""
-    v = finite_or_none(x)
-    return "nan" if v is None else repr(v)
-
-
-def model_card(*, model_sha: str, data_sha: str | None, eval_manifest: dict[str, Any],
-               eval_sha: str, model_cfg: dict[str, Any], model_uri: str, eval_uri: str) -> dict[str, str]:
-    """Model-version tags (all strings): provenance, metrics, audit, intended use.
-
-    >>> ev = {"params": {"split": "test"}, "counts": {"evaluated": 2},
-    ...       "outputs": {"aggregate": {"model": {"mae": 90.0, "psnr": 25.0, "ssim": 0.8}},
-    ...                   "audit_passed": False, "audit": {"reason": "x"}}}
-    >>> card = model_card(model_sha="ab", data_sha="cd", eval_manifest=ev, eval_sha="ef",
-    ...                   model_cfg={"framework": "pix2pix"}, model_uri="m", eval_uri="e")
-    >>> card["test_mae_hu"], card["audit_passed"], card["intended_use"]
-    ('90.0', 'false', 'research use only — not for clinical use')
-    """
-    out = eval_manifest.get("outputs", {})
-    agg = out.get("aggregate", {})
-    model_m, base_m = agg.get("model") or {}, agg.get("baseline") or {}
-    audit = out.get("audit") or {}
-    code = code_info()
-    model = model_cfg.get("model") or {}
-    card = {
-        SHA_TAG: model_sha,
-        "data_manifest_sha256": data_sha or "unknown",
-        "evaluate_manifest_sha256": eval_sha,
-        "code_version": code["gan_core"] or "unknown",
-        "git_commit": code["git_commit"] or "unknown",
-        "framework": str(model_cfg.get("framework", "unknown")),
-        "generator": str(model.get("generator", "unknown")),
-        "spatial_dims": str(model.get("spatial_dims", "unknown")),
-        MAE_TAG: _fmt(model_m.get("mae")),
-        "test_psnr": _fmt(model_m.get("psnr")),
-        "test_ssim": _fmt(model_m.get("ssim")),
-        "baseline_mae_hu": _fmt(base_m.get("mae")),
-        "baseline_psnr": _fmt(base_m.get("psnr")),
-        "baseline_ssim": _fmt(base_m.get("ssim")),
-        "audit_passed": str(bool(out.get("audit_passed"))).lower(),
-        "audit_summary": str(audit.get("reason", ""))[:1000],
-        "eval_split": str((eval_manifest.get("params") or {}).get("split", "unknown")),
-        "eval_subjects": str((eval_manifest.get("counts") or {}).get("evaluated", "unknown")),
-        "model_uri": model_uri,
-        "evaluation_uri": eval_uri,
-        "intended_use": INTENDED_USE,
-    }
-    return card
-
-
-def _description(card: dict[str, str]) -> str:
-    return (
-        "medgan MR -> synthetic CT generator (MLflow pyfunc: NIfTI MR paths in, synthetic CT NIfTI "
-        "in HU out).\n\n"
-        f"Intended use: {INTENDED_USE}. Synthetic CTs can contain hallucinated or missing "
-        "structures; they must not inform diagnosis or treatment.\n\n"
-        f"Framework: {card['framework']} ({card['generator']}, {card['spatial_dims']}D). "
-        f"Code: gan_core {card['code_version']}, commit {card['git_commit']}.\n"
-        f"Data manifest sha256: {card['data_manifest_sha256']}.\n"
-        f"Test ({card['eval_split']}, {card['eval_subjects']} subjects): MAE {card[MAE_TAG]} HU, "
-        f"PSNR {card['test_psnr']} dB, SSIM {card['test_ssim']}; baseline MAE {card['baseline_mae_hu']} HU.\n"
-        f"Lesion hallucination audit: {'passed' if card['audit_passed'] == 'true' else 'FAILED'} "
-        f"({card['audit_summary']})."
-    )
-
-
-# --------------------------------------------------------------------------- MLflow plumbing
-
-
-@contextlib.contextmanager
-def _fluent_target(uri: str) -> Iterator[None]:
-    """Point MLflow's fluent API (needed by ``log_model``) at ``uri``; restore everything after."""
-    import mlflow
-    from mlflow.tracking._model_registry import utils as reg_utils
-    from mlflow.tracking._tracking_service import utils as trk_utils
-
-    env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
-    saved_t, saved_r = getattr(trk_utils, "_tracking_uri", None), getattr(reg_utils, "_registry_uri", None)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(saved_t)
-        reg_utils._registry_uri = saved_r
-        for k, v in env.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-def _existing_version(client: Any, name: str, run_id: str | None, sha: str) -> Any | None:
-    """The version of ``name`` already holding this model (same sha256 and, if known, run)."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        versions = client.search_model_versions(f"name = '{name}'")
-    except MlflowException as exc:
-        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
-            return None
-        raise
-    for mv in sorted(versions, key=lambda v: int(v.version)):
-        if mv.tags.get(SHA_TAG) == sha and (run_id is None or mv.run_id == run_id):
-            return mv
-    return None
-
-
-def _champion(client: Any, name: str, alias: str) -> Any | None:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return client.get_model_version_by_alias(name, alias)
-    except MlflowException as exc:
-        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
-            return None
-        raise
-
-
-def _champion_mae(client: Any, mv: Any) -> float | None:
-    """The champion's test MAE: its model-card tag, else its run's ``test_mae_hu`` metric."""
-    v = finite_or_none(mv.tags.get(MAE_TAG))
-    if v is None and mv.run_id:
-        with contextlib.suppress(Exception):
-            v = finite_or_none(client.get_run(mv.run_id).data.metrics.get(MAE_TAG))
-    return v
+# --------------------------------------------------------------------------- inputs
 
 
 def _data_manifest_sha(data_manifest_uri: str) -> str:
@@ -270,7 +104,7 @@ def run_register(model_uri: str, eval_uri: str, **params: Any) -> dict[str, Any]
     from mlflow import MlflowClient
 
     from components.pyfunc_model import log_pyfunc_model
-    from gan_core.engine import read_model_file
+    from gan_core.engine import MODEL, read_model_file
 
     p = RegisterParams(model_uri, eval_uri, **params)
     t_start = time.monotonic()
@@ -298,7 +132,7 @@ def run_register(model_uri: str, eval_uri: str, **params: Any) -> dict[str, Any]
 
     client = MlflowClient(tracking_uri=tracking, registry_uri=tracking)
     timings: dict[str, float] = {}
-    model_file = storage.join(p.model_uri, MODEL_FILE)
+    model_file = storage.join(p.model_uri, MODEL)
     with local_file(model_file) as model_path:
         sha = storage.sha256_file(model_path)
         if eval_manifest["inputs"]["model_sha256"] != sha:
@@ -316,11 +150,11 @@ def run_register(model_uri: str, eval_uri: str, **params: Any) -> dict[str, Any]
                           eval_uri=p.eval_uri)
         card["audit_required"] = str(p.require_audit).lower()
 
-        mv = _existing_version(client, p.model_name, run_id, sha)
+        mv = existing_version(client, p.model_name, run_id, sha)
         created = mv is None
         if created:
             t0 = time.monotonic()
-            with _fluent_target(tracking):
+            with fluent_target(tracking):
                 if run_id is None:
                     mlflow.set_experiment(p.experiment)
                 with mlflow.start_run(run_id=run_id, run_name=None if run_id else "register") as run:
@@ -333,15 +167,15 @@ def run_register(model_uri: str, eval_uri: str, **params: Any) -> dict[str, Any]
             log.info("%s version %s already holds this model (run %s, sha256 %s…): reused",
                      p.model_name, mv.version, run_id, sha[:12])
         if not mv.description:
-            client.update_model_version(p.model_name, mv.version, description=_description(card))
+            client.update_model_version(p.model_name, mv.version, description=model_description(card))
         rm = client.get_registered_model(p.model_name)
         if not rm.description:
             client.update_registered_model(p.model_name, description=(
                 f"medgan synthetic CT generators; alias '{p.alias}' = best test MAE with a passed "
                 f"lesion audit. {INTENDED_USE}."))
 
-    champ = _champion(client, p.model_name, p.alias)
-    previous = None if champ is None else {"version": str(champ.version), "mae": _champion_mae(client, champ)}
+    champ = champion(client, p.model_name, p.alias)
+    previous = None if champ is None else {"version": str(champ.version), "mae": champion_mae(client, champ)}
     if champ is not None and str(champ.version) == str(mv.version):
         promoted, moved, reason = True, False, f"version {mv.version} already holds alias '{p.alias}'"
     else:

@@ -106,8 +106,12 @@ class MlflowServer:
 
 def preprocess_output(cohort: Path, shards: Path, dst: Path) -> Path:
     """A preprocess-step output: ``subjects/<id>/*.nii.gz`` copied from the SynthRAD-layout
-    ``cohort``, ``shards/{train,val,test}`` copied from ``shards`` (gan_core.data.pack.pack_cohort) and a
-    ``manifest.json`` with ``step: preprocess`` and the shards' ``splits``."""
+    ``cohort``, ``shards/{train,val,test}`` copied from ``shards`` (gan_core.data.pack.pack_cohort)
+    and a ``manifest.json`` like the real step's (``components.preprocess``): ``step:
+    preprocess``, the shards' ``splits`` and ``outputs.shards.<split>`` = ``{path, n_subjects,
+    n_slices, sha256}`` (the next steps read the shard paths from there)."""
+    from components.storage import sha256_file
+
     splits = json.loads((shards / "splits.json").read_text())
     for sid in sorted(sum(splits.values(), [])):
         d = dst / "subjects" / sid
@@ -116,11 +120,18 @@ def preprocess_output(cohort: Path, shards: Path, dst: Path) -> Path:
             src = cohort / sid / f"{name}.nii.gz"
             if src.exists():
                 shutil.copy2(src, d / src.name)
+    outputs: dict = {"subjects_dir": "subjects", "shards": {}}
     for name in splits:
         if (shards / name).is_dir():
             shutil.copytree(shards / name, dst / "shards" / name)
+            index = json.loads((dst / "shards" / name / "index.json").read_text())
+            outputs["shards"][name] = {
+                "path": f"shards/{name}", "n_subjects": len(splits[name]),
+                "n_slices": int(index["n_slices"]),
+                "sha256": {f.name: sha256_file(f) for f in sorted((dst / "shards" / name).iterdir())
+                           if f.is_file()}}
     manifest = {"step": "preprocess", "inputs": {"input_uri": str(cohort)}, "params": {},
-                "outputs": {"subjects_dir": "subjects"}, "splits": splits,
+                "outputs": outputs, "splits": splits,
                 "subjects": [{"id": sid} for sid in sorted(sum(splits.values(), []))],
                 "counts": {k: len(v) for k, v in splits.items()}, "timings": {}, "code_version": "test"}
     (dst / "manifest.json").write_text(json.dumps(manifest, indent=2))

@@ -16,7 +16,8 @@ import pytest
 from mlflow import MlflowClient
 
 from components import storage
-from components.evaluate import EvaluateError, main, run_evaluate
+from components.evaluate import main, run_evaluate
+from components.step import StepInputError
 from tests.mlflow_server import preprocess_output, train_output
 
 
@@ -135,29 +136,60 @@ def test_without_tracking_nothing_is_logged(data, trained, tmp_path, monkeypatch
     assert not (tmp_path / "e" / "figures").exists() and m["counts"]["figures"] == 0
 
 
-def test_bad_inputs_name_the_file_and_field(data, trained, tmp_path):
+def test_bad_inputs_name_the_file_and_field(data, trained, tmp_path, capsys):
     model_dir, _ = trained
     bad = tmp_path / "bad"
     shutil.copytree(data, bad)
     doc = json.loads((bad / "manifest.json").read_text())
     (bad / "manifest.json").write_text(json.dumps({**doc, "step": "ingest"}))
-    with pytest.raises(EvaluateError, match=r"bad/manifest.json: field 'step' is 'ingest', expected 'preprocess'"):
+    with pytest.raises(StepInputError, match=r"bad/manifest.json: field 'step' is 'ingest', expected 'preprocess'"):
         run_evaluate(str(bad), str(model_dir), str(tmp_path / "o1"))
     (bad / "manifest.json").write_text(json.dumps({**doc, "splits": {"train": ["a"]}}))
-    with pytest.raises(EvaluateError, match=r"has no split 'test'"):
+    with pytest.raises(StepInputError, match=r"has no split 'test'"):
         run_evaluate(str(bad), str(model_dir), str(tmp_path / "o2"))
     (bad / "manifest.json").write_text(json.dumps({**doc, "splits": {**doc["splits"], "test": ["../x"]}}))
-    with pytest.raises(EvaluateError, match=r"invalid subject ids \['../x'\]"):
+    with pytest.raises(StepInputError, match=r"invalid subject ids \['../x'\]"):
         run_evaluate(str(bad), str(model_dir), str(tmp_path / "o3"))
     # every test subject unreadable: a clear error and nothing published
     (bad / "manifest.json").write_text(json.dumps({**doc, "splits": {**doc["splits"], "test": ["nobody"]}}))
-    with pytest.raises(EvaluateError, match=r"no subject of split 'test'.*nobody"):
+    with pytest.raises(StepInputError, match=r"no subject of split 'test'.*nobody"):
         run_evaluate(str(bad), str(model_dir), str(tmp_path / "o4"))
     assert not (tmp_path / "o4").exists()
-    with pytest.raises(EvaluateError, match=r"data/manifest.json: not found \(expected the output of step 'train'\)"):
+    with pytest.raises(StepInputError, match=r"data/manifest.json: not found \(expected the output of step 'train'\)"):
         run_evaluate(str(bad), str(tmp_path / "data"), str(tmp_path / "o5"))
+    # bad input on the CLI: exit code 2 (components.step), the message names the file
     assert main(["--data-uri", str(bad), "--model-uri", str(tmp_path / "nope"),
-                 "--output-uri", str(tmp_path / "o6")]) == 1
+                 "--output-uri", str(tmp_path / "o6")]) == 2
+    assert "nope/manifest.json: not found" in capsys.readouterr().err
+    assert main(["--data-uri", str(data), "--model-uri", str(model_dir),
+                 "--output-uri", str(tmp_path / "o7"), "--figures", "-1"]) == 2
+    assert "figures must be >= 0, got -1" in capsys.readouterr().err
+
+
+def test_shard_paths_come_from_the_preprocess_manifest(data, trained, tmp_path, monkeypatch):
+    """The shards are where ``outputs.shards.<split>.path`` says, not at ``<data>/shards``."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    moved = tmp_path / "processed"
+    shutil.copytree(data, moved)
+    (moved / "packed").mkdir()
+    doc = json.loads((moved / "manifest.json").read_text())
+    for split, entry in doc["outputs"]["shards"].items():
+        (moved / entry["path"]).rename(moved / "packed" / split)
+        entry["path"] = f"packed/{split}"
+    (moved / "manifest.json").write_text(json.dumps(doc))
+    assert not (moved / "shards" / "test").exists()
+    m = run_evaluate(str(moved), str(trained[0]), str(tmp_path / "e"), figures=0)
+    assert m["counts"]["evaluated"] == len(_test_ids(data))
+    doc["outputs"]["shards"]["test"]["path"] = "../elsewhere/test"
+    (moved / "manifest.json").write_text(json.dumps(doc))
+    with pytest.raises(StepInputError, match=r"field 'outputs.shards.test.path' = '../elsewhere/test': "
+                                             r"expected a relative path inside"):
+        run_evaluate(str(moved), str(trained[0]), str(tmp_path / "e2"))
+    del doc["outputs"]["shards"]["test"]
+    (moved / "manifest.json").write_text(json.dumps(doc))
+    with pytest.raises(StepInputError, match=r"processed/manifest.json: missing field "
+                                             r"'outputs.shards.test.path'"):
+        run_evaluate(str(moved), str(trained[0]), str(tmp_path / "e3"))
 
 
 def test_a_task_without_audit_uses_its_own_metric_names(data, tmp_path, monkeypatch):
@@ -218,3 +250,12 @@ def test_evaluate_s3_uris(data, trained, server, s3, tmp_path):
     assert m["counts"]["evaluated"] == len(_test_ids(data)) and m["outputs"]["mlflow_run_id"] == run_id
     local = run_evaluate(str(data), str(model_dir), str(tmp_path / "local"), figures=0, tracking_uri=None)
     assert m["outputs"]["aggregate"] == local["outputs"]["aggregate"]  # same numbers from S3 and disk
+
+
+def test_flat_metric_names_docstring_examples_run():
+    import doctest
+
+    import components.eval_summary as summary
+
+    result = doctest.testmod(summary, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0

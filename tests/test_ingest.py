@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from components import storage
-from components.ingest import TCIA_CACHE, main, run_ingest
+from components.ingest import main, run_ingest
+from components.sources import TCIA_CACHE
 from components.step import MANIFEST, StepInputError
 from gan_core.data.nifti import load_volume, save_volume
 from gan_core.data.phantom import write_cohort
@@ -242,3 +243,12 @@ def test_folder_from_s3(s3: str, synthrad: Path, tmp_path: Path) -> None:
     assert m["subjects"][0]["source"]["path"] == storage.join(s3, "synthrad", "phantom_000")
     a = load_volume(tmp_path / "raw/subjects/phantom_001/mr.nii.gz").array
     assert np.array_equal(a, load_volume(synthrad / "phantom_001/mr.nii.gz").array)
+
+
+@pytest.mark.parametrize("module", ["components.sources", "components.ingest"])
+def test_docstring_examples_run(module: str) -> None:
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0

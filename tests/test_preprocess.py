@@ -18,7 +18,9 @@ import SimpleITK as sitk
 
 from components import storage
 from components.ingest import run_ingest
-from components.preprocess import MANIFEST, PreprocessError, main, preprocess_subject, run_preprocess
+from components.preprocess import main, run_preprocess
+from components.step import MANIFEST, StepInputError
+from components.subject_prep import preprocess_subject
 from gan_core.data.nifti import load_volume
 from gan_core.data.register import RegistrationError, nifti_affine, register_mr_to_ct, sitk_image, to_xyz
 from gan_core.data.shards import Shards, SubjectFiles
@@ -265,28 +267,28 @@ def test_wrong_previous_step_is_a_clear_error(raw: Path, rigid: tuple[Path, dict
                                               tmp_path: Path) -> None:
     out, _ = rigid
     wrong = rf"{out}/manifest.json: field 'step' is 'preprocess', expected 'ingest'"
-    with pytest.raises(PreprocessError, match=wrong):
+    with pytest.raises(StepInputError, match=wrong):
         run_preprocess(str(out), str(tmp_path / "x"))
-    with pytest.raises(PreprocessError, match=rf"{tmp_path}/absent/manifest.json: cannot read"):
+    with pytest.raises(StepInputError, match=rf"{tmp_path}/absent/manifest.json: not found \(expected the output of step 'ingest'\)"):
         run_preprocess(str(tmp_path / "absent"), str(tmp_path / "x"))
     broken = tmp_path / "broken"
     shutil.copytree(raw, broken)
     doc = json.loads((broken / MANIFEST).read_text())
     del doc["subjects"]
     (broken / MANIFEST).write_text(json.dumps(doc))
-    with pytest.raises(PreprocessError, match="missing field 'subjects'"):
+    with pytest.raises(StepInputError, match="missing field 'subjects'"):
         run_preprocess(str(broken), str(tmp_path / "x"))
     doc["subjects"] = [{"id": "a", "files": {"mr": "../../etc/passwd", "ct": "x"}}]
     (broken / MANIFEST).write_text(json.dumps(doc))
-    with pytest.raises(PreprocessError, match=r"subjects\[0\] \(a\): files.mr .* relative path"):
+    with pytest.raises(StepInputError, match=r"subjects\[0\] \(a\): files.mr .* relative path"):
         run_preprocess(str(broken), str(tmp_path / "x"))
     shutil.copy(raw / MANIFEST, broken / MANIFEST)
     (broken / storage.SUCCESS_MARKER).unlink()
-    with pytest.raises(PreprocessError, match="no _SUCCESS marker.*incomplete"):
+    with pytest.raises(StepInputError, match="no _SUCCESS marker.*incomplete"):
         run_preprocess(str(broken), str(tmp_path / "x"))
-    with pytest.raises(PreprocessError, match="register: 'elastic'"):
+    with pytest.raises(StepInputError, match="register: 'elastic'"):
         run_preprocess(str(raw), str(tmp_path / "x"), register="elastic")
-    with pytest.raises(PreprocessError, match="spacing: expected 3 positive"):
+    with pytest.raises(StepInputError, match="spacing: expected 3 positive"):
         run_preprocess(str(raw), str(tmp_path / "x"), spacing=(1, 0, 1))
     assert not (tmp_path / "x").exists()
 
@@ -344,7 +346,10 @@ def test_cli(raw: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     params = json.loads((out / MANIFEST).read_text())["params"]
     assert params["spacing"] == [8.0, 8.0, 12.0] and params["split"] == [0.5, 0.25, 0.25]
     rc = main(["--input-uri", str(out), "--output-uri", str(tmp_path / "y")])
-    assert rc == 1 and "expected 'ingest'" in capsys.readouterr().err
+    assert rc == 2 and "expected 'ingest'" in capsys.readouterr().err  # bad input: exit 2
+    rc = main(["--input-uri", str(raw), "--output-uri", str(tmp_path / "y"), "--split", "0,0,0"])
+    assert rc == 2 and "split: expected 3 non-negative fractions" in capsys.readouterr().err
+    assert not (tmp_path / "y").exists()
     with pytest.raises(SystemExit):
         main(["--input-uri", "a", "--output-uri", "b", "--spacing", "3,3"])
     assert main.__module__ == "components.preprocess"
@@ -360,7 +365,7 @@ def test_fields_of_view_that_do_not_overlap_are_named(tmp_path: Path, mode: str)
     far = affine.copy()
     far[:3, 3] = [500.0, 0.0, 0.0]  # 500 mm to the left of a 96 mm wide CT
     nib.save(nib.Nifti1Image(grid, far), mr_file)
-    with pytest.raises(PreprocessError) as err:
+    with pytest.raises(StepInputError) as err:
         preprocess_subject("far_001", {"mr": mr_file, "ct": ct_file}, tmp_path / "out",
                            spacing=None, register=mode)
     msg = str(err.value)

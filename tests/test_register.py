@@ -17,7 +17,8 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from components.evaluate import run_evaluate
-from components.register import INTENDED_USE, decide_promotion, main, run_register
+from components.register import main, run_register
+from components.registry_policy import INTENDED_USE, decide_promotion
 from components.step import StepInputError
 from tests.mlflow_server import preprocess_output, train_output
 
@@ -182,3 +183,12 @@ def test_register_rejects_mismatched_inputs(models, server, tmp_path, monkeypatc
     # bad input (no train manifest there): exit code 2, the message names the file
     assert main(["--model-uri", str(tmp_path / "none"), "--eval-uri", mid["eval"], "--tracking-uri", server]) == 2
     assert f"{tmp_path / 'none'}/manifest.json: not found (expected the output of step 'train')" in capsys.readouterr().err
+
+
+def test_policy_docstring_examples_run():
+    import doctest
+
+    import components.registry_policy as policy
+
+    result = doctest.testmod(policy, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0
