@@ -110,7 +110,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from gan_core.data.pack import pack_cohort
     from gan_core.data.phantom import write_cohort
     from gan_core.data.shards import Shards
-    from gan_core.engine import train, translate_file
+    from gan_core.engine import load_model, train, translate_file
     from gan_core.eval.evaluate import evaluate
     from gan_core.eval.report import results_table
     from gan_core.tasks import build_task

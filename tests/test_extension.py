@@ -9,7 +9,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
-import torch
 import torch.nn.functional as F
 import yaml
 from scipy.ndimage import uniform_filter

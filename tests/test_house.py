@@ -10,7 +10,6 @@ from __future__ import annotations
 import ast
 import doctest
 import importlib
-import pkgutil
 from pathlib import Path
 
 import pytest

@@ -10,7 +10,6 @@ from __future__ import annotations
 import ast
 import os
 import random
-import types
 from pathlib import Path
 
 import numpy as np

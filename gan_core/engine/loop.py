@@ -29,7 +29,7 @@ from gan_core.data.shards import InfiniteSampler, PatchDataset, SliceDataset
 from gan_core.engine.checkpoint import (CHECKPOINT, MODEL, load_checkpoint, save_checkpoint,
                                         save_model, set_rng_state)
 from gan_core.engine.validate import validate
-from gan_core.frameworks import build_framework
+from gan_core.frameworks import GANFramework, build_framework
 from gan_core.tasks import build_task
 
 __all__ = ["ReportFn", "TrainResult", "pick_device", "make_dataset", "train"]
