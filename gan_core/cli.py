@@ -100,7 +100,8 @@ def cmd_translate(args: argparse.Namespace) -> int:
     from gan_core.engine import translate_file
 
     out = translate_file(args.model, args.input, args.output, mask_path=args.mask,
-                         batch_size=args.batch_size, device=args.device or "cpu", seed=args.seed)
+                         batch_size=args.batch_size, device=args.device or "cpu", seed=args.seed,
+                         degraded_input=args.degraded_input)
     print(f"wrote {out}")
     return 0
 
@@ -203,6 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--device", default="cpu")
     sp.add_argument("--seed", type=int, default=0,
                     help="seed of the task's input degradation (e.g. the k-space sampling mask)")
+    sp.add_argument("--degraded-input", action="store_true",
+                    help="the input is already what the task restores (a real low-dose CT, a "
+                         "thick-slice MR on the thin grid): no degradation is simulated on it")
     sp.set_defaults(func=cmd_translate)
 
     sp = sub.add_parser("demo", help="the whole CPU demo: phantom, train pix2pix + CycleGAN, evaluate")

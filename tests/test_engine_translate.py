@@ -171,3 +171,35 @@ def test_a_failed_translation_leaves_an_existing_output_untouched(models, subjec
     translate_file(models["mr2ct"], subject / "mr.nii.gz", out)
     assert load_volume(out).array.shape == load_volume(subject / "mr.nii.gz").array.shape
     assert sorted(p.name for p in out.parent.iterdir()) == ["sct.nii.gz"]
+
+
+def test_an_acquired_low_dose_ct_is_translated_as_is(subject, tmp_path):
+    """``--degraded-input``: a real low-dose CT goes through the network as it is (the same as
+    the network on the normalised volume); without it, the degradation is simulated first."""
+    from gan_core.engine import predict_volume
+
+    torch.manual_seed(0)
+    fw = build_framework(preset("tiny", "pix2pix", "lowdose"))
+    ct = load_volume(subject / "ct.nii.gz").array.astype(np.float32)
+    mask = load_volume(subject / "mask.nii.gz").array
+    direct = translate_array(fw, ct, mask, degraded_input=True)
+    net = np.moveaxis(predict_volume(fw, np.moveaxis(ct_to_unit(ct), 2, 0)[None]), 0, 2)
+    expected = np.where(mask > 0, unit_to_ct(net), -1000.0)
+    np.testing.assert_allclose(direct, expected, atol=1e-3)
+    simulated = translate_array(fw, ct, mask, seed=0)
+    assert np.abs(simulated - direct)[mask > 0].mean() > 1.0  # the simulated noise changed it
+
+    model = tmp_path / "lowdose.pt"
+    save_model(fw, model)
+    out = tmp_path / "den.nii.gz"
+    assert main(["translate", "--model", str(model), "--input", str(subject / "ct.nii.gz"),
+                 "--mask", str(subject / "mask.nii.gz"), "--output", str(out),
+                 "--degraded-input"]) == 0
+    np.testing.assert_array_equal(load_volume(out).array, np.round(direct).astype(np.int16))
+
+
+def test_a_simulated_input_task_refuses_an_acquired_input(models, subject, tmp_path, capsys):
+    out = tmp_path / "k.nii.gz"
+    assert main(["translate", "--model", str(models["kspace"]), "--input",
+                 str(subject / "mr.nii.gz"), "--output", str(out), "--degraded-input"]) == 2
+    assert "simulates its input" in capsys.readouterr().err and not out.exists()

@@ -28,6 +28,7 @@ from gan_core.engine.checkpoint import load_model
 from gan_core.frameworks import GANFramework
 from gan_core.frameworks.base import generator_multiple
 from gan_core.tasks import build_task
+from gan_core.tasks.base import Degraded
 
 __all__ = ["translate_slices", "translate_patches", "predict_volume", "translate_array",
            "translate_file"]
@@ -90,12 +91,14 @@ def predict_volume(fw: GANFramework, image: np.ndarray, batch_size: int = 16) ->
 
 
 def translate_array(fw: GANFramework, volume: np.ndarray, mask: np.ndarray | None = None, *,
-                    batch_size: int = 16, seed: int = 0) -> np.ndarray:
+                    batch_size: int = 16, seed: int = 0, degraded_input: bool = False) -> np.ndarray:
     """A raw input volume ``(X, Y, Z)`` of the model's task (MR in scanner units, CT in HU or a
     label map) -> its prediction ``(X, Y, Z)`` float32 in the target's units (module docstring).
 
     ``mask``: the body mask (default: ``Task.input_mask`` of the volume). ``seed``: the task's
-    degradation RNG (e.g. the k-space sampling mask).
+    degradation RNG (e.g. the k-space sampling mask). ``degraded_input``: the volume is already
+    the task's input as a scanner acquires it (``Task.acquired_input``: a real low-dose CT), so
+    no degradation is simulated on it.
     """
     task = build_task(fw.cfg.task)
     if task.in_channels == 0:
@@ -109,7 +112,13 @@ def translate_array(fw: GANFramework, volume: np.ndarray, mask: np.ndarray | Non
         raise ValueError(f"translate: the mask has shape {mask.shape}, the volume {vol.shape}")
     slab = {task.source: np.moveaxis(task.normalize_input(vol, mask), 2, 0),  # (Z, X, Y)
             "mask": np.moveaxis(mask, 2, 0)}
-    deg = task.degrade(slab, np.random.default_rng(seed))
+    if degraded_input:
+        if not task.acquired_input:
+            raise ValueError(f"task {task.name!r} simulates its input from a clean {task.source} "
+                             "volume (it cannot take an acquired one): drop --degraded-input")
+        deg = Degraded(np.asarray(slab[task.source], np.float32)[None])
+    else:
+        deg = task.degrade(slab, np.random.default_rng(seed))
     pred = task.postprocess(predict_volume(fw, deg.image, batch_size), deg)
     return task.to_target_units(np.moveaxis(pred, 0, 2), mask)
 
@@ -125,7 +134,7 @@ def _same_file(a: Path, b: Path) -> bool:
 
 def translate_file(model: str | Path | GANFramework, input_path: str | Path, out_path: str | Path,
                    *, mask_path: str | Path | None = None, batch_size: int = 16,
-                   device: str = "cpu", seed: int = 0) -> Path:
+                   device: str = "cpu", seed: int = 0, degraded_input: bool = False) -> Path:
     """Translate one NIfTI input of the model's task to a NIfTI of its target, with the input's
     affine and header: CT targets as int16 HU, MR targets as float32 [0, 1]. The output may not
     be the input or the mask file (also through a symlink or another relative path)."""
@@ -142,7 +151,8 @@ def translate_file(model: str | Path | GANFramework, input_path: str | Path, out
         mvol = load_volume(mask_path, name="mask")
         check_same_grid(vol, mvol, names=("input", "mask"))
         mask = mvol.array
-    out = translate_array(fw, vol.array, mask, batch_size=batch_size, seed=seed)
+    out = translate_array(fw, vol.array, mask, batch_size=batch_size, seed=seed,
+                          degraded_input=degraded_input)
     if task.target == "ct":
         return save_volume(out_path, np.round(out).astype(np.int16), like=vol, dtype=np.int16)
     return save_volume(out_path, out, like=vol, dtype=np.float32)

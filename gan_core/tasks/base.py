@@ -48,6 +48,10 @@ class Task:
     per_sample: bool = False
     needs: tuple[str, ...] = ()
     Params: ClassVar[type[TaskConfig]] = TaskConfig
+    #: True when a scanner acquires the network input as such (a low-dose CT; a thick-slice MR
+    #: resampled to the thin grid): ``translate(..., degraded_input=True)`` then feeds a real
+    #: input as it is instead of simulating the degradation on it (a retrospective study)
+    acquired_input: bool = False
     #: loss weights the task's presets set (e.g. k-space: a frequency term)
     loss_defaults: ClassVar[dict[str, float]] = {}
     #: model choices the task's presets set (same-modality tasks: a residual generator)

@@ -162,6 +162,7 @@ class LowDoseCT(Task):
         dose: float = 0.25      # fraction of the full-dose photon count
         photons: float = 1e5    # full-dose incident photons per detector bin (I0)
 
+    acquired_input = True  # a real low-dose CT is translated as it is
     source, target = "ct", "ct"
     model_defaults = {"residual": True}  # learn the noise, not the image (as RED-CNN / DnCNN)
     fov_mm: float = FOV_MM

@@ -96,6 +96,7 @@ class SuperResolution(Task):
         factor: int = 2         # through-plane downsampling factor
 
     source, target = "mr", "mr"
+    acquired_input = True  # a thick-slice MR already resampled to the thin grid is translated as is
     # no residual generator here (unlike low-dose CT and k-space): on the phantom benchmark a
     # residual pix2pix stayed at the cubic input (NMSE 0.1025 = baseline), a plain one reached
     # 0.0958 (docs/results.md)
