@@ -56,11 +56,12 @@ def get_app(name: str) -> App:
     return APPS[name]
 
 
-def build_app(name: str, params: Mapping[str, Any] | None = None, gpus: int | None = None) -> Callable:
+def build_app(name: str, params: Mapping[str, Any] | None = None, gpus: float | None = None) -> Callable:
     """The KFP pipeline of application ``name`` (KFP name: ``name`` with ``-`` for ``_``).
 
     ``params``: pipeline parameter defaults over the app's own (``{"framework": "unit"}``).
-    ``gpus``: accelerators per train/tune/evaluate step; ``None``: ``$MEDGAN_PIPELINE_GPUS``, default 1.
+    ``gpus``: default GPUs per Ray Train worker (``use_gpu`` defaults to ``gpus > 0``; no KFP pod
+    requests one); ``None``: ``$MEDGAN_PIPELINE_GPUS``, default 1.
     """
     app = get_app(name)
     defaults = {"framework": app.framework, "task": app.task, **app.defaults, **(params or {})}
