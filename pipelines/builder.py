@@ -14,6 +14,7 @@ True
 
 import inspect
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -40,10 +41,11 @@ def _secrets(task: dsl.PipelineTask, mlflow: bool = False) -> dsl.PipelineTask:
     return task
 
 
-def _place(task: dsl.PipelineTask, cpu: Any, memory: Any, node_selector: Any,
+def _place(task: dsl.PipelineTask, cpu: str, memory: str, node_selector: Any,
            tolerations: Any) -> dsl.PipelineTask:
-    """CPU/memory requests (never an accelerator: GPUs belong to the Ray workers), the node
-    selector and the tolerations of a KFP task, all from pipeline parameters."""
+    """CPU/memory requests (never an accelerator: GPUs belong to the Ray workers; compile-time
+    values, see :func:`pod_requests_from_env`), the node selector and the tolerations (pipeline
+    parameters) of a KFP task."""
     task.set_cpu_request(cpu).set_memory_request(memory)
     kubernetes.add_node_selector_json(task, node_selector)
     kubernetes.add_toleration_json(task, tolerations)
@@ -51,6 +53,9 @@ def _place(task: dsl.PipelineTask, cpu: Any, memory: Any, node_selector: Any,
 
 
 GPUS_ENV = "MEDGAN_PIPELINE_GPUS"
+CPU_ENV = "MEDGAN_PIPELINE_CPU"
+MEMORY_ENV = "MEDGAN_PIPELINE_MEMORY"
+_QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
 #: Retries of the train and tune tasks (a retry resumes from the run's latest Ray checkpoint).
 RETRIES = 2
 
@@ -72,8 +77,27 @@ def gpus_from_env() -> float:
     return gpus
 
 
+def pod_requests_from_env() -> tuple[str, str]:
+    """CPU and memory every KFP pod requests: ``$MEDGAN_PIPELINE_CPU`` (default ``"2"``) and
+    ``$MEDGAN_PIPELINE_MEMORY`` (default ``"8Gi"``), Kubernetes quantities. Compile-time, not
+    pipeline parameters: KFP resolves a parameter in a resource request only outside the If/Else
+    branches (kfp.local fails on it inside them).
+
+    >>> pod_requests_from_env()
+    ('2', '8Gi')
+    """
+    out = []
+    for env, default in ((CPU_ENV, "2"), (MEMORY_ENV, "8Gi")):
+        raw = os.environ.get(env, default)
+        if not _QUANTITY.match(raw):
+            raise ValueError(f"{env}: expected a Kubernetes quantity such as {default!r}, got {raw!r}")
+        out.append(raw)
+    return out[0], out[1]
+
+
 def build_pipeline(name: str, *, framework: str, task: str, register: bool, description: str,
-                   gpus: float = 0, defaults: Mapping[str, Any] | None = None) -> Callable:
+                   gpus: float = 0, cpu_request: str = "2", memory_request: str = "8Gi",
+                   defaults: Mapping[str, Any] | None = None) -> Callable:
     # (no `from __future__ import annotations` in this module: KFP reads the real annotations)
     """The ingest -> preprocess -> [tune] -> train -> evaluate [-> register] DAG, named ``name``.
 
@@ -92,10 +116,14 @@ def build_pipeline(name: str, *, framework: str, task: str, register: bool, desc
     the step submits itself to that cluster's Jobs API), ``launcher`` (auto | local | jobs |
     rayjob), ``num_workers`` (per training run / per trial), ``use_gpu``, ``gpus_per_worker``,
     ``resources_per_worker`` (JSON, e.g. ``'{"CPU": 8}'``), ``max_concurrent_trials`` (0: what the
-    Ray cluster holds at its autoscaling maximum). Pod parameters: ``cpu_request``,
-    ``memory_request``, ``node_selector`` (``{"pool": "cpu"}``) and ``tolerations`` (a list of
-    Kubernetes tolerations) for every KFP task.
+    Ray cluster holds at its autoscaling maximum). Pod parameters: ``node_selector``
+    (``{"pool": "cpu"}``) and ``tolerations`` (a list of Kubernetes tolerations) for every KFP
+    task. ``cpu_request``/``memory_request`` (builder arguments, Kubernetes quantities): what
+    every KFP pod requests.
     """
+    for key, value in (("cpu_request", cpu_request), ("memory_request", memory_request)):
+        if not _QUANTITY.match(str(value)):
+            raise ValueError(f"pipeline {name!r}: {key}: expected a Kubernetes quantity, got {value!r}")
     if not gpus >= 0:
         raise ValueError(f"pipeline {name!r}: gpus: expected >= 0 (GPUs per Ray worker), got {gpus!r}")
     defaults = dict(defaults or {})
@@ -130,8 +158,6 @@ def build_pipeline(name: str, *, framework: str, task: str, register: bool, desc
         gpus_per_worker: float = 1.0,  # set from `gpus` below
         resources_per_worker: str = "",
         max_concurrent_trials: int = 0,
-        cpu_request: str = "2",
-        memory_request: str = "8Gi",
         node_selector: dict = {},  # noqa: B006 - a KFP parameter default, never mutated
         tolerations: list = [],  # noqa: B006 - a KFP parameter default, never mutated
         tracking_uri: str = "",

@@ -137,6 +137,19 @@ def test_pipeline_gpus_env_sets_ray_gpus_not_pod_gpus(tmp_path, monkeypatch):
         build_app("lowdose_ct")
 
 
+def test_pod_requests_env(tmp_path, monkeypatch):
+    from pipelines.builder import CPU_ENV, MEMORY_ENV
+
+    monkeypatch.setenv(CPU_ENV, "500m")
+    monkeypatch.setenv(MEMORY_ENV, "2Gi")
+    execs = _executors(build_app("lowdose_ct"), tmp_path)
+    assert {(e["container"]["resources"]["resourceCpuRequest"],
+             e["container"]["resources"]["resourceMemoryRequest"]) for e in execs.values()} == {("500m", "2Gi")}
+    monkeypatch.setenv(MEMORY_ENV, "2 gigabytes")
+    with pytest.raises(ValueError, match=f"{MEMORY_ENV}: expected a Kubernetes quantity"):
+        build_app("lowdose_ct")
+
+
 def test_dict_and_list_params(tmp_path):
     out = tmp_path / "k.yaml"
     assert main(["kspace_recon", "--compile", str(out), "--param", 'node_selector={"pool": "cpu"}',
