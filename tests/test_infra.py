@@ -645,5 +645,82 @@ def test_mlflow_dockerfile_has_postgres_and_s3_clients() -> None:
     runs = " ".join(
         r for op, r in dockerfile_instructions(INFRA / "mlflow" / "Dockerfile") if op == "RUN"
     )
+    assert "mlflow[auth]==" in runs, "the basic-auth app needs mlflow[auth] (Flask-WTF)"
     for pkg in ("mlflow", "psycopg2", "boto3"):
         assert pkg in runs, f"infra/mlflow/Dockerfile does not install {pkg}"
+
+
+# ------------------------------------------------------------------- MLflow basic-auth, for real
+
+
+def test_mlflow_basic_auth_server_and_user_job(tmp_path: Path) -> None:
+    """The server's basic-auth settings (ConfigMap mlflow-auth; SQLite standing in for Postgres)
+    with the admin from the environment, as the Deployment has it; the mlflow-create-user Job's
+    script creates the application user (twice: idempotent); only logged-in requests pass."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    import urllib.error
+    import urllib.request
+
+    import requests
+
+    from tests.mlflow_server import free_port
+
+    cm = _doc("ConfigMap", "mlflow-auth")["data"]
+    ini = re.sub(r"(?m)^database_uri = .*$", f"database_uri = sqlite:///{tmp_path / 'auth.db'}",
+                 cm["basic_auth.ini"])
+    (tmp_path / "basic_auth.ini").write_text(ini)
+    (tmp_path / "create_user.py").write_text(cm["create_user.py"])
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    admin = {"MLFLOW_AUTH_ADMIN_USERNAME": "admin", "MLFLOW_AUTH_ADMIN_PASSWORD": "admin-" + os.urandom(8).hex()}
+    app = {"MLFLOW_TRACKING_USERNAME": "medgan-app", "MLFLOW_TRACKING_PASSWORD": "app-" + os.urandom(8).hex()}
+    base = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env = {**base, **admin, "MLFLOW_AUTH_CONFIG_PATH": str(tmp_path / "basic_auth.ini"),
+           "MLFLOW_FLASK_SERVER_SECRET_KEY": os.urandom(16).hex(),
+           "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    log = (tmp_path / "server.log").open("wb")
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--app-name", "basic-auth",
+                             "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
+                             "--artifacts-destination", str(tmp_path / "artifacts"),
+                             "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+                            env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert proc.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as r:  # probes: no login
+                    if r.status == 200:
+                        break
+            except (urllib.error.URLError, OSError):
+                pass
+            assert time.monotonic() < deadline, (tmp_path / "server.log").read_text()[-3000:]
+            time.sleep(0.5)
+        job_env = {**base, **admin, **app, "MLFLOW_URL": url}
+        for attempt in ("created", "exists"):
+            res = subprocess.run([sys.executable, str(tmp_path / "create_user.py")], env=job_env,
+                                 capture_output=True, text=True, timeout=120)
+            assert res.returncode == 0, res.stderr
+            assert attempt in res.stdout and app["MLFLOW_TRACKING_PASSWORD"] not in res.stdout + res.stderr
+        search = f"{url}/api/2.0/mlflow/experiments/search?max_results=5"
+        assert requests.get(search, timeout=30).status_code == 401
+        assert requests.get(search, auth=("medgan-app", "wrong"), timeout=30).status_code == 401
+        login = (app["MLFLOW_TRACKING_USERNAME"], app["MLFLOW_TRACKING_PASSWORD"])
+        assert requests.get(search, auth=login, timeout=30).status_code == 200
+        r = requests.post(f"{url}/api/2.0/mlflow/experiments/create", json={"name": "medgan"},
+                          auth=login, timeout=30)
+        assert r.status_code == 200, r.text
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=5)
+        log.close()
