@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 __all__ = [
     "TRACKING_ENV",
     "PARENT_TAG",
+    "COMMIT_TAG",
     "resolve_tracking_uri",
     "redact_uri",
     "client",
@@ -58,6 +59,8 @@ log = logging.getLogger(__name__)
 TRACKING_ENV = "MLFLOW_TRACKING_URI"
 #: Tag that makes a run a child ("nested run") of another in the MLflow UI.
 PARENT_TAG = "mlflow.parentRunId"
+#: Tag of every run: the git commit of the code that ran (components.step.code_info).
+COMMIT_TAG = "medgan.git_commit"
 #: MLflow's limit on a param value's length.
 _MAX_PARAM = 6000
 
@@ -139,10 +142,13 @@ def create_run(tracking_uri: str, experiment: str, *, run_name: str | None = Non
                parent_run_id: str | None = None, tags: dict[str, str] | None = None) -> str:
     """Create a run (a child of ``parent_run_id`` when given) and return its id.
 
-    The run stays RUNNING until :func:`end_run`; workers attach to it by id.
+    The run stays RUNNING until :func:`end_run`; workers attach to it by id. Every run carries
+    the code's git commit (tag ``medgan.git_commit``: ``$MEDGAN_GIT_COMMIT``, baked into the image).
     """
+    from components.step import code_info
+
     exp_id = ensure_experiment(tracking_uri, experiment)
-    all_tags = dict(tags or {})
+    all_tags = {COMMIT_TAG: code_info()["git_commit"] or "unknown", **(tags or {})}
     if parent_run_id:
         all_tags[PARENT_TAG] = parent_run_id
     run = client(tracking_uri).create_run(exp_id, run_name=run_name, tags=all_tags)

@@ -42,6 +42,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import tempfile
 import time
 from dataclasses import dataclass
@@ -168,15 +169,31 @@ def _trial_driver(config: dict[str, Any], setup: dict[str, Any]) -> None:
             raise
 
 
-def _max_concurrent(num_workers: int, use_gpu: bool, resources: dict[str, float] | None) -> int:
-    import ray
+#: The Ray cluster's capacity at its autoscaling maximum, JSON (``{"CPU": 32, "GPU": 4}``): set
+#: on the RayCluster (infra/kuberay/raycluster.yaml: maxReplicas x each worker's resources).
+MAX_RESOURCES_ENV = "MEDGAN_RAY_MAX_RESOURCES"
 
-    total = ray.cluster_resources()
-    if use_gpu:
-        per = float((resources or {}).get("GPU", 1)) * num_workers
-        return max(1, int(total.get("GPU", 0) // per))
-    per = float((resources or {}).get("CPU", 1)) * num_workers
-    return max(1, int(total.get("CPU", 1) // per))
+
+def _max_concurrent(num_workers: int, use_gpu: bool, resources: dict[str, float] | None) -> int:
+    """Trials that fit at once in the cluster's maximum capacity: ``$MEDGAN_RAY_MAX_RESOURCES``
+    (an autoscaling cluster, whose nodes now may be fewer), else the resources of the nodes the
+    cluster has (a cluster that does not autoscale: a local Ray, a RayJob's fixed cluster)."""
+    raw = os.environ.get(MAX_RESOURCES_ENV)
+    if raw:
+        try:
+            total = json.loads(raw)
+            if not isinstance(total, dict) or not all(isinstance(v, (int, float)) for v in total.values()):
+                raise ValueError("not an object of numbers")
+        except ValueError as e:
+            raise StepInputError(f"${MAX_RESOURCES_ENV}: expected a JSON object of numbers such as "
+                                 f'{{"CPU": 32, "GPU": 4}}, got {raw!r} ({e})') from None
+    else:
+        import ray
+
+        total = ray.cluster_resources()
+    key = "GPU" if use_gpu else "CPU"
+    per = float((resources or {}).get(key, 1)) * num_workers
+    return max(1, int(float(total.get(key, 0)) // per))
 
 
 def _finite(v: Any) -> float | None:

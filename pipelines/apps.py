@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Callable, Mapping
 
-from pipelines.builder import build_pipeline, gpus_from_env
+from pipelines.builder import build_pipeline, gpus_from_env, pod_requests_from_env
 
 
 @dataclass(frozen=True)
@@ -56,15 +56,19 @@ def get_app(name: str) -> App:
     return APPS[name]
 
 
-def build_app(name: str, params: Mapping[str, Any] | None = None, gpus: int | None = None) -> Callable:
+def build_app(name: str, params: Mapping[str, Any] | None = None, gpus: float | None = None) -> Callable:
     """The KFP pipeline of application ``name`` (KFP name: ``name`` with ``-`` for ``_``).
 
     ``params``: pipeline parameter defaults over the app's own (``{"framework": "unit"}``).
-    ``gpus``: accelerators per train/tune/evaluate step; ``None``: ``$MEDGAN_PIPELINE_GPUS``, default 1.
+    ``gpus``: default GPUs per Ray Train worker (``use_gpu`` defaults to ``gpus > 0``; no KFP pod
+    requests one); ``None``: ``$MEDGAN_PIPELINE_GPUS``, default 1. Every KFP pod requests
+    ``$MEDGAN_PIPELINE_CPU`` CPUs and ``$MEDGAN_PIPELINE_MEMORY`` memory (``pod_requests_from_env``).
     """
     app = get_app(name)
+    cpu, memory = pod_requests_from_env()
     defaults = {"framework": app.framework, "task": app.task, **app.defaults, **(params or {})}
     framework, task = defaults.pop("framework"), defaults.pop("task")
     return build_pipeline(name.replace("_", "-"), framework=framework, task=task, register=app.register,
                           description=app.description, gpus=gpus_from_env() if gpus is None else gpus,
+                          cpu_request=cpu, memory_request=memory,
                           defaults=defaults)

@@ -14,6 +14,7 @@ True
 
 import inspect
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -25,39 +26,78 @@ from pipelines import ops
 S3_SECRET = "medgan-s3"
 MLFLOW_SECRET = "medgan-mlflow"
 S3_KEYS = {"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY",
-           "AWS_ENDPOINT_URL": "AWS_ENDPOINT_URL"}
+           "AWS_ENDPOINT_URL": "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION": "AWS_DEFAULT_REGION"}
 MLFLOW_KEYS = {"MLFLOW_TRACKING_URI": "MLFLOW_TRACKING_URI",
                "MLFLOW_TRACKING_USERNAME": "MLFLOW_TRACKING_USERNAME",
                "MLFLOW_TRACKING_PASSWORD": "MLFLOW_TRACKING_PASSWORD"}
 
 
 def _secrets(task: dsl.PipelineTask, mlflow: bool = False) -> dsl.PipelineTask:
-    kubernetes.use_secret_as_env(task, S3_SECRET, S3_KEYS, optional=True)
+    """Mount the S3 Secret (and MLflow's) as environment variables: required, not optional, so a
+    missing Secret stops the pod from starting instead of a step writing to the wrong place."""
+    kubernetes.use_secret_as_env(task, S3_SECRET, S3_KEYS)
     if mlflow:
-        kubernetes.use_secret_as_env(task, MLFLOW_SECRET, MLFLOW_KEYS, optional=True)
+        kubernetes.use_secret_as_env(task, MLFLOW_SECRET, MLFLOW_KEYS)
+    return task
+
+
+def _place(task: dsl.PipelineTask, cpu: str, memory: str, node_selector: Any,
+           tolerations: Any) -> dsl.PipelineTask:
+    """CPU/memory requests (never an accelerator: GPUs belong to the Ray workers; compile-time
+    values, see :func:`pod_requests_from_env`), the node selector and the tolerations (pipeline
+    parameters) of a KFP task."""
+    task.set_cpu_request(cpu).set_memory_request(memory)
+    kubernetes.add_node_selector_json(task, node_selector)
+    kubernetes.add_toleration_json(task, tolerations)
     return task
 
 
 GPUS_ENV = "MEDGAN_PIPELINE_GPUS"
+CPU_ENV = "MEDGAN_PIPELINE_CPU"
+MEMORY_ENV = "MEDGAN_PIPELINE_MEMORY"
+_QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
+#: Retries of the train and tune tasks (a retry resumes from the run's latest Ray checkpoint).
+RETRIES = 2
 
 
-def gpus_from_env() -> int:
-    """Accelerators each train/tune/evaluate step requests: ``$MEDGAN_PIPELINE_GPUS``, default 1.
+def gpus_from_env() -> float:
+    """GPUs per Ray Train worker by default (``gpus_per_worker``; ``use_gpu`` defaults to
+    ``gpus > 0``): ``$MEDGAN_PIPELINE_GPUS``, default 1. The KFP pods themselves request none.
 
-    ``MEDGAN_PIPELINE_GPUS=0 python -m pipelines kspace_recon --compile k.yaml`` compiles a CPU DAG.
+    ``MEDGAN_PIPELINE_GPUS=0 python -m pipelines kspace_recon --compile k.yaml`` compiles a
+    pipeline that trains on CPU by default.
     """
     raw = os.environ.get(GPUS_ENV, "1")
     try:
-        gpus = int(raw)
+        gpus = float(raw)
     except ValueError:
-        gpus = -1
-    if gpus < 0:
-        raise ValueError(f"{GPUS_ENV}: expected a non-negative integer (GPUs per step), got {raw!r}")
+        gpus = -1.0
+    if not gpus >= 0:
+        raise ValueError(f"{GPUS_ENV}: expected a non-negative number (GPUs per Ray worker), got {raw!r}")
     return gpus
 
 
+def pod_requests_from_env() -> tuple[str, str]:
+    """CPU and memory every KFP pod requests: ``$MEDGAN_PIPELINE_CPU`` (default ``"2"``) and
+    ``$MEDGAN_PIPELINE_MEMORY`` (default ``"8Gi"``), Kubernetes quantities. Compile-time, not
+    pipeline parameters: KFP resolves a parameter in a resource request only outside the If/Else
+    branches (kfp.local fails on it inside them).
+
+    >>> pod_requests_from_env()
+    ('2', '8Gi')
+    """
+    out = []
+    for env, default in ((CPU_ENV, "2"), (MEMORY_ENV, "8Gi")):
+        raw = os.environ.get(env, default)
+        if not _QUANTITY.match(raw):
+            raise ValueError(f"{env}: expected a Kubernetes quantity such as {default!r}, got {raw!r}")
+        out.append(raw)
+    return out[0], out[1]
+
+
 def build_pipeline(name: str, *, framework: str, task: str, register: bool, description: str,
-                   gpus: int = 0, defaults: Mapping[str, Any] | None = None) -> Callable:
+                   gpus: float = 0, cpu_request: str = "2", memory_request: str = "8Gi",
+                   defaults: Mapping[str, Any] | None = None) -> Callable:
     # (no `from __future__ import annotations` in this module: KFP reads the real annotations)
     """The ingest -> preprocess -> [tune] -> train -> evaluate [-> register] DAG, named ``name``.
 
@@ -68,13 +108,31 @@ def build_pipeline(name: str, *, framework: str, task: str, register: bool, desc
     keys, e.g. ``'{"task.acceleration": 8}'``).
     ``register``: end with the MLflow registry step (the served model is MR in -> synthetic CT
     out, so only MR -> CT pipelines register; the others end at evaluate, logged to MLflow).
-    ``gpus``: accelerators requested by the GPU steps (train drives Ray; evaluate translates).
+    ``gpus``: the default of ``gpus_per_worker`` (GPUs per Ray Train worker); ``use_gpu``
+    defaults to ``gpus > 0``. No KFP pod requests a GPU: train and tune hand GPU count, workers
+    and per-worker resources to Ray's ScalingConfig.
+
+    Ray parameters: ``ray_address`` (empty: a Ray inside the step's pod; ``http://<head>:8265``:
+    the step submits itself to that cluster's Jobs API), ``launcher`` (auto | local | jobs |
+    rayjob), ``num_workers`` (per training run / per trial), ``use_gpu``, ``gpus_per_worker``,
+    ``resources_per_worker`` (JSON, e.g. ``'{"CPU": 8}'``), ``max_concurrent_trials`` (0: what the
+    Ray cluster holds at its autoscaling maximum). Pod parameters: ``node_selector``
+    (``{"pool": "cpu"}``) and ``tolerations`` (a list of Kubernetes tolerations) for every KFP
+    task. ``cpu_request``/``memory_request`` (builder arguments, Kubernetes quantities): what
+    every KFP pod requests.
     """
+    for key, value in (("cpu_request", cpu_request), ("memory_request", memory_request)):
+        if not _QUANTITY.match(str(value)):
+            raise ValueError(f"pipeline {name!r}: {key}: expected a Kubernetes quantity, got {value!r}")
+    if not gpus >= 0:
+        raise ValueError(f"pipeline {name!r}: gpus: expected >= 0 (GPUs per Ray worker), got {gpus!r}")
     defaults = dict(defaults or {})
     for key in ("framework", "task"):
         if key in defaults:
             raise ValueError(f"pipeline {name!r}: pass {key} as build_pipeline({key}=...), not in defaults")
     defaults.update(framework=framework, task=task)
+    defaults.setdefault("use_gpu", gpus > 0)
+    defaults.setdefault("gpus_per_worker", float(gpus) if gpus > 0 else 1.0)
 
     def pipeline(
         storage_root: str = "s3://medgan/runs",
@@ -93,8 +151,15 @@ def build_pipeline(name: str, *, framework: str, task: str, register: bool, desc
         run_tune: bool = False,
         tune_samples: int = 4,
         tune_steps: int = 0,
+        ray_address: str = "",
+        launcher: str = "auto",
         num_workers: int = 1,
-        use_gpu: bool = False,
+        use_gpu: bool = False,  # set from `gpus` below
+        gpus_per_worker: float = 1.0,  # set from `gpus` below
+        resources_per_worker: str = "",
+        max_concurrent_trials: int = 0,
+        node_selector: dict = {},  # noqa: B006 - a KFP parameter default, never mutated
+        tolerations: list = [],  # noqa: B006 - a KFP parameter default, never mutated
         tracking_uri: str = "",
         experiment: str = "medgan",
         model_name: str = "medgan-sct",
@@ -102,41 +167,48 @@ def build_pipeline(name: str, *, framework: str, task: str, register: bool, desc
         seed: int = 0,
     ) -> str:
         job = dsl.PIPELINE_JOB_ID_PLACEHOLDER
-        ingest = _secrets(ops.ingest_op(root=storage_root, job=job, source=source, subjects=subjects,
-                                        seed=seed, lesion_prevalence=lesion_prevalence,
-                                        misalign_mm=misalign_mm, folder=folder, collection=collection))
-        prep = _secrets(ops.preprocess_op(root=storage_root, job=job, input_uri=ingest.output,
-                                          register=register_method, seed=seed))
+
+        def place(t: dsl.PipelineTask) -> dsl.PipelineTask:
+            return _place(t, cpu_request, memory_request, node_selector, tolerations)
+
+        ray = dict(ray_address=ray_address, launcher=launcher, num_workers=num_workers,
+                   use_gpu=use_gpu, gpus_per_worker=gpus_per_worker,
+                   resources_per_worker=resources_per_worker)
+        ingest = place(_secrets(ops.ingest_op(
+            root=storage_root, source=source, subjects=subjects, seed=seed,
+            lesion_prevalence=lesion_prevalence, misalign_mm=misalign_mm, folder=folder,
+            collection=collection)))
+        prep = place(_secrets(ops.preprocess_op(root=storage_root, input_uri=ingest.output,
+                                                register=register_method, seed=seed)))
         with dsl.If(run_tune == True, name="tune-loss-weights"):  # noqa: E712 - KFP condition syntax
-            tune = _secrets(ops.tune_op(root=storage_root, job=job, data_uri=prep.output,
-                                        framework=framework, preset=preset, task=task,
-                                        overrides=overrides, num_samples=tune_samples,
-                                        max_steps_per_trial=tune_steps, tracking_uri=tracking_uri,
-                                        experiment=experiment, seed=seed), mlflow=True)
-            tuned = _secrets(ops.train_op(root=storage_root, job=job, data_uri=prep.output,
-                                          framework=framework, preset=preset, task=task,
-                                          overrides=overrides, config_uri=tune.output,
-                                          steps=steps, num_workers=num_workers, use_gpu=use_gpu,
-                                          tracking_uri=tracking_uri, experiment=experiment), mlflow=True)
+            tune = place(_secrets(ops.tune_op(
+                root=storage_root, job=job, data_uri=prep.output, framework=framework,
+                preset=preset, task=task, overrides=overrides, num_samples=tune_samples,
+                max_steps_per_trial=tune_steps, tracking_uri=tracking_uri, experiment=experiment,
+                seed=seed, max_concurrent_trials=max_concurrent_trials, **ray), mlflow=True))
+            tuned = place(_secrets(ops.train_op(
+                root=storage_root, job=job, data_uri=prep.output, framework=framework,
+                preset=preset, task=task, overrides=overrides, config_uri=tune.output, steps=steps,
+                tracking_uri=tracking_uri, experiment=experiment, **ray), mlflow=True))
         with dsl.Else(name="preset-loss-weights"):
-            plain = _secrets(ops.train_op(root=storage_root, job=job, data_uri=prep.output,
-                                          framework=framework, preset=preset, task=task,
-                                          overrides=overrides, config_uri="",
-                                          steps=steps, num_workers=num_workers, use_gpu=use_gpu,
-                                          tracking_uri=tracking_uri, experiment=experiment), mlflow=True)
+            plain = place(_secrets(ops.train_op(
+                root=storage_root, job=job, data_uri=prep.output, framework=framework,
+                preset=preset, task=task, overrides=overrides, config_uri="", steps=steps,
+                tracking_uri=tracking_uri, experiment=experiment, **ray), mlflow=True))
         model_uri = dsl.OneOf(tuned.output, plain.output)
-        ev = _secrets(ops.evaluate_op(root=storage_root, job=job, data_uri=prep.output, model_uri=model_uri,
-                                      tracking_uri=tracking_uri, experiment=experiment), mlflow=True)
-        for t in (tuned, plain, ev, tune):
+        ev = place(_secrets(ops.evaluate_op(root=storage_root, job=job, data_uri=prep.output,
+                                            model_uri=model_uri, tracking_uri=tracking_uri,
+                                            experiment=experiment), mlflow=True))
+        for t in (tuned, plain, tune):  # resume from the latest checkpoint makes a retry safe
+            t.set_retry(num_retries=RETRIES, backoff_duration="60s", backoff_factor=2.0)
+        for t in (tuned, plain, ev, tune):  # per-run outputs (job id): nothing to reuse
             t.set_caching_options(False)
-            if gpus:
-                t.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(gpus)
         if not register:
             return ev.outputs["Output"]
-        reg = _secrets(ops.register_op(model_uri=model_uri, eval_uri=ev.outputs["Output"],
-                                       data_uri=prep.output, model_name=model_name,
-                                       tracking_uri=tracking_uri, experiment=experiment,
-                                       require_audit=require_audit), mlflow=True)
+        reg = place(_secrets(ops.register_op(model_uri=model_uri, eval_uri=ev.outputs["Output"],
+                                             data_uri=prep.output, model_name=model_name,
+                                             tracking_uri=tracking_uri, experiment=experiment,
+                                             require_audit=require_audit), mlflow=True))
         reg.set_caching_options(False)
         return reg.output
 
@@ -164,14 +236,16 @@ def _set_defaults(name: str, fn: Callable, defaults: Mapping[str, Any]) -> None:
 
 
 def parameter_types(pipeline: Callable) -> dict[str, type]:
-    """Each pipeline parameter's Python type (``str``, ``int``, ``float`` or ``bool``)."""
+    """Each pipeline parameter's Python type (``str``, ``int``, ``float``, ``bool``, ``dict`` or
+    ``list``)."""
     return {k: p.annotation for k, p in inspect.signature(pipeline.pipeline_func).parameters.items()}
 
 
 def parse_params(pipeline: Callable, pairs: list[str]) -> dict[str, Any]:
     """``["subjects=8", "run_tune=true", 'overrides={"task.dose": 0.1}']`` -> typed parameters.
 
-    A ``str`` parameter takes the text as written; the others are read as YAML scalars.
+    A ``str`` parameter takes the text as written; the others are read as YAML (a ``dict`` or
+    ``list`` parameter as a JSON/YAML object or list: ``node_selector={"pool": "cpu"}``).
 
     >>> p = build_pipeline("toy", framework="pix2pix", task="kspace", register=False, description="")
     >>> parse_params(p, ["subjects=8", "run_tune=true", "overrides={}"])
@@ -201,8 +275,15 @@ def parse_params(pipeline: Callable, pairs: list[str]) -> dict[str, Any]:
 
 def run_local(pipeline: Callable, workdir: str | Path, **params: Any) -> dict:
     """Run the whole DAG here with kfp.local (SubprocessRunner, this Python env) on local defaults:
-    files under ``workdir``, MLflow on ``sqlite:///<workdir>/mlflow.db``, a local Ray."""
+    files under ``workdir``, MLflow on ``sqlite:///<workdir>/mlflow.db``, a local Ray (or the Ray
+    cluster of ``ray_address``), ``use_gpu`` only when this machine has a CUDA GPU (unless given).
+    Pod settings (requests, node selector, tolerations, Secrets) do not apply here."""
     from kfp import local
+
+    if "use_gpu" not in params:
+        import torch
+
+        params["use_gpu"] = bool(torch.cuda.is_available())
 
     workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)

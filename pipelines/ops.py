@@ -1,7 +1,16 @@
-"""KFP v2 wrappers (no `from __future__ import annotations`: KFP reads real annotations) of the pipeline steps: no logic here, each calls ``components.<step>.run_<step>``.
+"""KFP v2 wrappers (no `from __future__ import annotations`: KFP reads real annotations) of the
+pipeline steps: no logic here, each calls ``components.<step>`` (train and tune through their CLI,
+so the Ray settings reach them as ``--ray-address``, ``--launcher``, ``--num-workers`` ...).
 
-Every step writes under ``<root>/<job>/<step>`` (root: a folder or ``s3://bucket/prefix``; job: the
-KFP job id, so reruns never overwrite each other) and returns that URI for the next step.
+Outputs: ingest and preprocess write under ``<root>/<step>/<content key>``, a hash of what
+identifies their content (their parameters, their input URI, the code version), so KFP's cache and
+the folder agree: the same inputs give the same folder, reused by the next run. Tune, train and
+evaluate write under ``<root>/<job>/<step>`` (``job``: the KFP job id; reruns never overwrite each
+other, and a retry of the same task resumes from its own checkpoints).
+
+The image already holds medgan and kfp (``infra/Dockerfile``): no step installs anything at start
+(``install_kfp_package=False``). What the steps run beside ``components`` lives in
+:mod:`pipelines.runtime` (no kfp import: inside a step, ``kfp.dsl`` is the runtime subset).
 """
 
 
@@ -10,63 +19,82 @@ import os
 from kfp import dsl
 from kfp.dsl import Metrics, Output
 
-IMAGE = os.environ.get("MEDGAN_IMAGE", "ghcr.io/medgan/medgan:latest")
+#: The one image of every step and of the Ray cluster (pinned by tag; infra/Dockerfile builds it).
+IMAGE = os.environ.get("MEDGAN_IMAGE", "ghcr.io/medgan/medgan:0.1.0")
 
 
-@dsl.component(base_image=IMAGE)
-def ingest_op(root: str, job: str, source: str, subjects: int, seed: int, lesion_prevalence: float,
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def ingest_op(root: str, source: str, subjects: int, seed: int, lesion_prevalence: float,
               misalign_mm: float, folder: str, collection: str) -> str:
     from components.ingest import run_ingest
+    from pipelines.runtime import content_uri
 
-    out = f"{root.rstrip('/')}/{job}/ingest"
+    out = content_uri(root, "ingest", {
+        "source": source, "subjects": subjects, "seed": seed, "lesion_prevalence": lesion_prevalence,
+        "misalign_mm": misalign_mm, "folder": folder, "collection": collection})
     run_ingest(source, out, subjects=subjects, seed=seed, lesion_prevalence=lesion_prevalence,
                misalign_mm=misalign_mm, folder=folder or None, collection=collection or None)
     return out
 
 
-@dsl.component(base_image=IMAGE)
-def preprocess_op(root: str, job: str, input_uri: str, register: str, seed: int) -> str:
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def preprocess_op(root: str, input_uri: str, register: str, seed: int) -> str:
     from components.preprocess import run_preprocess
+    from pipelines.runtime import content_uri
 
-    out = f"{root.rstrip('/')}/{job}/preprocess"
+    out = content_uri(root, "preprocess", {"input_uri": input_uri, "register": register, "seed": seed})
     run_preprocess(input_uri, out, register=register, seed=seed)
     return out
 
 
-@dsl.component(base_image=IMAGE)
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
 def tune_op(root: str, job: str, data_uri: str, framework: str, preset: str, task: str,
             overrides: str, num_samples: int, max_steps_per_trial: int, tracking_uri: str,
-            experiment: str, seed: int) -> str:
-    import json
-
-    from components.tune import run_tune
+            experiment: str, seed: int, ray_address: str, launcher: str, num_workers: int,
+            use_gpu: bool, gpus_per_worker: float, resources_per_worker: str,
+            max_concurrent_trials: int) -> str:
+    from pipelines.runtime import ray_args, run_step, set_args
 
     out = f"{root.rstrip('/')}/{job}/tune"
-    run_tune(data_uri, out, framework=framework, preset=preset, task=task,
-             overrides=json.loads(overrides or "{}"), num_samples=num_samples,
-             max_steps_per_trial=max_steps_per_trial or None, tracking_uri=tracking_uri or None,
-             experiment=experiment, seed=seed)
+    argv = ["--data-uri", data_uri, "--output-uri", out, "--framework", framework,
+            "--preset", preset, "--task", task, "--num-samples", str(num_samples),
+            "--experiment", experiment, "--seed", str(seed),
+            "--num-workers-per-trial", str(num_workers), *set_args(overrides),
+            *ray_args(ray_address, launcher, num_workers=num_workers, use_gpu=use_gpu,
+                      gpus_per_worker=gpus_per_worker, resources_per_worker=resources_per_worker)]
+    if max_steps_per_trial:
+        argv += ["--max-steps-per-trial", str(max_steps_per_trial)]
+    if max_concurrent_trials:
+        argv += ["--max-concurrent-trials", str(max_concurrent_trials)]
+    if tracking_uri:
+        argv += ["--tracking-uri", tracking_uri]
+    run_step("tune", argv)
     return f"{out}/best_config.yaml"
 
 
-@dsl.component(base_image=IMAGE)
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
 def train_op(root: str, job: str, data_uri: str, framework: str, preset: str, task: str,
-             overrides: str, config_uri: str, steps: int, num_workers: int, use_gpu: bool,
-             tracking_uri: str, experiment: str) -> str:
-    import json
-
-    from components.train import run_train
+             overrides: str, config_uri: str, steps: int, tracking_uri: str, experiment: str,
+             ray_address: str, launcher: str, num_workers: int, use_gpu: bool,
+             gpus_per_worker: float, resources_per_worker: str) -> str:
+    from pipelines.runtime import ray_args, run_step, set_args
 
     out = f"{root.rstrip('/')}/{job}/train"
-    run_train(data_uri, out, framework=framework, preset=preset, task=task,
-              overrides=None if config_uri else json.loads(overrides or "{}"),
-              config_uri=config_uri or None,
-              steps=steps or None, num_workers=num_workers, use_gpu=use_gpu,
-              tracking_uri=tracking_uri or None, experiment=experiment, run_name=f"{framework}-{job}")
+    argv = ["--data-uri", data_uri, "--output-uri", out, "--framework", framework,
+            "--preset", preset, "--task", task, "--experiment", experiment,
+            "--run-name", f"{framework}-{job}", "--num-workers", str(num_workers),
+            *ray_args(ray_address, launcher, num_workers=num_workers, use_gpu=use_gpu,
+                      gpus_per_worker=gpus_per_worker, resources_per_worker=resources_per_worker)]
+    argv += ["--config-uri", config_uri] if config_uri else set_args(overrides)
+    if steps:
+        argv += ["--steps", str(steps)]
+    if tracking_uri:
+        argv += ["--tracking-uri", tracking_uri]
+    run_step("train", argv)
     return out
 
 
-@dsl.component(base_image=IMAGE)
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
 def evaluate_op(root: str, job: str, data_uri: str, model_uri: str, tracking_uri: str,
                 experiment: str, metrics: Output[Metrics]) -> str:
     from components.evaluate import run_evaluate
@@ -79,7 +107,7 @@ def evaluate_op(root: str, job: str, data_uri: str, model_uri: str, tracking_uri
     return out
 
 
-@dsl.component(base_image=IMAGE)
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
 def register_op(model_uri: str, eval_uri: str, data_uri: str, model_name: str, tracking_uri: str,
                 experiment: str, require_audit: bool) -> str:
     import json

@@ -8,6 +8,7 @@ The CRD schemas live in ../shared/crds (beside the repo); the Kubernetes schemas
 from __future__ import annotations
 
 import copy
+import json
 import re
 import shlex
 from collections.abc import Iterator
@@ -234,7 +235,7 @@ BROKEN = [  # (kind, how to break it, a substring of the expected error)
     ),
     (
         "RayJob",
-        lambda d: _container(d)["env"].append({"value": "x"}),
+        lambda d: _container(d).setdefault("env", []).append({"value": "x"}),
         "'name' is a required property",
     ),
 ]
@@ -278,28 +279,110 @@ def test_gpu_workers_and_cpu_head(kind: str) -> None:
         assert g["rayStartParams"]["num-gpus"] == str(res["limits"]["nvidia.com/gpu"])
 
 
+IMAGE_RE = re.compile(r"ghcr\.io/medgan/medgan:[^\s\"']+")
+
+
+def _version() -> str:
+    return re.search(r'^version = "([^"]+)"', (REPO / "pyproject.toml").read_text(), re.M).group(1)
+
+
 @pytest.mark.parametrize("kind", sorted(RAY_FILES))
-def test_ray_pods_get_config_from_env_and_secrets(kind: str) -> None:
+def test_ray_pods_get_config_from_secrets(kind: str) -> None:
     spec = cluster_spec(ray_doc(kind))
     groups = [spec["headGroupSpec"], *spec["workerGroupSpecs"]]
     for g in groups:
         for c in g["template"]["spec"]["containers"]:
-            assert c["image"] == "ghcr.io/medgan/medgan:latest"
-            env = {e["name"]: e.get("value") for e in c["env"]}
-            assert env["MLFLOW_TRACKING_URI"] == "http://mlflow.medgan.svc.cluster.local:5000"
-            assert env["AWS_ENDPOINT_URL"] == "http://minio.medgan.svc.cluster.local:9000"
-            refs = {r["secretRef"]["name"] for r in c["envFrom"]}
-            assert refs == {"medgan-s3", "medgan-mlflow"}
+            assert c["image"] == f"ghcr.io/medgan/medgan:{_version()}"
+            env = {e["name"] for e in c.get("env", [])}
+            assert not env & {"MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL"}, "one source: the Secrets"
+            refs = {r["secretRef"]["name"]: r["secretRef"].get("optional", False) for r in c["envFrom"]}
+            assert refs == {"medgan-s3": False, "medgan-mlflow": False}
 
 
-def test_rayjob_runs_training_and_cleans_up() -> None:
-    spec = ray_doc("RayJob")["spec"]
+def test_one_image_pinned_by_tag_everywhere() -> None:
+    """The steps (pipelines/ops.py) and the Ray pods run one image, tagged with the project
+    version; no `:latest` anywhere in infra/ or pipelines/."""
+    from pipelines.ops import IMAGE
+
+    files = [p for d in ("infra", "pipelines") for p in (REPO / d).rglob("*")
+             if p.is_file() and p.suffix in {".py", ".yaml", ".yml", ""}]
+    tags = {m for p in files for m in IMAGE_RE.findall(p.read_text())}
+    assert tags == {f"ghcr.io/medgan/medgan:{_version()}"}, tags
+    assert IMAGE in tags or IMAGE.startswith(("ghcr.io/medgan/medgan:", "MEDGAN_IMAGE"))
+    latest = [f"{p.relative_to(REPO)}" for p in files if ":latest" in p.read_text()]
+    assert not latest, f":latest in {latest}"
+    for p, d in manifests():
+        for path, node in walk(d):
+            if path.endswith(".image"):
+                assert re.search(r":[\w.-]+$", node) and not node.endswith(":latest"), f"{p}{path}: {node}"
+
+
+def _pins() -> dict[str, str]:
+    return dict(re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)", (INFRA / "constraints.txt").read_text(), re.M))
+
+
+def test_the_lock_pins_what_the_cluster_depends_on() -> None:
+    import importlib.metadata as md
+
+    pins = _pins()
+    for kind in RAY_FILES:
+        assert pins["ray"] == cluster_spec(ray_doc(kind))["rayVersion"], kind
+    server = re.search(r"ARG MLFLOW_VERSION=(\S+)", (INFRA / "mlflow" / "Dockerfile").read_text()).group(1)
+    assert pins["mlflow"] == server
+    for pkg in ("ray", "mlflow", "kfp", "kfp-kubernetes", "torch", "boto3"):
+        assert pkg in pins, f"infra/constraints.txt does not pin {pkg}"
+        # the lock is what the tests ran against
+        assert md.version(pkg).split("+")[0] == pins[pkg], (pkg, md.version(pkg), pins[pkg])
+    assert not [ln for ln in (INFRA / "constraints.txt").read_text().splitlines()
+                if ln and not ln.startswith("#") and "==" not in ln], "every line an exact pin"
+
+
+def test_max_resources_equal_the_autoscaling_maximum() -> None:
+    """MEDGAN_RAY_MAX_RESOURCES (what tune sizes its concurrency from) = maxReplicas x a
+    worker's CPU/GPU, on every RayCluster pod."""
+    spec = ray_doc("RayCluster")["spec"]
+    total: dict[str, float] = {"CPU": 0.0, "GPU": 0.0}
+    for g in spec["workerGroupSpecs"]:
+        res = g["template"]["spec"]["containers"][0]["resources"]["limits"]
+        total["CPU"] += g["maxReplicas"] * float(g["rayStartParams"].get("num-cpus", res["cpu"]))
+        total["GPU"] += g["maxReplicas"] * float(g["rayStartParams"].get("num-gpus", 0))
+    head_cpus = float(spec["headGroupSpec"]["rayStartParams"].get("num-cpus", 0))
+    total["CPU"] += head_cpus
+    for g in [spec["headGroupSpec"], *spec["workerGroupSpecs"]]:
+        env = {e["name"]: e.get("value") for e in g["template"]["spec"]["containers"][0]["env"]}
+        assert json.loads(env["MEDGAN_RAY_MAX_RESOURCES"]) == total
+
+
+def test_tune_concurrency_comes_from_the_maximum(monkeypatch) -> None:
+    from components.step import StepInputError
+    from components.tune import MAX_RESOURCES_ENV, _max_concurrent
+
+    monkeypatch.setenv(MAX_RESOURCES_ENV, '{"CPU": 32, "GPU": 4}')
+    assert _max_concurrent(1, True, None) == 4
+    assert _max_concurrent(2, True, None) == 2
+    assert _max_concurrent(1, True, {"GPU": 2}) == 2
+    assert _max_concurrent(4, False, {"CPU": 4}) == 2
+    assert _max_concurrent(8, True, None) == 1  # never below one
+    monkeypatch.setenv(MAX_RESOURCES_ENV, "4 GPUs")
+    with pytest.raises(StepInputError, match=MAX_RESOURCES_ENV):
+        _max_concurrent(1, True, None)
+
+
+def test_rayjob_runs_training_with_its_gpus_and_cleans_up() -> None:
+    from components.step import params_from_args, params_parser
+    from components.train import TrainParams
+
+    doc = ray_doc("RayJob")
+    spec = doc["spec"]
     argv = shlex.split(spec["entrypoint"])
     assert argv[:3] == ["python", "-m", "components.train"]
-    for flag in ("--config", "--data-uri", "--output-uri"):
-        assert flag in argv, f"entrypoint lacks {flag}"
-    assert argv[argv.index("--data-uri") + 1].startswith("s3://")
-    assert argv[argv.index("--output-uri") + 1].startswith("s3://")
+    p = params_from_args(TrainParams, params_parser(TrainParams, "t", "").parse_args(argv[3:]))
+    assert p.data_uri.startswith("s3://") and p.output_uri.startswith("s3://")
+    assert p.config_uri and p.config_uri.startswith("s3://")
+    assert "--num-workers" in argv and "--use-gpu" in argv and p.use_gpu
+    gpus = sum(g["replicas"] * int(g["rayStartParams"]["num-gpus"])
+               for g in cluster_spec(doc)["workerGroupSpecs"])
+    assert 1 <= p.num_workers <= gpus, "the workers must fit in replicas x GPUs per pod"
     assert spec["shutdownAfterJobFinishes"] is True
     assert spec["ttlSecondsAfterFinished"] > 0
 
@@ -388,11 +471,59 @@ def test_mlflow_server_uses_postgres_and_s3_artifacts() -> None:
     assert "--host=0.0.0.0" in argv and "--port=5000" in argv
     hosts = next(a for a in argv if a.startswith("--allowed-hosts=")).split("=", 1)[1].split(",")
     assert "mlflow.medgan.svc.cluster.local:5000" in hosts  # the URI the Ray pods use
-    job = next(d for _, d in manifests() if d["kind"] == "Job")
-    env = {
-        e["name"]: e.get("value") for e in job["spec"]["template"]["spec"]["containers"][0]["env"]
-    }
-    assert set(env["BUCKETS"].split()) == {"mlflow", "medgan"}
+    assert "--app-name=basic-auth" in argv, "the MLflow server must require a login"
+
+
+def _doc(kind: str, name: str) -> dict[str, Any]:
+    return next(d for _, d in manifests() if d["kind"] == kind and d["metadata"]["name"] == name)
+
+
+def test_mlflow_auth_from_secrets_and_a_configmap() -> None:
+    import configparser
+
+    dep = _doc("Deployment", "mlflow")["spec"]["template"]["spec"]
+    c = dep["containers"][0]
+    env = {e["name"]: e for e in c["env"]}
+    mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+    vols = {v["name"]: v for v in dep["volumes"]}
+    path = env["MLFLOW_AUTH_CONFIG_PATH"]["value"]
+    vol = next(n for n, m in mounts.items() if path.startswith(m + "/"))
+    assert vols[vol]["configMap"]["name"] == "mlflow-auth"
+    ini = configparser.ConfigParser()
+    ini.read_string(_doc("ConfigMap", "mlflow-auth")["data"]["basic_auth.ini"])
+    assert ini["mlflow"]["database_uri"].startswith("postgresql://postgres.")
+    assert "admin_password" not in ini["mlflow"], "the admin password comes from a Secret"
+    assert {r["secretRef"]["name"] for r in c["envFrom"]} == {"medgan-mlflow-admin"}
+    # the server's S3 login is its own MinIO user, not the application's
+    s3 = {env[k]["valueFrom"]["secretKeyRef"]["name"] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    assert s3 == {"medgan-mlflow-s3"}
+    job = _doc("Job", "mlflow-create-user")["spec"]["template"]["spec"]["containers"][0]
+    refs = {e["name"]: e["valueFrom"]["secretKeyRef"]["name"] for e in job["env"] if "valueFrom" in e}
+    assert refs["MLFLOW_TRACKING_USERNAME"] == refs["MLFLOW_TRACKING_PASSWORD"] == "medgan-mlflow"
+    assert refs["MLFLOW_AUTH_ADMIN_PASSWORD"] == "medgan-mlflow-admin"
+
+
+def test_minio_users_get_one_bucket_each_and_root_stays_with_minio() -> None:
+    cm = _doc("ConfigMap", "minio-setup")["data"]
+    for policy, bucket in (("medgan-app", "medgan"), ("mlflow-server", "mlflow")):
+        doc = json.loads(cm[f"{policy}.json"])
+        resources = {r for st in doc["Statement"] for r in st["Resource"]}
+        assert resources == {f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"}, policy
+        actions = {a for st in doc["Statement"] for a in st["Action"]}
+        assert all(a.startswith("s3:") and "*" not in a for a in actions), policy
+        assert not actions & {"s3:CreateBucket", "s3:DeleteBucket", "s3:PutBucketPolicy"}, policy
+        assert all(st["Effect"] == "Allow" for st in doc["Statement"])
+    script = cm["setup.sh"]
+    assert "mc mb --ignore-existing root/medgan root/mlflow" in script
+    assert "setup_user medgan-app" in script and "setup_user mlflow-server" in script
+    users = {}
+    for p, d in manifests():
+        for name, key in secret_refs(d):
+            users.setdefault(name, set()).add(
+                    f"{d['kind']}/{d['metadata'].get('name') or d['metadata'].get('generateName')}")
+    assert users["medgan-minio-root"] == {"StatefulSet/minio", "Job/minio-setup"}
+    minio = _doc("StatefulSet", "minio")["spec"]["template"]["spec"]["containers"][0]
+    assert {e["valueFrom"]["secretKeyRef"]["name"] for e in minio["env"]} == {"medgan-minio-root"}
 
 
 # ------------------------------------------------------------------- secrets
@@ -454,11 +585,15 @@ def test_example_secrets_are_placeholders_and_cover_every_reference() -> None:
         values = {**s.get("stringData", {}), **s.get("data", {})}
         assert values, f"{s['metadata']['name']}: no keys"
         for k, v in values.items():
-            assert str(v).startswith(PLACEHOLDER), (
-                f"{s['metadata']['name']}.{k} is not a {PLACEHOLDER} placeholder"
-            )
+            if SENSITIVE.search(k) or k.endswith(("_USER", "_USERNAME")):
+                assert str(v).startswith(PLACEHOLDER), (
+                    f"{s['metadata']['name']}.{k} is not a {PLACEHOLDER} placeholder"
+                )
         provided[s["metadata"]["name"]] = set(values)
-    assert {"medgan-s3", "medgan-mlflow"} <= provided.keys()
+    assert {"medgan-s3", "medgan-mlflow", "medgan-minio-root", "medgan-mlflow-s3",
+            "medgan-mlflow-admin", "medgan-postgres"} <= provided.keys()
+    assert {"AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION"} <= provided["medgan-s3"]
+    assert "MLFLOW_TRACKING_URI" in provided["medgan-mlflow"]
     for p, d in manifests():
         for name, key in secret_refs(d):
             assert name in provided, (
@@ -487,12 +622,12 @@ def test_components_dockerfile() -> None:
     ins = dockerfile_instructions(INFRA / "Dockerfile")
     ops = [op for op, _ in ins]
     assert ops[0] in {"ARG", "FROM"} and "FROM" in ops
-    base = next(r for op, r in ins if op == "FROM")
     default_base = next((r for op, r in ins if op == "ARG" and r.startswith("BASE_IMAGE=")), "")
-    assert "cuda" in (base + default_base).lower(), "the components image needs a CUDA base"
+    base = default_base.split("=", 1)[1]
+    assert re.search(r":[\w.-]+$", base) and not base.endswith(":latest"), base
     runs = " ".join(r for op, r in ins if op == "RUN")
-    assert re.search(r"pip install [^&]*\"?\.\[pipeline\]\"?", runs), (
-        "the Dockerfile must pip install .[pipeline]"
+    assert re.search(r"pip install --constraint infra/constraints.txt \"?\.\[pipeline\]\"?", runs), (
+        "the Dockerfile must pip install .[pipeline] from the lock"
     )
     assert ("WORKDIR", "/app") in ins
     users = [r for op, r in ins if op == "USER"]
@@ -500,6 +635,8 @@ def test_components_dockerfile() -> None:
         "the image must run as a non-root user"
     )
     assert "wget" in runs, "KubeRay's probes need wget in the Ray image"
+    assert ("ARG", "GIT_COMMIT=unknown") in ins
+    assert ("ENV", "MEDGAN_GIT_COMMIT=${GIT_COMMIT}") in ins, "the commit baked into the image"
     entry = [r for op, r in ins if op == "ENTRYPOINT"]
     assert entry in ([], ["[]"]), "KFP and KubeRay set the command: no ENTRYPOINT"
 
@@ -508,5 +645,82 @@ def test_mlflow_dockerfile_has_postgres_and_s3_clients() -> None:
     runs = " ".join(
         r for op, r in dockerfile_instructions(INFRA / "mlflow" / "Dockerfile") if op == "RUN"
     )
+    assert "mlflow[auth]==" in runs, "the basic-auth app needs mlflow[auth] (Flask-WTF)"
     for pkg in ("mlflow", "psycopg2", "boto3"):
         assert pkg in runs, f"infra/mlflow/Dockerfile does not install {pkg}"
+
+
+# ------------------------------------------------------------------- MLflow basic-auth, for real
+
+
+def test_mlflow_basic_auth_server_and_user_job(tmp_path: Path) -> None:
+    """The server's basic-auth settings (ConfigMap mlflow-auth; SQLite standing in for Postgres)
+    with the admin from the environment, as the Deployment has it; the mlflow-create-user Job's
+    script creates the application user (twice: idempotent); only logged-in requests pass."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    import urllib.error
+    import urllib.request
+
+    import requests
+
+    from tests.mlflow_server import free_port
+
+    cm = _doc("ConfigMap", "mlflow-auth")["data"]
+    ini = re.sub(r"(?m)^database_uri = .*$", f"database_uri = sqlite:///{tmp_path / 'auth.db'}",
+                 cm["basic_auth.ini"])
+    (tmp_path / "basic_auth.ini").write_text(ini)
+    (tmp_path / "create_user.py").write_text(cm["create_user.py"])
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    admin = {"MLFLOW_AUTH_ADMIN_USERNAME": "admin", "MLFLOW_AUTH_ADMIN_PASSWORD": "admin-" + os.urandom(8).hex()}
+    app = {"MLFLOW_TRACKING_USERNAME": "medgan-app", "MLFLOW_TRACKING_PASSWORD": "app-" + os.urandom(8).hex()}
+    base = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env = {**base, **admin, "MLFLOW_AUTH_CONFIG_PATH": str(tmp_path / "basic_auth.ini"),
+           "MLFLOW_FLASK_SERVER_SECRET_KEY": os.urandom(16).hex(),
+           "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    log = (tmp_path / "server.log").open("wb")
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--app-name", "basic-auth",
+                             "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
+                             "--artifacts-destination", str(tmp_path / "artifacts"),
+                             "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+                            env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert proc.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as r:  # probes: no login
+                    if r.status == 200:
+                        break
+            except (urllib.error.URLError, OSError):
+                pass
+            assert time.monotonic() < deadline, (tmp_path / "server.log").read_text()[-3000:]
+            time.sleep(0.5)
+        job_env = {**base, **admin, **app, "MLFLOW_URL": url}
+        for attempt in ("created", "exists"):
+            res = subprocess.run([sys.executable, str(tmp_path / "create_user.py")], env=job_env,
+                                 capture_output=True, text=True, timeout=120)
+            assert res.returncode == 0, res.stderr
+            assert attempt in res.stdout and app["MLFLOW_TRACKING_PASSWORD"] not in res.stdout + res.stderr
+        search = f"{url}/api/2.0/mlflow/experiments/search?max_results=5"
+        assert requests.get(search, timeout=30).status_code == 401
+        assert requests.get(search, auth=("medgan-app", "wrong"), timeout=30).status_code == 401
+        login = (app["MLFLOW_TRACKING_USERNAME"], app["MLFLOW_TRACKING_PASSWORD"])
+        assert requests.get(search, auth=login, timeout=30).status_code == 200
+        r = requests.post(f"{url}/api/2.0/mlflow/experiments/create", json={"name": "medgan"},
+                          auth=login, timeout=30)
+        assert r.status_code == 200, r.text
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=5)
+        log.close()

@@ -1,5 +1,5 @@
 """``python -m pipelines``: lists the table, rejects bad input with status 2, compiles a framework or
-task registered at runtime, keeps ``MEDGAN_PIPELINE_GPUS``, and the documented entry file
+task registered at runtime, reads ``MEDGAN_PIPELINE_GPUS`` as Ray-side GPUs, and the documented entry file
 ``pipelines/cyclegan_mr_ct.py`` runs from any folder without touching ``sys.path``."""
 
 import json
@@ -107,29 +107,59 @@ def test_a_runtime_registered_framework_and_task_compile(toy_names, tmp_path):
     assert p.component_spec.inputs["framework"].default == framework
 
 
-def _accelerators(pipeline, tmp_path) -> set[str]:
+def _executors(pipeline, tmp_path) -> dict[str, dict]:
     from kfp import compiler
 
     out = tmp_path / "p.yaml"
     compiler.Compiler().compile(pipeline, package_path=str(out))
-    execs = next(yaml.safe_load_all(out.read_text()))["deploymentSpec"]["executors"]
-    return {name: e["container"].get("resources", {}).get("accelerator", {}).get("resourceCount")
-            for name, e in execs.items()}
+    return next(yaml.safe_load_all(out.read_text()))["deploymentSpec"]["executors"]
 
 
-def test_pipeline_gpus_env(tmp_path, monkeypatch):
+def test_pipeline_gpus_env_sets_ray_gpus_not_pod_gpus(tmp_path, monkeypatch):
+    """``MEDGAN_PIPELINE_GPUS``: GPUs per Ray Train worker (the defaults of ``use_gpu`` and
+    ``gpus_per_worker``); no KFP pod ever requests one."""
+    inputs = lambda p: p.component_spec.inputs  # noqa: E731
     monkeypatch.delenv(GPUS_ENV, raising=False)
-    counts = _accelerators(build_app("lowdose_ct"), tmp_path)
-    assert {n for n, c in counts.items() if c == "1"} == {
-        "exec-train-op", "exec-train-op-2", "exec-evaluate-op", "exec-tune-op"}
-    assert counts["exec-ingest-op"] is None and counts["exec-preprocess-op"] is None
+    p = build_app("lowdose_ct")
+    assert inputs(p)["use_gpu"].default is True and inputs(p)["gpus_per_worker"].default == 1.0
+    execs = _executors(p, tmp_path)
+    assert {"exec-train-op", "exec-train-op-2", "exec-tune-op", "exec-evaluate-op"} <= set(execs)
+    assert not [n for n, e in execs.items() if "accelerator" in e["container"].get("resources", {})]
     monkeypatch.setenv(GPUS_ENV, "2")
-    assert {c for n, c in _accelerators(build_app("lowdose_ct"), tmp_path).items() if "train" in n} == {"2"}
+    assert inputs(build_app("lowdose_ct"))["gpus_per_worker"].default == 2.0
     monkeypatch.setenv(GPUS_ENV, "0")
-    assert set(_accelerators(build_app("lowdose_ct"), tmp_path).values()) == {None}
+    p = build_app("lowdose_ct")
+    assert inputs(p)["use_gpu"].default is False
+    assert not [n for n, e in _executors(p, tmp_path).items()
+                if "accelerator" in e["container"].get("resources", {})]
     monkeypatch.setenv(GPUS_ENV, "two")
-    with pytest.raises(ValueError, match=f"{GPUS_ENV}: expected a non-negative integer"):
+    with pytest.raises(ValueError, match=f"{GPUS_ENV}: expected a non-negative number"):
         build_app("lowdose_ct")
+
+
+def test_pod_requests_env(tmp_path, monkeypatch):
+    from pipelines.builder import CPU_ENV, MEMORY_ENV
+
+    monkeypatch.setenv(CPU_ENV, "500m")
+    monkeypatch.setenv(MEMORY_ENV, "2Gi")
+    execs = _executors(build_app("lowdose_ct"), tmp_path)
+    assert {(e["container"]["resources"]["resourceCpuRequest"],
+             e["container"]["resources"]["resourceMemoryRequest"]) for e in execs.values()} == {("500m", "2Gi")}
+    monkeypatch.setenv(MEMORY_ENV, "2 gigabytes")
+    with pytest.raises(ValueError, match=f"{MEMORY_ENV}: expected a Kubernetes quantity"):
+        build_app("lowdose_ct")
+
+
+def test_dict_and_list_params(tmp_path):
+    out = tmp_path / "k.yaml"
+    assert main(["kspace_recon", "--compile", str(out), "--param", 'node_selector={"pool": "cpu"}',
+                 "--param", 'tolerations=[{"key": "dedicated", "operator": "Exists"}]',
+                 "--param", "ray_address=http://medgan-head-svc:8265"]) == 0
+    d = _defaults(out)
+    assert d["node_selector"] == {"pool": "cpu"} and d["tolerations"][0]["key"] == "dedicated"
+    assert d["ray_address"] == "http://medgan-head-svc:8265" and d["launcher"] == "auto"
+    with pytest.raises(SystemExit):
+        main(["kspace_recon", "--compile", str(out), "--param", "node_selector=[1]"])
 
 
 def test_the_entry_file_runs_from_another_folder(tmp_path):
