@@ -9,16 +9,22 @@ output (``manifest.json``: aggregate MAE, ``audit_passed``, the evaluated model'
    out; signature + input example) is logged into the training run and registered as a new
    version whose tags are the model card: data manifest sha256, code version and git commit,
    test MAE/PSNR/SSIM and the baseline's, audit verdict, framework, ``intended_use``.
-3. The alias (default ``champion``) moves to this version only if the audit passed and its test
-   MAE is lower than the current champion's (no champion yet: the audit decides alone).
-   :func:`components.registry_policy.decide_promotion` is that rule (and
-   :func:`~components.registry_policy.model_card` the card), as pure functions.
+3. The alias (default ``champion``) goes to the best *eligible* version: audit passed (or the
+   version registered with ``require_audit=False``), a finite test MAE, measured on the same test
+   set as the champion's (data manifest sha256 + split; a model evaluated elsewhere is registered
+   but not promoted, and the reason says so), strictly lower MAE than the champion's.
+   :func:`components.registry_policy.decide_promotion` gives this version's verdict and
+   :func:`~components.registry_policy.alias_target` the version the alias belongs on (pure
+   functions; :func:`~components.registry_policy.model_card` is the card).
+4. **Race-free**: the alias is written by :func:`components.model_registry.settle_alias`, a
+   read-write-reread loop that converges on the best eligible version however many register
+   steps run at once (the argument is in its docstring). The verdict is recorded in the
+   manifest (``reason``) and on the version (tag ``alias_decision``).
 
 Returns (and, with ``output_uri``, writes) a manifest with ``version``, ``created``, ``promoted``,
-``reason`` and the previous champion's version and MAE.
-
-Two registers racing for the same alias may both read the old champion; run one register at a
-time per model name (the pipeline does).
+``reason``, the champion at the end and the previous champion's version, MAE and test set.
+Credentials never reach the registry or the manifest: every URI recorded goes through
+:func:`components.mlflow_utils.redact_uri`.
 
 >>> run_register("work/train", "work/eval", tracking_uri="http://127.0.0.1:5000")  # doctest: +SKIP
 {'step': 'register', 'outputs': {'version': '3', 'promoted': True, ...}, ...}
@@ -38,9 +44,11 @@ from typing import Any
 
 from components import storage
 from components.mlflow_utils import redact_uri, resolve_tracking_uri
-from components.model_registry import champion, champion_mae, existing_version, fluent_target
-from components.registry_policy import (INTENDED_USE, SHA_TAG, decide_promotion, model_card,
-                                        model_description)
+from components.model_registry import (champion, champion_mae, existing_version, fluent_target,
+                                       settle_alias)
+from components.registry_policy import (DECISION_TAG, INTENDED_USE, SHA_TAG, VersionFacts,
+                                        decide_promotion, model_card, model_description,
+                                        test_set_id)
 from components.step import (MANIFEST, Manifest, StepInputError, arg, finite_or_none,
                              local_file, params_from_args, params_parser, read_manifest, run_cli,
                              staged, step_manifest, write_manifest)
@@ -59,6 +67,20 @@ def _data_manifest_sha(data_manifest_uri: str) -> str:
         return hashlib.sha256(storage.read_bytes(uri)).hexdigest()
     except storage.StorageNotFoundError:
         raise StepInputError(f"{uri}: data manifest not found") from None
+
+
+def _final_reason(verdict: str, decided: bool, promoted: bool, final: VersionFacts | None,
+                  alias: str) -> str:
+    """The recorded reason: this version's verdict, corrected by where the alias settled."""
+    if promoted == decided:
+        return verdict
+    if promoted:
+        return (f"{verdict}; but it holds alias '{alias}' after concurrent registrations settled: "
+                "best eligible test MAE on the champion's test set")
+    if final is None:
+        return f"{verdict}; but its version tags make it ineligible (audit / test MAE / test set)"
+    return (f"{verdict}; but v{final.version} (test MAE {final.mae} HU, registered concurrently) "
+            f"is better and holds alias '{alias}'")
 
 
 # --------------------------------------------------------------------------- the step
@@ -146,8 +168,8 @@ def run_register(model_uri: str, eval_uri: str, **params: Any) -> dict[str, Any]
             raise StepInputError(f"{model_file}: not a medgan model ({exc})") from exc
         run_id = train_m.value("mlflow_run_id") or eval_m.value("mlflow_run_id")
         card = model_card(model_sha=sha, data_sha=data_sha, eval_manifest=eval_manifest,
-                          eval_sha=eval_m.sha256, model_cfg=model_cfg, model_uri=p.model_uri,
-                          eval_uri=p.eval_uri)
+                          eval_sha=eval_m.sha256, model_cfg=model_cfg,
+                          model_uri=str(redact_uri(p.model_uri)), eval_uri=str(redact_uri(p.eval_uri)))
         card["audit_required"] = str(p.require_audit).lower()
 
         mv = existing_version(client, p.model_name, run_id, sha)
@@ -174,22 +196,30 @@ def run_register(model_uri: str, eval_uri: str, **params: Any) -> dict[str, Any]
                 f"medgan synthetic CT generators; alias '{p.alias}' = best test MAE with a passed "
                 f"lesion audit. {INTENDED_USE}."))
 
+    test_set = test_set_id(data_sha, card.get("eval_split"))
     champ = champion(client, p.model_name, p.alias)
-    previous = None if champ is None else {"version": str(champ.version), "mae": champion_mae(client, champ)}
+    previous = None
+    if champ is not None:
+        facts = VersionFacts.from_tags(champ.version, champ.tags)
+        previous = {"version": str(champ.version), "mae": champion_mae(client, champ),
+                    "test_set": facts.test_set}
     if champ is not None and str(champ.version) == str(mv.version):
-        promoted, moved, reason = True, False, f"version {mv.version} already holds alias '{p.alias}'"
+        decided, verdict = True, f"version {mv.version} already holds alias '{p.alias}'"
     else:
-        promoted, reason = decide_promotion(candidate_mae, audit_passed, previous,
-                                            require_audit=p.require_audit)
-        moved = promoted
-        if promoted:
-            client.set_registered_model_alias(p.model_name, p.alias, str(mv.version))
+        decided, verdict = decide_promotion(candidate_mae, audit_passed, previous,
+                                            require_audit=p.require_audit, test_set=test_set)
+    settled = settle_alias(client, p.model_name, p.alias, test_set=test_set)
+    final = settled.champion
+    promoted = final is not None and final.version == str(mv.version)
+    moved = promoted and (champ is None or str(champ.version) != str(mv.version))
+    reason = _final_reason(verdict, decided, promoted, final, p.alias)
+    client.set_model_version_tag(p.model_name, str(mv.version), DECISION_TAG, reason)
     log.info("%s v%s: %s", p.model_name, mv.version, reason)
     timings["total_s"] = round(time.monotonic() - t_start, 3)
     manifest = step_manifest(
         "register",
-        inputs={"model_uri": p.model_uri, "eval_uri": p.eval_uri,
-                "data_manifest_uri": p.data_manifest_uri, "model_sha256": sha,
+        inputs={"model_uri": redact_uri(p.model_uri), "eval_uri": redact_uri(p.eval_uri),
+                "data_manifest_uri": redact_uri(p.data_manifest_uri), "model_sha256": sha,
                 "train_manifest_sha256": train_m.sha256, "evaluate_manifest_sha256": eval_m.sha256,
                 "data_manifest_sha256": data_sha},
         params={"model_name": p.model_name, "alias": p.alias, "experiment": p.experiment,
@@ -199,11 +229,14 @@ def run_register(model_uri: str, eval_uri: str, **params: Any) -> dict[str, Any]
                  "alias_uri": f"models:/{p.model_name}@{p.alias}", "mlflow_run_id": run_id,
                  "created": created, "promoted": promoted, "alias_moved": moved, "reason": reason,
                  "test_mae_hu": finite_or_none(candidate_mae), "audit_passed": audit_passed,
-                 "previous_champion": previous, "model_card": card},
+                 "previous_champion": previous, "test_set": test_set,
+                 "champion": None if final is None else {"version": final.version, "mae": final.mae},
+                 "model_card": card},
         timings=timings,
         # flat copies for callers that only need the verdict (e.g. the KFP register op)
         model_name=p.model_name, version=str(mv.version), promoted=promoted, reason=reason,
-        counts={"versions_created": int(created), "alias_moves": int(moved)})
+        counts={"versions_created": int(created), "alias_moves": settled.moves,
+                "alias_rounds": settled.rounds})
     if p.output_uri:
         with staged(p.output_uri) as out:
             write_manifest(out, manifest)
