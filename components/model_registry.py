@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from components.registry_policy import MAE_TAG, SHA_TAG, VersionFacts, alias_target
+from components.registry_policy import EVAL_TAG, MAE_TAG, SHA_TAG, VersionFacts, alias_target
 from components.step import finite_or_none
 
 __all__ = ["fluent_target", "existing_version", "all_versions", "champion", "champion_mae",
@@ -73,9 +73,14 @@ def all_versions(client: Any, name: str) -> list[Any]:
     return sorted(out, key=lambda v: int(v.version))
 
 
-def existing_version(client: Any, name: str, run_id: str | None, sha: str) -> Any | None:
-    """The version of ``name`` already holding this model (same sha256 and, if known, run)."""
+def existing_version(client: Any, name: str, run_id: str | None, sha: str,
+                     eval_sha: str | None = None) -> Any | None:
+    """The version of ``name`` already holding this model (same sha256 and, if known, run) with
+    the same evaluation (tag ``evaluate_manifest_sha256``, when ``eval_sha`` is given): a version's
+    model card is one evaluation, so a new evaluation makes a new version."""
     for mv in all_versions(client, name):
+        if eval_sha is not None and mv.tags.get(EVAL_TAG) != eval_sha:
+            continue
         if mv.tags.get(SHA_TAG) == sha and (run_id is None or mv.run_id == run_id):
             return mv
     return None

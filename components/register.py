@@ -4,7 +4,8 @@ Reads the train output (``model.pt``, ``manifest.json`` with ``mlflow_run_id``) 
 output (``manifest.json``: aggregate MAE, ``audit_passed``, the evaluated model's sha256), then:
 
 1. **Idempotent**: if a version of ``model_name`` already holds this run's model (same run id and
-   the same ``model.pt`` sha256, tag ``model_sha256``), it is reused; nothing is logged twice.
+   the same ``model.pt`` sha256, tag ``model_sha256``) with the same evaluation (tag
+   ``evaluate_manifest_sha256``), it is reused; nothing is registered twice.
 2. Otherwise the pyfunc model (``components.pyfunc_model``: NIfTI paths in, synthetic CT NIfTI
    out; signature + input example) is logged into the training run and registered as a new
    version whose tags are the model card: data manifest sha256, code version and git commit,
@@ -172,7 +173,7 @@ def run_register(model_uri: str, eval_uri: str, **params: Any) -> dict[str, Any]
                           model_uri=str(redact_uri(p.model_uri)), eval_uri=str(redact_uri(p.eval_uri)))
         card["audit_required"] = str(p.require_audit).lower()
 
-        mv = existing_version(client, p.model_name, run_id, sha)
+        mv = existing_version(client, p.model_name, run_id, sha, eval_m.sha256)
         created = mv is None
         if created:
             t0 = time.monotonic()

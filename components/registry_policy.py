@@ -26,7 +26,7 @@ from typing import Any
 
 from components.step import code_info, finite_or_none
 
-__all__ = ["INTENDED_USE", "SHA_TAG", "MAE_TAG", "DATA_TAG", "SPLIT_TAG", "AUDIT_REQUIRED_TAG",
+__all__ = ["INTENDED_USE", "SHA_TAG", "MAE_TAG", "EVAL_TAG", "DATA_TAG", "SPLIT_TAG", "AUDIT_REQUIRED_TAG",
            "DECISION_TAG", "VersionFacts", "alias_target", "decide_promotion", "model_card",
            "model_description", "test_set_id"]
 
@@ -36,6 +36,8 @@ INTENDED_USE = "research use only — not for clinical use"
 SHA_TAG = "model_sha256"
 #: Version tag holding the test MAE (HU) the alias decision compares.
 MAE_TAG = "test_mae_hu"
+#: Version tag: sha256 of the evaluate manifest the card was made from.
+EVAL_TAG = "evaluate_manifest_sha256"
 #: Version tag: sha256 of the preprocess manifest the test MAE was measured on.
 DATA_TAG = "data_manifest_sha256"
 #: Version tag: the split the test MAE was measured on.
@@ -209,7 +211,7 @@ def model_card(*, model_sha: str, data_sha: str | None, eval_manifest: dict[str,
     card = {
         SHA_TAG: model_sha,
         DATA_TAG: data_sha or "unknown",
-        "evaluate_manifest_sha256": eval_sha,
+        EVAL_TAG: eval_sha,
         "code_version": code["gan_core"] or "unknown",
         "git_commit": code["git_commit"] or "unknown",
         "framework": str(model_cfg.get("framework", "unknown")),
