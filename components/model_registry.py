@@ -1,7 +1,8 @@
 """MLflow model-registry look-ups and plumbing of the register step.
 
 :func:`fluent_target` points MLflow's fluent API (``log_model`` needs it) at one tracking URI
-and restores it after; :func:`existing_version` finds the version already holding a model
+(credentials moved into MLflow's env vars) and restores it after; :func:`logged_model_uri` finds a
+model already logged in a run; :func:`existing_version` finds the version already holding a model
 (same ``model.pt`` sha256 tag and run), :func:`champion` the version holding an alias and
 :func:`champion_mae` its test MAE, and :func:`settle_alias` moves an alias to the best eligible
 version, race-free (see its docstring).
@@ -20,29 +21,49 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from components.registry_policy import EVAL_TAG, MAE_TAG, SHA_TAG, VersionFacts, alias_target
 from components.step import finite_or_none
 
-__all__ = ["fluent_target", "existing_version", "all_versions", "champion", "champion_mae",
+__all__ = ["fluent_target", "logged_model_uri", "existing_version", "all_versions", "champion", "champion_mae",
            "settle_alias", "Settled"]
 
 log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
-def fluent_target(uri: str) -> Iterator[None]:
-    """Point MLflow's fluent API (needed by ``log_model``) at ``uri``; restore everything after."""
+def fluent_target(uri: str) -> Iterator[str]:
+    """Point MLflow's fluent API (needed by ``log_model``) at ``uri``; restore everything after.
+
+    Yields the URI to use for clients too: ``user:password@`` is moved out of the URI into
+    ``MLFLOW_TRACKING_USERNAME``/``MLFLOW_TRACKING_PASSWORD`` for the duration (MLflow's own
+    client reads them), so MLflow never prints or stores a URI with credentials (its
+    "View run at <uri>" lines included).
+
+    >>> with fluent_target("http://u:pw@mlflow:5000") as clean:     # doctest: +SKIP
+    ...     clean, os.environ["MLFLOW_TRACKING_PASSWORD"]
+    ('http://mlflow:5000', 'pw')
+    """
     import mlflow
     from mlflow.tracking._model_registry import utils as reg_utils
     from mlflow.tracking._tracking_service import utils as trk_utils
 
-    env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    from components.mlflow_utils import redact_uri
+
+    keys = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_TRACKING_USERNAME",
+            "MLFLOW_TRACKING_PASSWORD")
+    env = {k: os.environ.get(k) for k in keys}
+    parts = urlsplit(uri)
+    clean = str(redact_uri(uri))
+    if clean != uri:
+        os.environ["MLFLOW_TRACKING_USERNAME"] = unquote(parts.username or "")
+        os.environ["MLFLOW_TRACKING_PASSWORD"] = unquote(parts.password or "")
     saved_t, saved_r = getattr(trk_utils, "_tracking_uri", None), getattr(reg_utils, "_registry_uri", None)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
+    mlflow.set_tracking_uri(clean)
+    mlflow.set_registry_uri(clean)
     try:
-        yield
+        yield clean
     finally:
         mlflow.set_tracking_uri(saved_t)
         reg_utils._registry_uri = saved_r
@@ -51,6 +72,25 @@ def fluent_target(uri: str) -> Iterator[None]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def logged_model_uri(client: Any, run_id: str, sha: str, marker: dict[str, str]) -> str | None:
+    """``models:/<id>`` of a model already logged in run ``run_id`` holding ``model.pt`` sha256
+    ``sha`` (tag ``model_sha256``) in the current format (every ``marker`` tag), or None: a
+    second registration of the same model (another name, another evaluation) uploads nothing."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        exp_id = client.get_run(run_id).info.experiment_id
+        found = client.search_logged_models(
+            experiment_ids=[exp_id],
+            filter_string=" AND ".join([f"source_run_id = '{run_id}'", f"tags.{SHA_TAG} = '{sha}'",
+                                        "status = 'READY'",
+                                        *(f"tags.{k} = '{v}'" for k, v in marker.items())]),
+            max_results=1)
+    except MlflowException:
+        return None
+    return f"models:/{found[0].model_id}" if found else None
 
 
 def all_versions(client: Any, name: str) -> list[Any]:
@@ -144,6 +184,8 @@ def settle_alias(client: Any, name: str, alias: str, *, test_set: str | None,
       versions only grows, and once every caller's versions exist they all compute one target.
       ``max_rounds`` (with a small random back-off between writes) bounds a pathological case
       and raises ``RuntimeError`` instead of returning an unsettled alias.
+    * The store's own alias write is not atomic either (two first writes of an alias collide on
+      a unique constraint): a failed write is just another lost race, re-read next round.
 
     ``test_set``: the caller's candidate's test set; used only when there is no champion yet
     (the first champion fixes the test set later versions are compared on).
@@ -152,7 +194,9 @@ def settle_alias(client: Any, name: str, alias: str, *, test_set: str | None,
     ...              test_set="ab12…:test")
     Settled(champion=VersionFacts(version='4', mae=81.2, ...), moves=1, rounds=2)
     """
-    moves = 0
+    from mlflow.exceptions import MlflowException
+
+    moves = failures = 0
     for rnd in range(1, max_rounds + 1):
         # alias first, versions second: a version missing from this read was created after the
         # alias read, and its own caller will re-check (see the argument above)
@@ -167,8 +211,17 @@ def settle_alias(client: Any, name: str, alias: str, *, test_set: str | None,
             return Settled(current, moves, rnd)
         log.info("%s: alias '%s' %s -> v%s (test MAE %s)", name, alias,
                  f"v{current.version}" if current else "(none)", target.version, target.mae)
-        client.set_registered_model_alias(name, alias, target.version)
-        moves += 1
+        try:
+            client.set_registered_model_alias(name, alias, target.version)
+            moves += 1
+        except MlflowException as exc:
+            # the store's alias write is itself read-then-insert: a concurrent first write of the
+            # alias fails with a unique-constraint error. Harmless: the next round re-reads.
+            failures += 1
+            if failures > max_rounds // 2:
+                raise
+            log.info("%s: alias '%s' write lost a race (%s); re-reading", name, alias,
+                     str(exc.message).splitlines()[0][:200])
         time.sleep(random.uniform(0.0, 0.05 * min(rnd, 10)))
     raise RuntimeError(f"{name}: alias '{alias}' did not settle after {max_rounds} rounds of "
                        "concurrent registrations; rerun the register step")

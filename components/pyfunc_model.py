@@ -48,11 +48,14 @@ import pandas as pd
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
-__all__ = ["SyntheticCTModel", "SIGNATURE", "MODEL_ARTIFACT", "log_pyfunc_model", "output_path_for",
+__all__ = ["SyntheticCTModel", "SIGNATURE", "MODEL_ARTIFACT", "FORMAT_TAGS", "log_pyfunc_model", "output_path_for",
            "encode_nifti", "decode_nifti", "example_input"]
 
 #: Key of the model.pt file in the pyfunc ``artifacts`` dict.
 MODEL_ARTIFACT = "model"
+#: Tags every logged model of this format carries (a logged model without them, e.g. one whose
+#: input example pointed into a temp dir, is never reused by the register step).
+FORMAT_TAGS = {"medgan_pyfunc_format": "2"}
 
 SIGNATURE = ModelSignature(
     inputs=Schema([
@@ -357,5 +360,5 @@ def log_pyfunc_model(model_path: str | os.PathLike[str], *, name: str = "sct_mod
                 signature=SIGNATURE,
                 input_example=input_example,
                 pip_requirements=_requirements(),
-                tags=tags,
+                tags={**(tags or {}), **FORMAT_TAGS},
             )

@@ -46,7 +46,7 @@ from typing import Any
 from components import storage
 from components.mlflow_utils import redact_uri, resolve_tracking_uri
 from components.model_registry import (champion, champion_mae, existing_version, fluent_target,
-                                       settle_alias)
+                                       logged_model_uri, settle_alias)
 from components.registry_policy import (DECISION_TAG, INTENDED_USE, SHA_TAG, VersionFacts,
                                         decide_promotion, model_card, model_description,
                                         test_set_id)
@@ -126,7 +126,7 @@ def run_register(model_uri: str, eval_uri: str, **params: Any) -> dict[str, Any]
     import mlflow
     from mlflow import MlflowClient
 
-    from components.pyfunc_model import log_pyfunc_model
+    from components.pyfunc_model import FORMAT_TAGS, log_pyfunc_model
     from gan_core.engine import MODEL, read_model_file
 
     p = RegisterParams(model_uri, eval_uri, **params)
@@ -153,69 +153,76 @@ def run_register(model_uri: str, eval_uri: str, **params: Any) -> dict[str, Any]
                                  f"{eval_data_sha[:12]}…, but {p.data_manifest_uri} has "
                                  f"{data_sha[:12]}…: evaluate on that data first")
 
-    client = MlflowClient(tracking_uri=tracking, registry_uri=tracking)
-    timings: dict[str, float] = {}
-    model_file = storage.join(p.model_uri, MODEL)
-    with local_file(model_file) as model_path:
-        sha = storage.sha256_file(model_path)
-        if eval_manifest["inputs"]["model_sha256"] != sha:
-            evaluated = str(eval_manifest["inputs"]["model_sha256"])
-            raise StepInputError(f"{eval_m.path}: field 'inputs.model_sha256' is {evaluated[:12]}…, "
-                                 f"but {model_file} has sha256 {sha[:12]}…: this evaluation is "
-                                 "of a different model")
-        try:
-            model_cfg = read_model_file(model_path).get("config") or {}
-        except Exception as exc:  # noqa: BLE001 - reported with the file name
-            raise StepInputError(f"{model_file}: not a medgan model ({exc})") from exc
-        run_id = train_m.value("mlflow_run_id") or eval_m.value("mlflow_run_id")
-        card = model_card(model_sha=sha, data_sha=data_sha, eval_manifest=eval_manifest,
-                          eval_sha=eval_m.sha256, model_cfg=model_cfg,
-                          model_uri=str(redact_uri(p.model_uri)), eval_uri=str(redact_uri(p.eval_uri)))
-        card["audit_required"] = str(p.require_audit).lower()
+    # credentials leave the URI (into MLflow's env vars) for the whole MLflow part: nothing
+    # MLflow prints or stores can hold them
+    with fluent_target(tracking) as clean_uri:
+        client = MlflowClient(tracking_uri=clean_uri, registry_uri=clean_uri)
+        timings: dict[str, float] = {}
+        model_file = storage.join(p.model_uri, MODEL)
+        with local_file(model_file) as model_path:
+            sha = storage.sha256_file(model_path)
+            if eval_manifest["inputs"]["model_sha256"] != sha:
+                evaluated = str(eval_manifest["inputs"]["model_sha256"])
+                raise StepInputError(f"{eval_m.path}: field 'inputs.model_sha256' is {evaluated[:12]}…, "
+                                     f"but {model_file} has sha256 {sha[:12]}…: this evaluation is "
+                                     "of a different model")
+            try:
+                model_cfg = read_model_file(model_path).get("config") or {}
+            except Exception as exc:  # noqa: BLE001 - reported with the file name
+                raise StepInputError(f"{model_file}: not a medgan model ({exc})") from exc
+            run_id = train_m.value("mlflow_run_id") or eval_m.value("mlflow_run_id")
+            card = model_card(model_sha=sha, data_sha=data_sha, eval_manifest=eval_manifest,
+                              eval_sha=eval_m.sha256, model_cfg=model_cfg,
+                              model_uri=str(redact_uri(p.model_uri)), eval_uri=str(redact_uri(p.eval_uri)))
+            card["audit_required"] = str(p.require_audit).lower()
 
-        mv = existing_version(client, p.model_name, run_id, sha, eval_m.sha256)
-        created = mv is None
-        if created:
-            t0 = time.monotonic()
-            with fluent_target(tracking):
-                if run_id is None:
-                    mlflow.set_experiment(p.experiment)
-                with mlflow.start_run(run_id=run_id, run_name=None if run_id else "register") as run:
-                    run_id = run.info.run_id
-                    info = log_pyfunc_model(model_path, tags={SHA_TAG: sha})
-                mv = mlflow.register_model(info.model_uri, p.model_name, tags=card)
-            timings["log_model_s"] = round(time.monotonic() - t0, 3)
-            log.info("registered %s version %s from run %s", p.model_name, mv.version, run_id)
+            mv = existing_version(client, p.model_name, run_id, sha, eval_m.sha256)
+            created = mv is None
+            if created:
+                t0 = time.monotonic()
+                reuse = logged_model_uri(client, run_id, sha, FORMAT_TAGS) if run_id else None
+                if reuse is None:
+                    if run_id is None:
+                        mlflow.set_experiment(p.experiment)
+                    with mlflow.start_run(run_id=run_id, run_name=None if run_id else "register") as run:
+                        run_id = run.info.run_id
+                        reuse = log_pyfunc_model(model_path, tags={SHA_TAG: sha}).model_uri
+                else:
+                    log.info("run %s already logged this model (%s): registering it, nothing uploaded",
+                             run_id, reuse)
+                mv = mlflow.register_model(reuse, p.model_name, tags=card)
+                timings["log_model_s"] = round(time.monotonic() - t0, 3)
+                log.info("registered %s version %s from run %s", p.model_name, mv.version, run_id)
+            else:
+                log.info("%s version %s already holds this model (run %s, sha256 %s…): reused",
+                         p.model_name, mv.version, run_id, sha[:12])
+            if not mv.description:
+                client.update_model_version(p.model_name, mv.version, description=model_description(card))
+            rm = client.get_registered_model(p.model_name)
+            if not rm.description:
+                client.update_registered_model(p.model_name, description=(
+                    f"medgan synthetic CT generators; alias '{p.alias}' = best test MAE with a passed "
+                    f"lesion audit. {INTENDED_USE}."))
+
+        test_set = test_set_id(data_sha, card.get("eval_split"))
+        champ = champion(client, p.model_name, p.alias)
+        previous = None
+        if champ is not None:
+            facts = VersionFacts.from_tags(champ.version, champ.tags)
+            previous = {"version": str(champ.version), "mae": champion_mae(client, champ),
+                        "test_set": facts.test_set}
+        if champ is not None and str(champ.version) == str(mv.version):
+            decided, verdict = True, f"version {mv.version} already holds alias '{p.alias}'"
         else:
-            log.info("%s version %s already holds this model (run %s, sha256 %s…): reused",
-                     p.model_name, mv.version, run_id, sha[:12])
-        if not mv.description:
-            client.update_model_version(p.model_name, mv.version, description=model_description(card))
-        rm = client.get_registered_model(p.model_name)
-        if not rm.description:
-            client.update_registered_model(p.model_name, description=(
-                f"medgan synthetic CT generators; alias '{p.alias}' = best test MAE with a passed "
-                f"lesion audit. {INTENDED_USE}."))
-
-    test_set = test_set_id(data_sha, card.get("eval_split"))
-    champ = champion(client, p.model_name, p.alias)
-    previous = None
-    if champ is not None:
-        facts = VersionFacts.from_tags(champ.version, champ.tags)
-        previous = {"version": str(champ.version), "mae": champion_mae(client, champ),
-                    "test_set": facts.test_set}
-    if champ is not None and str(champ.version) == str(mv.version):
-        decided, verdict = True, f"version {mv.version} already holds alias '{p.alias}'"
-    else:
-        decided, verdict = decide_promotion(candidate_mae, audit_passed, previous,
-                                            require_audit=p.require_audit, test_set=test_set)
-    settled = settle_alias(client, p.model_name, p.alias, test_set=test_set)
-    final = settled.champion
-    promoted = final is not None and final.version == str(mv.version)
-    moved = promoted and (champ is None or str(champ.version) != str(mv.version))
-    reason = _final_reason(verdict, decided, promoted, final, p.alias)
-    client.set_model_version_tag(p.model_name, str(mv.version), DECISION_TAG, reason)
-    log.info("%s v%s: %s", p.model_name, mv.version, reason)
+            decided, verdict = decide_promotion(candidate_mae, audit_passed, previous,
+                                                require_audit=p.require_audit, test_set=test_set)
+        settled = settle_alias(client, p.model_name, p.alias, test_set=test_set)
+        final = settled.champion
+        promoted = final is not None and final.version == str(mv.version)
+        moved = promoted and (champ is None or str(champ.version) != str(mv.version))
+        reason = _final_reason(verdict, decided, promoted, final, p.alias)
+        client.set_model_version_tag(p.model_name, str(mv.version), DECISION_TAG, reason)
+        log.info("%s v%s: %s", p.model_name, mv.version, reason)
     timings["total_s"] = round(time.monotonic() - t_start, 3)
     manifest = step_manifest(
         "register",

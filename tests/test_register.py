@@ -288,9 +288,13 @@ def test_concurrent_registers_always_leave_the_better_model_champion(models, ser
     print(f"rounds where both registers saw no champion: {both_saw_no_champion}/8")
 
 
-def test_no_credentials_reach_the_registry_or_the_manifest(models, server, tmp_path):
+def test_no_credentials_reach_the_registry_or_the_manifest(models, server, tmp_path, capfd, monkeypatch):
     """A tracking URI with user:password: nothing the step records (manifest, version tags and
-    description, model description, run params/tags) contains the password."""
+    description, model description, run params/tags) or prints contains the password, and the
+    credentials it moved into MLflow's env vars are gone afterwards."""
+    import os
+
+    monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
     _, mid, _ = models
     secret = "s3cr3t-pw-417"
     uri = server.replace("http://", f"http://medgan:{secret}@")
@@ -304,4 +308,7 @@ def test_no_credentials_reach_the_registry_or_the_manifest(models, server, tmp_p
     recorded = [json.dumps(m), (tmp_path / "reg" / "manifest.json").read_text(), json.dumps(mv.tags),
                 mv.description, mv.source, client.get_registered_model(name).description,
                 json.dumps(run.data.params), json.dumps(run.data.tags)]
-    assert all(secret not in text for text in recorded)
+    out, err = capfd.readouterr()
+    assert all(secret not in text for text in [*recorded, out, err])
+    assert "127.0.0.1" in out + err  # MLflow did print its "View run at" lines, without the password
+    assert "MLFLOW_TRACKING_PASSWORD" not in os.environ
