@@ -261,8 +261,9 @@ def _register_at_barrier(model: str, ev: str, name: str, server: str) -> dict:
 
 
 def test_concurrent_registers_always_leave_the_better_model_champion(models, server):
-    """Two register steps in two processes, released together by a barrier, 8 rounds (fresh
-    model name each): the better model always ends as champion; the worse one's reason says so."""
+    """Two register steps in two processes, released together by a barrier, 6 rounds (fresh
+    model name each): the better model always ends as champion. (The worse one may have held the
+    alias for a moment if it finished before the better one's version existed; then it says so.)"""
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
@@ -272,7 +273,7 @@ def test_concurrent_registers_always_leave_the_better_model_champion(models, ser
     both_saw_no_champion = 0
     with ProcessPoolExecutor(2, mp_context=ctx, initializer=_init_race_worker,
                              initargs=(ctx.Barrier(2),)) as pool:
-        for rnd in range(8):
+        for rnd in range(6):
             name = f"medgan-sct-race-{rnd}"
             pair = (best, mid) if rnd % 2 == 0 else (mid, best)
             futs = [pool.submit(_register_at_barrier, m["model"], m["eval"], name, server) for m in pair]
@@ -280,12 +281,15 @@ def test_concurrent_registers_always_leave_the_better_model_champion(models, ser
             win, lose = outs[best["mae"]], outs[mid["mae"]]
             champ = client.get_model_version_by_alias(name, "champion")
             assert champ.version == win["version"], (rnd, outs)
-            assert win["promoted"] and not lose["promoted"], (rnd, outs)
-            assert win["champion"] == lose["champion"] == {"version": win["version"], "mae": best["mae"]}
+            assert win["promoted"] and win["champion"] == {"version": win["version"], "mae": best["mae"]}, (rnd, outs)
+            if lose["promoted"]:  # it settled before the better version existed: sequential, not a race
+                assert lose["champion"]["version"] == lose["version"] and win["alias_moved"], (rnd, outs)
+            else:
+                assert lose["champion"] == win["champion"], (rnd, outs)
             assert client.get_model_version(name, lose["version"]).tags["alias_decision"] == lose["reason"]
             both_saw_no_champion += win["previous_champion"] is None and lose["previous_champion"] is None
     # how often the naive read-compare-set would have raced (both read "no champion")
-    print(f"rounds where both registers saw no champion: {both_saw_no_champion}/8")
+    print(f"rounds where both registers saw no champion: {both_saw_no_champion}/6")
 
 
 def test_no_credentials_reach_the_registry_or_the_manifest(models, server, tmp_path, capfd, monkeypatch):
