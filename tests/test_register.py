@@ -260,15 +260,20 @@ def _register_at_barrier(model: str, ev: str, name: str, server: str) -> dict:
     return run_register(model, ev, model_name=name, tracking_uri=server, require_audit=False)["outputs"]
 
 
-def test_concurrent_registers_always_leave_the_better_model_champion(models, server):
+def test_concurrent_registers_always_leave_the_better_model_champion(models, server, monkeypatch):
     """Two register steps in two processes, released together by a barrier, 6 rounds (fresh
     model name each): the better model always ends as champion. (The worse one may have held the
     alias for a moment if it finished before the better one's version existed; then it says so.)"""
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
+    import sys
+
     best, mid, _ = models
     client = MlflowClient(tracking_uri=server)
+    # spawned workers inherit sys.path; a pyfunc loaded earlier in this process put its model's
+    # code folder (a stub ``components`` package) in front: give the workers the real one
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if not (Path(p).parent / "MLmodel").is_file()])
     ctx = mp.get_context("spawn")
     both_saw_no_champion = 0
     with ProcessPoolExecutor(2, mp_context=ctx, initializer=_init_race_worker,
