@@ -2,12 +2,16 @@
 
 Two ways in, one model:
 
-* a pandas DataFrame with a ``path`` column (NIfTI MR files; optional ``mask_path`` for a body
-  mask on the MR grid and ``output_path`` for where to write). Every row is translated and written
-  as an int16 HU NIfTI with the MR's affine and header, next to the MR as ``<stem>_sct.nii.gz``
-  or, with ``params={"output_dir": d}``, as ``<d>/<parent>_<stem>_sct.nii.gz``. The result is a
-  DataFrame: ``path``, ``output_path``, ``shape``, ``hu_min``, ``hu_max``, ``hu_mean_body``,
-  ``body_voxels``, ``seconds``. This is the logged signature (a column schema + params), so
+* a pandas DataFrame with, per row, either a ``path`` (a NIfTI MR file the model can read) or an
+  ``mr_nifti_b64`` (the bytes of a ``.nii``/``.nii.gz`` MR file, base64: what a REST client of
+  ``mlflow models serve`` sends, and the logged input example); optional ``mask_path`` for a body
+  mask on the MR grid and ``output_path`` for where to write. Every row is translated into an
+  int16 HU NIfTI with the MR's affine and header, written next to the MR as
+  ``<stem>_sct.nii.gz`` or, with ``params={"output_dir": d}``, as
+  ``<d>/<parent>_<stem>_sct.nii.gz``; a base64 row without ``output_path`` gets the result back
+  as base64 (``sct_nifti_b64``) and nothing is written. The result is a DataFrame: ``path``,
+  ``output_path``, ``shape``, ``hu_min``, ``hu_max``, ``hu_mean_body``, ``body_voxels``,
+  ``seconds``, ``sct_nifti_b64``. This is the logged signature (a column schema + params), so
   ``mlflow.pyfunc.load_model(uri).predict(df)`` and ``mlflow models serve`` both work.
 * a 3D numpy array (an MR volume, float32, (X, Y, Z)) -> the synthetic CT array (float32, HU,
   -1000 outside the body). MLflow enforces the column schema on ``PyFuncModel.predict``, so
@@ -22,12 +26,14 @@ Two ways in, one model:
 (256, 256, 120)
 
 ``log_pyfunc_model`` logs it into the active MLflow run with its signature, an input example
-(a tiny phantom MR, never patient data), explicit pip requirements and the code it needs
+(a tiny phantom MR as base64, self-contained in the model: never patient data, never a path
+that dies with a temp dir; ``mlflow.pyfunc.load_model(uri).input_example`` predicts), explicit pip requirements and the code it needs
 (``gan_core`` and this module travel with the model, so it loads where medgan is not installed).
 """
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 import tempfile
@@ -42,14 +48,19 @@ import pandas as pd
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
-__all__ = ["SyntheticCTModel", "SIGNATURE", "MODEL_ARTIFACT", "log_pyfunc_model", "output_path_for"]
+__all__ = ["SyntheticCTModel", "SIGNATURE", "MODEL_ARTIFACT", "FORMAT_TAGS", "log_pyfunc_model", "output_path_for",
+           "encode_nifti", "decode_nifti", "example_input"]
 
 #: Key of the model.pt file in the pyfunc ``artifacts`` dict.
 MODEL_ARTIFACT = "model"
+#: Tags every logged model of this format carries (a logged model without them, e.g. one whose
+#: input example pointed into a temp dir, is never reused by the register step).
+FORMAT_TAGS = {"medgan_pyfunc_format": "2"}
 
 SIGNATURE = ModelSignature(
     inputs=Schema([
-        ColSpec("string", "path"),
+        ColSpec("string", "path", required=False),
+        ColSpec("string", "mr_nifti_b64", required=False),
         ColSpec("string", "mask_path", required=False),
         ColSpec("string", "output_path", required=False),
     ]),
@@ -62,6 +73,7 @@ SIGNATURE = ModelSignature(
         ColSpec("double", "hu_mean_body"),
         ColSpec("long", "body_voxels"),
         ColSpec("double", "seconds"),
+        ColSpec("string", "sct_nifti_b64"),
     ]),
     params=ParamSchema([
         ParamSpec("output_dir", "string", ""),
@@ -91,6 +103,30 @@ def output_path_for(mr_path: str | os.PathLike[str], output_dir: str | None = No
         prefix = f"{p.parent.name}_" if p.parent.name else ""
         return Path(output_dir) / f"{prefix}{_stem(p)}_sct.nii.gz"
     return p.with_name(f"{_stem(p)}_sct.nii.gz")
+
+
+def encode_nifti(path: str | os.PathLike[str]) -> str:
+    """The bytes of a NIfTI file as base64 text (the ``mr_nifti_b64`` input column)."""
+    return base64.b64encode(Path(path).read_bytes()).decode("ascii")
+
+
+def decode_nifti(text: str, folder: str | os.PathLike[str], stem: str = "volume") -> Path:
+    """Write base64 NIfTI bytes into ``folder`` (``.nii.gz`` if gzip, else ``.nii``); returns the file.
+
+    >>> import tempfile
+    >>> d = tempfile.mkdtemp()
+    >>> decode_nifti("not base64!", d)
+    Traceback (most recent call last):
+    ...
+    ValueError: not valid base64 NIfTI bytes (...)
+    """
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"not valid base64 NIfTI bytes ({exc})") from None
+    path = Path(folder) / (f"{stem}.nii.gz" if raw[:2] == b"\x1f\x8b" else f"{stem}.nii")
+    path.write_bytes(raw)
+    return path
 
 
 def _cell(row: pd.Series, key: str) -> str | None:
@@ -175,54 +211,71 @@ class SyntheticCTModel(mlflow.pyfunc.PythonModel):
         if not isinstance(model_input, pd.DataFrame):
             raise TypeError("medgan pyfunc: expected a DataFrame with a 'path' column (NIfTI MR files) "
                             f"or a 3D numpy array, got {type(model_input).__name__}")
-        if "path" not in model_input.columns:
+        if "path" not in model_input.columns and "mr_nifti_b64" not in model_input.columns:
             raise ValueError("medgan pyfunc: the input DataFrame has no 'path' column "
-                             f"(columns: {list(model_input.columns)}); expected NIfTI MR file paths")
+                             f"(columns: {list(model_input.columns)}); expected NIfTI MR file paths "
+                             "(or 'mr_nifti_b64': base64 NIfTI bytes)")
         return self._predict_files(model_input, str(params.get("output_dir") or ""), batch_size)
 
     def _predict_files(self, df: pd.DataFrame, output_dir: str, batch_size: int) -> pd.DataFrame:
-        from gan_core.data.nifti import check_same_grid, load_volume, save_volume
-
         fw = self._require_loaded()
         rows: list[dict[str, Any]] = []
         targets: dict[str, str] = {}
         plan = []
         for i, (_, row) in enumerate(df.iterrows()):
-            src = _cell(row, "path")
-            if src is None:
-                raise ValueError(f"medgan pyfunc: row {i} has an empty 'path'")
-            dst = _cell(row, "output_path") or str(output_path_for(src, output_dir or None))
-            if dst in targets:
-                raise ValueError(f"medgan pyfunc: rows {targets[dst]} and {i} would both write {dst}; "
-                                 "give an 'output_path' column")
-            targets[dst] = str(i)
-            plan.append((i, src, _cell(row, "mask_path"), dst))
-        for i, src, mask_src, dst in plan:
+            src, b64 = _cell(row, "path"), _cell(row, "mr_nifti_b64")
+            if (src is None) == (b64 is None):
+                raise ValueError(f"medgan pyfunc: row {i} needs exactly one of 'path' (a NIfTI MR "
+                                 "file) or 'mr_nifti_b64' (base64 NIfTI bytes)"
+                                 + (", got both" if src else ", got neither"))
+            dst = _cell(row, "output_path")
+            if dst is None and src is not None:
+                dst = str(output_path_for(src, output_dir or None))
+            if dst is not None:
+                if dst in targets:
+                    raise ValueError(f"medgan pyfunc: rows {targets[dst]} and {i} would both write "
+                                     f"{dst}; give an 'output_path' column")
+                targets[dst] = str(i)
+            plan.append((i, src, b64, _cell(row, "mask_path"), dst))
+        for i, src, b64, mask_src, dst in plan:
             t0 = time.perf_counter()
             try:
-                mr = load_volume(src)
-                mask = None
-                if mask_src is not None:
-                    mvol = load_volume(mask_src)
-                    check_same_grid(mr, mvol, names=("MR", "mask"))
-                    mask = mvol.array
-                from gan_core.data.masks import body_mask
-                from gan_core.engine import translate_array
-
-                mask = body_mask(mr.array) if mask is None else (mask > 0).astype(np.uint8)
-                hu = translate_array(fw, mr.array, mask, batch_size=batch_size)
-                Path(dst).parent.mkdir(parents=True, exist_ok=True)
-                save_volume(dst, np.round(hu).astype(np.int16), like=mr, dtype=np.int16)
+                with tempfile.TemporaryDirectory(prefix="medgan-pyfunc-row-") as tmp:
+                    mr_file = src if src is not None else decode_nifti(str(b64), tmp, "mr")
+                    hu, body, sct_file = _translate_one(fw, mr_file, mask_src, dst or
+                                                        str(Path(tmp) / "sct.nii.gz"), batch_size)
+                    sct_b64 = encode_nifti(sct_file) if dst is None else ""
             except Exception as exc:
-                raise ValueError(f"medgan pyfunc: row {i} ({src}): {type(exc).__name__}: {exc}") from exc
-            body = mask > 0  # the body the translation used (given or computed from the MR)
+                label = src if src is not None else "mr_nifti_b64"
+                raise ValueError(f"medgan pyfunc: row {i} ({label}): {type(exc).__name__}: {exc}") from exc
             rows.append({
-                "path": src, "output_path": dst, "shape": "x".join(str(n) for n in hu.shape),
+                "path": src or "", "output_path": dst or "", "shape": "x".join(str(n) for n in hu.shape),
                 "hu_min": float(hu.min()), "hu_max": float(hu.max()),
                 "hu_mean_body": float(hu[body].mean()) if body.any() else float("nan"),
                 "body_voxels": int(body.sum()), "seconds": time.perf_counter() - t0,
+                "sct_nifti_b64": sct_b64,
             })
         return pd.DataFrame(rows, columns=[c.name for c in SIGNATURE.outputs.inputs])
+
+
+def _translate_one(fw: Any, mr_file: str | os.PathLike[str], mask_src: str | None, dst: str,
+                   batch_size: int) -> tuple[np.ndarray, np.ndarray, Path]:
+    """One MR file -> int16 HU NIfTI at ``dst``; returns (HU array, body mask, written file)."""
+    from gan_core.data.masks import body_mask
+    from gan_core.data.nifti import check_same_grid, load_volume, save_volume
+    from gan_core.engine import translate_array
+
+    mr = load_volume(mr_file)
+    mask = None
+    if mask_src is not None:
+        mvol = load_volume(mask_src)
+        check_same_grid(mr, mvol, names=("MR", "mask"))
+        mask = mvol.array
+    mask = body_mask(mr.array) if mask is None else (mask > 0).astype(np.uint8)
+    hu = translate_array(fw, mr.array, mask, batch_size=batch_size)
+    Path(dst).parent.mkdir(parents=True, exist_ok=True)
+    written = save_volume(dst, np.round(hu).astype(np.int16), like=mr, dtype=np.int16)
+    return hu, mask > 0, Path(written)
 
 
 def _requirements() -> list[str]:
@@ -238,13 +291,21 @@ def _requirements() -> list[str]:
     return reqs
 
 
-def _example_mr(folder: Path) -> Path:
-    """A tiny phantom MR (16x16x16): the logged input example, never patient data."""
+def example_input() -> pd.DataFrame:
+    """The logged input example: a tiny phantom MR (16x16x16, never patient data) as base64
+    NIfTI bytes in column ``mr_nifti_b64``: self-contained, so it predicts wherever the model
+    is loaded.
+
+    >>> example_input().columns.tolist()
+    ['mr_nifti_b64']
+    """
     from gan_core.data.nifti import save_volume
     from gan_core.data.phantom import generate_subject
 
     s = generate_subject(0, shape=(16, 16, 16), spacing=(12.0, 12.0, 12.0), lesion_prevalence=0.0)
-    return save_volume(folder / "example_mr.nii.gz", s.mr, affine=s.affine, dtype=np.float32)
+    with tempfile.TemporaryDirectory(prefix="medgan-example-") as tmp:
+        f = save_volume(Path(tmp) / "example_mr.nii.gz", s.mr, affine=s.affine, dtype=np.float32)
+        return pd.DataFrame({"mr_nifti_b64": [encode_nifti(f)]})
 
 
 def _stage_code(folder: Path) -> list[str]:
@@ -284,12 +345,10 @@ def log_pyfunc_model(model_path: str | os.PathLike[str], *, name: str = "sct_mod
         raise FileNotFoundError(f"log_pyfunc_model: model file not found: {model_path}")
     with tempfile.TemporaryDirectory(prefix="medgan-pyfunc-") as tmp:
         tmp_dir = Path(tmp)
-        example = _example_mr(tmp_dir)
         code_paths = _stage_code(tmp_dir / "code")
         model_code = tmp_dir / "sct_model.py"
         model_code.write_text(_MODEL_CODE)
-        input_example = pd.DataFrame({"path": [str(example)],
-                                      "output_path": [str(tmp_dir / "example_sct.nii.gz")]})
+        input_example = example_input()
         with warnings.catch_warnings():
             # MLflow suggests type hints on predict(); the explicit SIGNATURE is the contract here
             warnings.filterwarnings("ignore", message=".*type hints.*predict.*")
@@ -301,5 +360,5 @@ def log_pyfunc_model(model_path: str | os.PathLike[str], *, name: str = "sct_mod
                 signature=SIGNATURE,
                 input_example=input_example,
                 pip_requirements=_requirements(),
-                tags=tags,
+                tags={**(tags or {}), **FORMAT_TAGS},
             )

@@ -1,21 +1,34 @@
 """The register step's policy: the model card of a version and the rule that moves the alias.
 
 Pure functions (no MLflow): :func:`model_card` (the version's tags: provenance, metrics, audit,
-intended use), :func:`model_description` and :func:`decide_promotion` (strictly lower test MAE
-and a passed audit take the alias). :mod:`components.register` applies them.
+intended use), :func:`model_description`, :func:`decide_promotion` (the verdict for one candidate:
+strictly lower test MAE on the same test set and a passed audit take the alias) and
+:func:`alias_target` (which version should hold the alias, given every version's tags: what
+:func:`components.model_registry.settle_alias` converges to). :mod:`components.register` applies
+them.
+
+A *test set* is the data manifest's sha256 plus the evaluated split (tags
+``data_manifest_sha256`` and ``eval_split``): MAEs on different test sets are never compared.
 
 >>> decide_promotion(90.0, True, None)
 (True, 'no champion yet; test MAE 90.00 HU and the audit passed')
+>>> v1 = VersionFacts("1", mae=100.0, test_set="ab:test", eligible=True)
+>>> v2 = VersionFacts("2", mae=90.0, test_set="ab:test", eligible=True)
+>>> alias_target(v1, [v1, v2]).version
+'2'
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from components.step import code_info, finite_or_none
 
-__all__ = ["INTENDED_USE", "SHA_TAG", "MAE_TAG", "decide_promotion", "model_card",
-           "model_description"]
+__all__ = ["INTENDED_USE", "SHA_TAG", "MAE_TAG", "EVAL_TAG", "DATA_TAG", "SPLIT_TAG", "AUDIT_REQUIRED_TAG",
+           "DECISION_TAG", "VersionFacts", "alias_target", "decide_promotion", "model_card",
+           "model_description", "test_set_id"]
 
 #: What every registered model is for (a tag and part of the description).
 INTENDED_USE = "research use only — not for clinical use"
@@ -23,16 +36,118 @@ INTENDED_USE = "research use only — not for clinical use"
 SHA_TAG = "model_sha256"
 #: Version tag holding the test MAE (HU) the alias decision compares.
 MAE_TAG = "test_mae_hu"
+#: Version tag: sha256 of the evaluate manifest the card was made from.
+EVAL_TAG = "evaluate_manifest_sha256"
+#: Version tag: sha256 of the preprocess manifest the test MAE was measured on.
+DATA_TAG = "data_manifest_sha256"
+#: Version tag: the split the test MAE was measured on.
+SPLIT_TAG = "eval_split"
+#: Version tag: "false" when the version was registered with ``require_audit=False``.
+AUDIT_REQUIRED_TAG = "audit_required"
+#: Version tag: the register step's alias verdict for this version (why it was or was not promoted).
+DECISION_TAG = "alias_decision"
+
+_UNKNOWN = ("", "unknown", "none", "nan")
+
+
+def test_set_id(data_sha: str | None, split: str | None) -> str | None:
+    """The identity of a test set: ``"<data manifest sha256>:<split>"``; None when unknown.
+
+    >>> test_set_id("ab12", "test"), test_set_id("unknown", "test"), test_set_id("ab12", None)
+    ('ab12:test', None, None)
+    """
+    if not data_sha or not split or str(data_sha).lower() in _UNKNOWN or str(split).lower() in _UNKNOWN:
+        return None
+    return f"{data_sha}:{split}"
+
+
+def _short(test_set: str | None) -> str:
+    if test_set is None:
+        return "unknown"
+    sha, _, split = test_set.partition(":")
+    return f"{split} split of data manifest {sha[:12]}…"
+
+
+# --------------------------------------------------------------------------- versions and the alias
+
+
+@dataclass(frozen=True)
+class VersionFacts:
+    """What the alias rule needs to know about one model version (read from its tags).
+
+    ``eligible``: the audit passed, or the version was registered with ``require_audit=False``.
+    """
+
+    version: str
+    mae: float | None
+    test_set: str | None
+    eligible: bool
+
+    @classmethod
+    def from_tags(cls, version: str | int, tags: Mapping[str, str]) -> "VersionFacts":
+        """From a model version's tags (a :func:`model_card`); missing tags make it ineligible.
+
+        >>> VersionFacts.from_tags("3", {"test_mae_hu": "88.5", "data_manifest_sha256": "ab",
+        ...                              "eval_split": "test", "audit_passed": "false",
+        ...                              "audit_required": "false"})
+        VersionFacts(version='3', mae=88.5, test_set='ab:test', eligible=True)
+        """
+        audit_ok = tags.get("audit_passed") == "true" or tags.get(AUDIT_REQUIRED_TAG) == "false"
+        try:
+            mae = finite_or_none(float(tags[MAE_TAG])) if MAE_TAG in tags else None
+        except ValueError:
+            mae = None
+        return cls(str(version), mae, test_set_id(tags.get(DATA_TAG), tags.get(SPLIT_TAG)), audit_ok)
+
+
+def _rank(v: VersionFacts) -> tuple[float, int]:
+    return (float(v.mae), int(v.version)) if v.mae is not None else (float("inf"), int(v.version))
+
+
+def alias_target(champion: VersionFacts | None, versions: Sequence[VersionFacts], *,
+                 test_set: str | None = None) -> VersionFacts | None:
+    """The version that should hold the alias, given the current ``champion`` and all ``versions``.
+
+    * A champion without a finite MAE or a known test set stays (it is not replaced
+      automatically: compare by hand).
+    * Otherwise the eligible version with the lowest MAE *on the champion's test set* takes it if
+      its MAE is strictly lower than the champion's (ties keep the champion; among equal
+      challengers the oldest version wins).
+    * No champion: the best eligible version on ``test_set`` (the caller's candidate's test set:
+      the first champion fixes the test set later versions are compared on); None if there is none.
+
+    Deterministic in its inputs, so every register step that reads the same registry state
+    computes the same target: see :func:`components.model_registry.settle_alias`.
+
+    >>> old = VersionFacts("1", 100.0, "ab:test", True)
+    >>> alias_target(old, [old, VersionFacts("2", 90.0, "cd:test", True)]).version   # other test set
+    '1'
+    >>> alias_target(None, [VersionFacts("1", 80.0, "ab:test", False), VersionFacts("2", 90.0, "ab:test", True)],
+    ...              test_set="ab:test").version
+    '2'
+    """
+    if champion is not None:
+        if champion.mae is None or champion.test_set is None:
+            return champion
+        pool = [v for v in versions if v.eligible and v.mae is not None
+                and v.test_set == champion.test_set and v.mae < champion.mae]
+        return min(pool, key=_rank) if pool else champion
+    if test_set is None:
+        return None
+    pool = [v for v in versions if v.eligible and v.mae is not None and v.test_set == test_set]
+    return min(pool, key=_rank) if pool else None
 
 
 # --------------------------------------------------------------------------- the promotion rule
 
 
 def decide_promotion(candidate_mae: float | None, audit_passed: bool, champion: dict[str, Any] | None,
-                     *, require_audit: bool = True) -> tuple[bool, str]:
+                     *, require_audit: bool = True, test_set: str | None = None) -> tuple[bool, str]:
     """Should the candidate take the alias? Returns ``(promote, reason)``.
 
-    ``champion``: ``{"version": str, "mae": float | None}`` or None when there is none.
+    ``champion``: ``{"version": str, "mae": float | None}`` or None when there is none; with a
+    ``"test_set"`` key (:func:`test_set_id`) the candidate's ``test_set`` must be the same, else
+    the MAEs are not compared and the candidate is not promoted.
     Lower MAE wins, strictly; a failed audit blocks promotion (unless ``require_audit=False``);
     a champion without a recorded MAE is never replaced automatically.
 
@@ -40,6 +155,9 @@ def decide_promotion(candidate_mae: float | None, audit_passed: bool, champion: 
     (True, 'test MAE 90.00 HU beats champion v1 (100.00 HU) and the audit passed')
     >>> decide_promotion(90.0, False, None)[0], decide_promotion(120.0, True, {"version": "1", "mae": 100.0})[0]
     (False, False)
+    >>> decide_promotion(90.0, True, {"version": "1", "mae": 100.0, "test_set": "ab:test"},
+    ...                  test_set="cd:test")[1]
+    'not compared with champion v1: its test MAE is on the test split of data manifest ab… and this one on the test split of data manifest cd… (a different test set): registered, not promoted'
     """
     mae = finite_or_none(candidate_mae)
     audit_note = "the audit passed" if audit_passed else "the audit failed (not required)"
@@ -49,6 +167,10 @@ def decide_promotion(candidate_mae: float | None, audit_passed: bool, champion: 
         return False, f"candidate has no finite test MAE ({candidate_mae!r}): not promoted"
     if champion is None:
         return True, f"no champion yet; test MAE {mae:.2f} HU and {audit_note}"
+    if "test_set" in champion and (champion["test_set"] is None or champion["test_set"] != test_set):
+        return False, (f"not compared with champion v{champion['version']}: its test MAE is on the "
+                       f"{_short(champion['test_set'])} and this one on the {_short(test_set)} (a "
+                       "different test set): registered, not promoted")
     champ_mae = finite_or_none(champion.get("mae"))
     if champ_mae is None:
         return False, (f"champion v{champion['version']} has no recorded test MAE: it is not replaced "
@@ -88,8 +210,8 @@ def model_card(*, model_sha: str, data_sha: str | None, eval_manifest: dict[str,
     model = model_cfg.get("model") or {}
     card = {
         SHA_TAG: model_sha,
-        "data_manifest_sha256": data_sha or "unknown",
-        "evaluate_manifest_sha256": eval_sha,
+        DATA_TAG: data_sha or "unknown",
+        EVAL_TAG: eval_sha,
         "code_version": code["gan_core"] or "unknown",
         "git_commit": code["git_commit"] or "unknown",
         "framework": str(model_cfg.get("framework", "unknown")),
@@ -103,7 +225,7 @@ def model_card(*, model_sha: str, data_sha: str | None, eval_manifest: dict[str,
         "baseline_ssim": _fmt(base_m.get("ssim")),
         "audit_passed": str(bool(out.get("audit_passed"))).lower(),
         "audit_summary": str(audit.get("reason", ""))[:1000],
-        "eval_split": str((eval_manifest.get("params") or {}).get("split", "unknown")),
+        SPLIT_TAG: str((eval_manifest.get("params") or {}).get("split", "unknown")),
         "eval_subjects": str((eval_manifest.get("counts") or {}).get("evaluated", "unknown")),
         "model_uri": model_uri,
         "evaluation_uri": eval_uri,

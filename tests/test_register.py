@@ -17,6 +17,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from components.evaluate import run_evaluate
+from components.pyfunc_model import SyntheticCTModel, decode_nifti
 from components.register import main, run_register
 from components.registry_policy import INTENDED_USE, decide_promotion
 from components.step import StepInputError
@@ -85,12 +86,15 @@ def test_register_is_idempotent_and_the_alias_follows_the_best_mae(models, data,
 
     better = run_register(best["model"], best["eval"], **kw)["outputs"]
     assert better["created"] and better["promoted"] and better["version"] == "2"
-    assert better["previous_champion"] == {"version": "1", "mae": mid["mae"]}
+    test_set = f"{mv.tags['data_manifest_sha256']}:test"
+    assert better["previous_champion"] == {"version": "1", "mae": mid["mae"], "test_set": test_set}
+    assert better["champion"] == {"version": "2", "mae": best["mae"]} and better["test_set"] == test_set
     assert client.get_model_version_by_alias(name, "champion").version == "2"
 
     worse = run_register(worst["model"], worst["eval"], **kw)["outputs"]
     assert worse["created"] and not worse["promoted"] and worse["version"] == "3"
     assert "does not beat champion v2" in worse["reason"]
+    assert client.get_model_version(name, "3").tags["alias_decision"] == worse["reason"]
     assert client.get_model_version_by_alias(name, "champion").version == "2"
     assert len(client.search_model_versions(f"name = '{name}'")) == 3
 
@@ -122,7 +126,24 @@ def test_champion_loads_and_writes_a_synthetic_ct(models, data, server, tmp_path
     assert reg["outputs"]["promoted"]
     monkeypatch.setenv("MLFLOW_TRACKING_URI", server)
     model = mlflow.pyfunc.load_model(f"models:/{name}@champion")
-    assert model.metadata.get_input_schema().input_names() == ["path", "mask_path", "output_path"]
+    assert model.metadata.get_input_schema().input_names() == ["path", "mr_nifti_b64", "mask_path", "output_path"]
+
+    # the logged input example is self-contained (no path into a deleted temp dir) and predicts
+    example = model.input_example
+    assert list(example.columns) == ["mr_nifti_b64"] and len(example) == 1
+    local = Path(mlflow.artifacts.download_artifacts(f"models:/{name}@champion", dst_path=str(tmp_path / "dl")))
+    assert mlflow.models.Model.load(local / "MLmodel").load_input_example(str(local)).equals(example)
+    assert "medgan-pyfunc-" not in (local / "input_example.json").read_text()
+    res = model.predict(example)
+    assert res.loc[0, "path"] == "" and res.loc[0, "output_path"] == "" and res.loc[0, "shape"] == "16x16x16"
+    decode_nifti(example.loc[0, "mr_nifti_b64"], tmp_path, "example_mr")
+    sct_file = decode_nifti(res.loc[0, "sct_nifti_b64"], tmp_path, "example_sct")
+    ref = SyntheticCTModel.from_file(Path(best["model"]) / "model.pt", device="cpu").predict(
+        None, pd.DataFrame({"path": [str(tmp_path / "example_mr.nii.gz")]}))
+    np.testing.assert_array_equal(load_volume(sct_file, dtype=np.int16).array,
+                                  load_volume(ref.loc[0, "output_path"], dtype=np.int16).array)
+    with pytest.raises(Exception, match="exactly one of 'path'"):
+        model.predict(pd.DataFrame({"path": ["x.nii.gz"], "mr_nifti_b64": [example.loc[0, "mr_nifti_b64"]]}))
 
     sid = json.loads((data / "manifest.json").read_text())["splits"]["test"][0]
     subj = tmp_path / sid
@@ -192,3 +213,111 @@ def test_policy_docstring_examples_run():
 
     result = doctest.testmod(policy, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_a_model_evaluated_on_another_test_set_is_registered_not_promoted(models, data, server, tmp_path):
+    """Same model, evaluated on a preprocess output whose manifest differs (another data set):
+    registered, never compared with the champion's MAE, the reason in the manifest and a tag."""
+    best, mid, _ = models
+    other = tmp_path / "other-data"
+    shutil.copytree(data, other)
+    m = json.loads((other / "manifest.json").read_text())
+    m["inputs"]["input_uri"] = "s3://another-cohort/"
+    (other / "manifest.json").write_text(json.dumps(m, indent=2))
+    ev = run_evaluate(str(other), best["model"], str(tmp_path / "eval-other"), figures=0)
+    assert ev["outputs"]["aggregate"]["model"]["mae"] == best["mae"] < mid["mae"]  # same subjects, better
+
+    client = MlflowClient(tracking_uri=server)
+    name = "medgan-sct-testset"
+    kw = dict(model_name=name, tracking_uri=server, require_audit=False)
+    assert run_register(mid["model"], mid["eval"], **kw)["outputs"]["promoted"]
+    out = run_register(best["model"], str(tmp_path / "eval-other"), **kw)["outputs"]
+    assert out["created"] and not out["promoted"] and out["version"] == "2"
+    assert out["reason"].startswith("not compared with champion v1") and "different test set" in out["reason"]
+    assert client.get_model_version(name, "2").tags["alias_decision"] == out["reason"]
+    assert client.get_model_version_by_alias(name, "champion").version == "1"
+    # on the champion's test set the same model wins
+    won = run_register(best["model"], best["eval"], **kw)["outputs"]
+    assert won["promoted"] and client.get_model_version_by_alias(name, "champion").version == won["version"] == "3"
+
+
+# --------------------------------------------------------------------------- concurrent registers
+
+_BARRIER = None
+
+
+def _init_race_worker(barrier) -> None:
+    global _BARRIER
+    _BARRIER = barrier
+    import torch
+
+    torch.set_num_threads(1)
+    import components.register  # noqa: F401  (imports paid before the first round)
+
+
+def _register_at_barrier(model: str, ev: str, name: str, server: str) -> dict:
+    _BARRIER.wait(timeout=300)
+    return run_register(model, ev, model_name=name, tracking_uri=server, require_audit=False)["outputs"]
+
+
+def test_concurrent_registers_always_leave_the_better_model_champion(models, server, monkeypatch):
+    """Two register steps in two processes, released together by a barrier, 6 rounds (fresh
+    model name each): the better model always ends as champion. (The worse one may have held the
+    alias for a moment if it finished before the better one's version existed; then it says so.)"""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    import sys
+
+    best, mid, _ = models
+    client = MlflowClient(tracking_uri=server)
+    # spawned workers inherit sys.path; a pyfunc loaded earlier in this process put its model's
+    # code folder (a stub ``components`` package) in front: give the workers the real one
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if not (Path(p).parent / "MLmodel").is_file()])
+    ctx = mp.get_context("spawn")
+    both_saw_no_champion = 0
+    with ProcessPoolExecutor(2, mp_context=ctx, initializer=_init_race_worker,
+                             initargs=(ctx.Barrier(2),)) as pool:
+        for rnd in range(6):
+            name = f"medgan-sct-race-{rnd}"
+            pair = (best, mid) if rnd % 2 == 0 else (mid, best)
+            futs = [pool.submit(_register_at_barrier, m["model"], m["eval"], name, server) for m in pair]
+            outs = {f.result(timeout=600)["test_mae_hu"]: f.result() for f in futs}
+            win, lose = outs[best["mae"]], outs[mid["mae"]]
+            champ = client.get_model_version_by_alias(name, "champion")
+            assert champ.version == win["version"], (rnd, outs)
+            assert win["promoted"] and win["champion"] == {"version": win["version"], "mae": best["mae"]}, (rnd, outs)
+            if lose["promoted"]:  # it settled before the better version existed: sequential, not a race
+                assert lose["champion"]["version"] == lose["version"] and win["alias_moved"], (rnd, outs)
+            else:
+                assert lose["champion"] == win["champion"], (rnd, outs)
+            assert client.get_model_version(name, lose["version"]).tags["alias_decision"] == lose["reason"]
+            both_saw_no_champion += win["previous_champion"] is None and lose["previous_champion"] is None
+    # how often the naive read-compare-set would have raced (both read "no champion")
+    print(f"rounds where both registers saw no champion: {both_saw_no_champion}/6")
+
+
+def test_no_credentials_reach_the_registry_or_the_manifest(models, server, tmp_path, capfd, monkeypatch):
+    """A tracking URI with user:password: nothing the step records (manifest, version tags and
+    description, model description, run params/tags) or prints contains the password, and the
+    credentials it moved into MLflow's env vars are gone afterwards."""
+    import os
+
+    monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
+    _, mid, _ = models
+    secret = "s3cr3t-pw-417"
+    uri = server.replace("http://", f"http://medgan:{secret}@")
+    name = "medgan-sct-creds"
+    m = run_register(mid["model"], mid["eval"], model_name=name, tracking_uri=uri, require_audit=False,
+                     output_uri=str(tmp_path / "reg"))
+    assert m["params"]["tracking_uri"] == server
+    client = MlflowClient(tracking_uri=server)
+    mv = client.get_model_version(name, m["outputs"]["version"])
+    run = client.get_run(mv.run_id)
+    recorded = [json.dumps(m), (tmp_path / "reg" / "manifest.json").read_text(), json.dumps(mv.tags),
+                mv.description, mv.source, client.get_registered_model(name).description,
+                json.dumps(run.data.params), json.dumps(run.data.tags)]
+    out, err = capfd.readouterr()
+    assert all(secret not in text for text in [*recorded, out, err])
+    assert "127.0.0.1" in out + err  # MLflow did print its "View run at" lines, without the password
+    assert "MLFLOW_TRACKING_PASSWORD" not in os.environ
