@@ -46,6 +46,7 @@ from typing import Any
 
 from components import mlflow_utils as mlu
 from components import storage
+from components.launch import LAUNCHERS, check_launcher, is_remote, launch
 from components.raytrain import (RAY_DIR, fault_from_env, fit, ray_run_name, ray_session,
                                  ray_storage, ray_uri, worker_config)
 from components.step import (StepInputError, arg, build_config, local_file, params_from_args,
@@ -90,10 +91,14 @@ class TrainParams:
     experiment: str = arg("MLflow experiment", default="medgan")
     run_name: str | None = arg("Ray/MLflow run name (default: derived from --output-uri)",
                                default=None)
-    ray_address: str | None = arg("Ray cluster address (default $RAY_ADDRESS or a local Ray)",
-                                  default=None)
+    ray_address: str | None = arg(
+        "Ray Jobs API URL http(s)://<head>:8265 (the work runs as a Ray job there), or a GCS "
+        "address host:port for in-process Ray (default $RAY_ADDRESS or a local Ray)", default=None)
+    launcher: str = arg("auto (jobs for an http(s) ray_address, else local) | local | jobs | "
+                        "rayjob (components.launch)", default="auto", choices=LAUNCHERS)
 
     def __post_init__(self) -> None:
+        check_launcher(self.launcher, self.ray_address)
         if self.num_workers < 1:
             raise StepInputError(f"num_workers: expected >= 1, got {self.num_workers}")
         if self.max_failures < 0:
@@ -113,6 +118,8 @@ def run_train(data_uri: str, output_uri: str, **params: Any) -> dict[str, Any]:
     ['_SUCCESS', 'config.yaml', 'manifest.json']
     """
     p = TrainParams(data_uri, output_uri, **params)
+    if is_remote(p.launcher, p.ray_address):  # the same step, run by a Ray job / RayJob
+        return launch("components.train", "train", p)
     t0 = time.perf_counter()
     prep = read_manifest(p.data_uri, "preprocess", required=("splits.train",))
     shards = shard_uris(prep)
