@@ -323,6 +323,21 @@ class _LogStream:
                 self.written += len(rest)
 
 
+def _job_error(message: str | None) -> str:
+    """Ray's job message, with its copy of the log's tail (already streamed) cut to the last
+    line, which for a step is its ``error: ...`` line.
+
+    >>> _job_error("Job entrypoint command failed with exit code 2, last available logs "
+    ...            "(truncated to 20,000 chars):\\nINFO x\\nerror: bad input\\n")
+    'Job entrypoint command failed with exit code 2; last log line: error: bad input'
+    """
+    head, sep, logs = (message or "").partition(", last available logs")
+    lines = [line for line in logs.splitlines()[1:] if line.strip()]
+    if not sep or not lines:
+        return message or "(no message)"
+    return f"{head}; last log line: {lines[-1].strip()}"
+
+
 def run_job(address: str, module: str, step: str, params: Any, *, client: Any = None,
             poll_s: float = 1.0, out: TextIO | None = None, python: str = "python",
             stop_wait_s: float = 30.0) -> dict[str, Any]:
@@ -374,7 +389,7 @@ def run_job(address: str, module: str, step: str, params: Any, *, client: Any = 
     info = client.get_job_info(job_id)
     log.info("Ray job %s ended %s", job_id, status)
     if status != JobStatus.SUCCEEDED:
-        message = f"Ray job {job_id} on {address} ended {status}: {info.message}"
+        message = f"Ray job {job_id} on {address} ended {status}: {_job_error(info.message)}"
         if getattr(info, "driver_exit_code", None) == 2:
             raise StepInputError(message)
         raise JobFailed(message)

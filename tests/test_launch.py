@@ -211,10 +211,10 @@ def test_failing_job_fails_the_step(head, tmp_path):
     assert r.returncode == 2, r.stderr[-3000:]
     expected = f"{missing}/manifest.json: not found (expected the output of step 'preprocess')"
     assert expected in r.stdout  # streamed from the job
-    err = r.stderr.strip().splitlines()
-    assert f"ended FAILED" in r.stderr and expected in r.stderr
-    assert err[-1].startswith(f"error: Ray job {job.submission_id} on {head.dashboard_url} "
-                              f"ended FAILED"), err[-5:]
+    last = r.stderr.strip().splitlines()[-1]
+    assert last == (f"error: Ray job {job.submission_id} on {head.dashboard_url} ended FAILED: "
+                    f"Job entrypoint command failed with exit code 2; last log line: "
+                    f"error: {expected}"), last
     assert not out.exists()
 
 
