@@ -57,9 +57,9 @@ from typing import Any, TextIO
 from components import storage
 from components.step import StepInputError, read_manifest
 
-__all__ = ["LAUNCHERS", "PASS_ENV", "PASS_PREFIXES", "SECRET_ENV", "resolve_launcher",
-           "check_launcher", "is_remote", "job_env", "step_argv", "entrypoint", "submission_id",
-           "launch", "run_job", "manifest_of", "on_stop_signal", "JobFailed"]
+__all__ = ["LAUNCHERS", "PASS_ENV", "PASS_PREFIXES", "SECRET_ENV", "JobFailed", "resolve_launcher",
+           "check_launcher", "is_remote", "job_env", "job_params", "step_argv", "entrypoint",
+           "submission_id", "launch", "run_job", "manifest_of", "on_stop_signal"]
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +135,25 @@ def job_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     env = os.environ if environ is None else environ
     return {k: v for k, v in env.items()
             if v and (k in PASS_ENV or k.startswith(PASS_PREFIXES))}
+
+
+def job_params(params: Any, environ: Mapping[str, str] | None = None) -> tuple[Any, dict[str, str]]:
+    """``(params for the job's command line, the job's environment)``: an explicit
+    ``tracking_uri`` travels as ``$MLFLOW_TRACKING_URI`` (the step reads the param first, then
+    that variable: same run), so a URI carrying ``user:password@`` never reaches a command
+    line, a log or the job's entrypoint.
+
+    >>> from components.train import TrainParams
+    >>> p, env = job_params(TrainParams("d", "o", tracking_uri="http://u:pw@mlflow"), {})
+    >>> p.tracking_uri, env
+    (None, {'MLFLOW_TRACKING_URI': 'http://u:pw@mlflow'})
+    """
+    env = job_env(environ)
+    uri = getattr(params, "tracking_uri", None)
+    if uri:
+        env["MLFLOW_TRACKING_URI"] = uri
+        params = dataclasses.replace(params, tracking_uri=None)
+    return params, env
 
 
 # --------------------------------------------------------------------------- the job's command
@@ -357,7 +376,7 @@ def run_job(address: str, module: str, step: str, params: Any, *, client: Any = 
         except (ConnectionError, RuntimeError, ValueError) as e:
             raise StepInputError(f"ray_address {address!r}: cannot reach the Ray Jobs API "
                                  f"({e})") from None
-    env = job_env()
+    params, env = job_params(params)
     cmd = entrypoint(module, params, python)
     job_id = submission_id(step, params.output_uri)
     log.info("submitting Ray job %s to %s: %s", job_id, address, cmd)

@@ -341,12 +341,13 @@ def run_rayjob(module: str, step: str, params: Any, *, api: Any = None,
                **kw: Any) -> dict[str, Any]:
     """The step ``module`` with ``params`` as a RayJob (:func:`submit_rayjob`); returns the
     manifest it wrote at ``params.output_uri``."""
-    from components.launch import entrypoint, manifest_of, submission_id
+    from components.launch import entrypoint, job_params, manifest_of, submission_id
 
     env = os.environ if environ is None else environ
     s = settings or RayJobSettings.from_env(env)
     workers, gpus = _workers_and_gpus(params)
-    plain = plain_env(env)
+    params, job_env = job_params(params, env)
+    plain = plain_env(job_env)
     body = rayjob_manifest(
         rayjob_name(submission_id(step, params.output_uri)), s.namespace, s.image,
         entrypoint(module, params), num_workers=workers, gpus_per_worker=gpus,

@@ -12,8 +12,13 @@ Inputs and outputs (``data_uri`` / ``output_uri``: a local folder or ``s3://buck
 
 How it runs (the Ray side is :mod:`components.raytrain`):
 
-* The driver connects to ``ray_address`` / ``$RAY_ADDRESS`` or starts a local Ray, creates the
-  MLflow run (so its id is known) and fits a ``TorchTrainer`` (gloo on CPU, NCCL on GPU).
+* Where (``launcher``, :mod:`components.launch`): with ``ray_address`` a Jobs API URL
+  (``http://<head>:8265``) the step submits itself as a Ray job to that cluster, streams the
+  job's log, and returns the manifest the job wrote (``output_uri`` on shared storage, S3);
+  ``launcher=rayjob`` does the same through a KubeRay RayJob. Otherwise it runs here:
+* The driver connects to ``ray_address`` (GCS ``host:port``) / ``$RAY_ADDRESS`` or starts a
+  local Ray, creates the MLflow run (so its id is known) and fits a ``TorchTrainer`` (gloo on
+  CPU, NCCL on GPU).
 * Workers resume from the latest Ray checkpoint when Ray restarts them (``max_failures``
   times); rerunning the step with the same ``output_uri`` (and ``run_name``) resumes an
   interrupted run. Rank 0 logs losses, a ``resume_step`` marker per (re)start and, at each

@@ -11,6 +11,8 @@ Inputs and outputs (``data_uri`` / ``output_uri``: a local folder or ``s3://buck
 
 How it runs:
 
+* Where: in this process, or (``ray_address`` a Jobs API URL, or ``launcher=rayjob``) as a Ray
+  job / RayJob on a separate cluster that runs this same step (:mod:`components.launch`).
 * Search space: by default the ranges the framework and the task declare next to their code
   (``search_space``; pix2pix: ``loss.image`` log-uniform [10, 300], ``loss.gan`` [0.5, 2];
   CycleGAN: ``loss.cycle`` log-uniform [1, 30], ``fw.identity`` [0, 1], ``loss.gan`` [0.5, 2];

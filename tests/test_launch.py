@@ -108,6 +108,16 @@ def test_step_argv_rebuilds_tune_params():
     assert back == TuneParams(**{**p.__dict__, "ray_address": None, "launcher": "local"})
 
 
+def test_tracking_uri_travels_in_the_environment_not_the_command():
+    from components.launch import entrypoint, job_params
+    from components.train import TrainParams
+
+    uri = "http://medgan:sEcReT-pw@mlflow:5000"
+    p, env = job_params(TrainParams("s3://b/d", "s3://b/o", tracking_uri=uri,
+                                    ray_address="http://h:8265"), {"MLFLOW_TRACKING_URI": "x"})
+    assert env == {"MLFLOW_TRACKING_URI": uri} and "sEcReT" not in entrypoint("components.train", p)
+
+
 def test_job_env_passes_names_listed_only():
     env = {**SECRETS, "AWS_ENDPOINT_URL": "http://minio:9000", "AWS_REGION": "eu-1",
            "MLFLOW_TRACKING_URI": "http://mlflow:5000", "MEDGAN_GIT_COMMIT": "abc",
@@ -244,3 +254,21 @@ def test_sigterm_stops_the_ray_job(head, data_uri, tmp_path):
     (job,) = _our_jobs(head.dashboard_url, out)
     assert str(job.status) == "STOPPED"
     assert not (out / "manifest.json").exists()
+
+
+def test_tune_runs_as_ray_job(head, data_uri, tmp_path):
+    out = tmp_path / "tune"
+    r = subprocess.run(
+        [sys.executable, "-m", "components.tune", "--data-uri", data_uri, "--output-uri", str(out),
+         "--framework", "pix2pix", "--preset", "tiny", "--num-samples", "1",
+         "--max-steps-per-trial", "2", "--max-concurrent-trials", "1",
+         "--space", "loss.image=loguniform:10:300", "--ray-address", head.dashboard_url],
+        cwd=tmp_path, env=_step_env(), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    (job,) = _our_jobs(head.dashboard_url, out)
+    assert str(job.status) == "SUCCEEDED" and job.submission_id.startswith("medgan-tune-")
+    assert "--space loss.image=loguniform:10.0:300.0" in job.entrypoint
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["step"] == "tune" and manifest["counts"]["trials"] == 1
+    assert json.loads(r.stdout.strip().splitlines()[-1])["best"] == manifest["best"]
+    assert (out / "best_config.yaml").is_file()

@@ -179,7 +179,8 @@ def test_run_rayjob_success_reads_manifest_and_deletes(tmp_path, capsys):
                                               steps=2))
 
     api.on_get = job_runs
-    p = TrainParams("s3://b/prep", str(out), num_workers=2, use_gpu=True, launcher="rayjob")
+    p = TrainParams("s3://b/prep", str(out), num_workers=2, use_gpu=True, launcher="rayjob",
+                    tracking_uri=f"http://medgan:{SECRET}@mlflow:5000")
     env = {"AWS_SECRET_ACCESS_KEY": SECRET, "AWS_ENDPOINT_URL": "http://minio:9000"}
     m = run_rayjob("components.train", "train", p, api=api, settings=SETTINGS, environ=env,
                    poll_s=0)
@@ -193,9 +194,11 @@ def test_run_rayjob_success_reads_manifest_and_deletes(tmp_path, capsys):
     assert w["replicas"] == 2 and w["template"]["spec"]["containers"][0]["resources"]["limits"][
         "nvidia.com/gpu"] == "1"
     assert SECRET not in json.dumps(body)  # credentials only through Secret references
+    assert "--tracking-uri" not in ep
     assert w["template"]["spec"]["containers"][0]["env"] == [
         {"name": "AWS_ENDPOINT_URL", "value": "http://minio:9000"}]
     log = capsys.readouterr().out
+    assert SECRET not in log
     assert "job RUNNING" in log and "job SUCCEEDED" in log and "deleted RayJob" in log
 
 
