@@ -53,13 +53,15 @@ import typing
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TextIO
+from urllib.parse import urlsplit
 
-from components import storage
+from components import rayjob, storage
 from components.step import StepInputError, read_manifest
 
 __all__ = ["LAUNCHERS", "PASS_ENV", "PASS_PREFIXES", "SECRET_ENV", "JobFailed", "resolve_launcher",
            "check_launcher", "is_remote", "job_env", "job_params", "step_argv", "entrypoint",
-           "submission_id", "launch", "run_job", "manifest_of", "on_stop_signal"]
+           "submission_id", "launch", "run_job", "manifest_of", "on_stop_signal", "plain_env",
+           "run_rayjob"]
 
 log = logging.getLogger(__name__)
 
@@ -252,14 +254,12 @@ def submission_id(step: str, output_uri: str) -> str:
 def launch(module: str, step: str, params: Any, **kw: Any) -> dict[str, Any]:
     """Run the step ``module`` with ``params`` on the launcher they name (``jobs`` or
     ``rayjob``) and return the manifest it wrote at ``params.output_uri``. ``kw`` go to
-    :func:`run_job` / :func:`components.rayjob.run_rayjob`."""
+    :func:`run_job` / :func:`run_rayjob`."""
     kind = resolve_launcher(params.launcher, params.ray_address)
     check_launcher(params.launcher, params.ray_address)
     if kind == "jobs":
         return run_job(params.ray_address, module, step, params, **kw)
     if kind == "rayjob":
-        from components.rayjob import run_rayjob
-
         return run_rayjob(module, step, params, **kw)
     raise ValueError(f"launch(): launcher {kind!r} runs in this process; call the step directly")
 
@@ -422,3 +422,66 @@ def manifest_of(output_uri: str, step: str) -> dict[str, Any]:
                         f"but wrote no manifest there (is output_uri on storage shared with the "
                         f"Ray cluster?)")
     return read_manifest(output_uri, step).data
+
+
+# --------------------------------------------------------------------------- KubeRay RayJob
+
+
+def plain_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """The job variables that may be written into a RayJob object: :data:`PASS_ENV` /
+    ``MEDGAN_*`` minus the credentials (:data:`SECRET_ENV`: the Ray pods get those from Secrets),
+    ``MEDGAN_RAYJOB_*`` (this launcher's settings) and a tracking URI carrying
+    ``user:password@``.
+
+    >>> plain_env({"AWS_ENDPOINT_URL": "http://minio:9000", "AWS_SECRET_ACCESS_KEY": "s",
+    ...            "MLFLOW_TRACKING_URI": "http://u:p@mlflow:5000"})
+    {'AWS_ENDPOINT_URL': 'http://minio:9000'}
+    """
+    out = {}
+    for k, v in job_env(environ).items():
+        if k in SECRET_ENV or k.startswith("MEDGAN_RAYJOB_"):
+            continue
+        if k == "MLFLOW_TRACKING_URI" and urlsplit(v).password:
+            log.warning("MLFLOW_TRACKING_URI carries credentials: not written into the RayJob; "
+                        "give it to the Ray pods through a Secret (MEDGAN_RAYJOB_SECRETS)")
+            continue
+        out[k] = v
+    return out
+
+
+def _workers_and_gpus(params: Any) -> tuple[int, int]:
+    """Worker pods and GPUs per pod for the step's params (train: ``num_workers``; tune:
+    ``num_workers_per_trial`` x ``max_concurrent_trials``)."""
+    per = getattr(params, "num_workers", None) or getattr(params, "num_workers_per_trial", 1)
+    n = int(per) * int(getattr(params, "max_concurrent_trials", None) or 1)
+    gpus = 0
+    if getattr(params, "use_gpu", False):
+        gpus = int(float((getattr(params, "resources_per_worker", None) or {}).get("GPU", 1)))
+    return n, max(gpus, 0)
+
+
+def run_rayjob(module: str, step: str, params: Any, *, api: Any = None,
+               settings: rayjob.RayJobSettings | None = None,
+               environ: Mapping[str, str] | None = None, **kw: Any) -> dict[str, Any]:
+    """The step ``module`` with ``params`` as a KubeRay RayJob on an ephemeral cluster
+    (:func:`components.rayjob.submit_rayjob`, SIGTERM/SIGINT delete it); returns the manifest
+    it wrote at ``params.output_uri``. Settings: ``settings`` or ``MEDGAN_RAYJOB_*``
+    (:class:`components.rayjob.RayJobSettings`). ``kw``: ``poll_s``, ``timeout_s``, ``out``."""
+    env = os.environ if environ is None else environ
+    s = settings or rayjob.RayJobSettings.from_env(env)
+    workers, gpus = _workers_and_gpus(params)
+    params, variables = job_params(params, env)
+    plain = plain_env(variables)
+    body = rayjob.rayjob_manifest(
+        rayjob.rayjob_name(submission_id(step, params.output_uri)), s.namespace, s.image,
+        entrypoint(module, params), num_workers=workers, gpus_per_worker=gpus,
+        cpus_per_worker=s.cpus_per_worker, memory_per_worker=s.memory_per_worker, env=plain,
+        env_from_secrets=s.secrets, optional_secrets=s.optional_secrets,
+        ray_version=s.ray_version, node_selector=s.node_selector, tolerations=s.tolerations,
+        ttl_seconds=s.ttl_seconds, service_account=s.service_account,
+        labels={"medgan.io/step": step})
+    log.info("RayJob %s: %d worker pod(s), %d GPU(s) each; variables %s; Secrets %s",
+             body["metadata"]["name"], workers, gpus, sorted(plain),
+             [*s.secrets, *s.optional_secrets])
+    rayjob.submit_rayjob(body, api=api, guard=on_stop_signal, **kw)
+    return manifest_of(params.output_uri, step)

@@ -5,11 +5,12 @@ ephemeral RayCluster, created through the Kubernetes API, waited for, deleted af
   CRD). Credentials reach the Ray pods only through ``envFrom`` Secret references; the
   manifest carries non-secret variables (endpoint, region, tracking URI without userinfo) only.
 * :func:`submit_rayjob` creates it with ``kubernetes.client.CustomObjectsApi``, polls
-  ``status.jobDeploymentStatus`` / ``status.jobStatus``, and deletes it when it ends (or when
-  the step gets SIGTERM/SIGINT: deleting the RayJob stops the job and its cluster).
-* :func:`run_rayjob` is what :func:`components.launch.launch` calls: settings from the
-  environment (:class:`RayJobSettings`, ``MEDGAN_RAYJOB_*``), entrypoint from the step's params
-  (``--num-workers`` / ``--use-gpu`` included), and the manifest read back from ``output_uri``.
+  ``status.jobDeploymentStatus`` / ``status.jobStatus``, and deletes it when it ends (or, given
+  a signal ``guard``, when the step gets SIGTERM/SIGINT: deleting the RayJob stops the job and
+  its cluster).
+* :class:`RayJobSettings`: the cluster-side settings (image, namespace, Secrets, ...) from
+  ``MEDGAN_RAYJOB_*``. :func:`components.launch.run_rayjob` puts it all together for a step
+  (entrypoint from the step's params, ``--num-workers`` / ``--use-gpu`` included).
 
 Example:
     >>> m = rayjob_manifest("medgan-train-1", "medgan", "ghcr.io/medgan/medgan:0.1.0",
@@ -21,6 +22,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -28,16 +30,15 @@ import re
 import signal
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
-from urllib.parse import urlsplit
+from typing import Any, ContextManager, TextIO
 
 from components.step import StepInputError
 
-__all__ = ["GROUP", "VERSION", "PLURAL", "RayJobSettings", "rayjob_manifest", "rayjob_name",
-           "plain_env", "submit_rayjob", "run_rayjob"]
+__all__ = ["GROUP", "VERSION", "PLURAL", "RayJobFailed", "RayJobSettings", "rayjob_manifest",
+           "rayjob_name", "submit_rayjob"]
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,11 @@ TERMINAL_JOB = frozenset({"SUCCEEDED", "FAILED", "STOPPED"})
 TERMINAL_DEPLOYMENT = frozenset({"Complete", "Failed"})
 _NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 _GPU = "nvidia.com/gpu"
+
+
+class RayJobFailed(RuntimeError):
+    """The RayJob ended FAILED / STOPPED (or did not finish in time); the message carries its
+    status, reason and message."""
 
 
 def _quantity(v: Any) -> str:
@@ -168,29 +174,6 @@ def rayjob_name(job_id: str) -> str:
     return name[:63].rstrip("-")
 
 
-def plain_env(environ: Mapping[str, str]) -> dict[str, str]:
-    """The job variables that may appear in a manifest: :data:`components.launch.PASS_ENV` /
-    ``MEDGAN_*`` minus the credentials (:data:`components.launch.SECRET_ENV`), ``MEDGAN_RAYJOB_*``
-    (settings of this launcher) and a tracking URI carrying ``user:password@``.
-
-    >>> plain_env({"AWS_ENDPOINT_URL": "http://minio:9000", "AWS_SECRET_ACCESS_KEY": "s",
-    ...            "MLFLOW_TRACKING_URI": "http://u:p@mlflow:5000"})
-    {'AWS_ENDPOINT_URL': 'http://minio:9000'}
-    """
-    from components.launch import SECRET_ENV, job_env
-
-    out = {}
-    for k, v in job_env(environ).items():
-        if k in SECRET_ENV or k.startswith("MEDGAN_RAYJOB_"):
-            continue
-        if k == "MLFLOW_TRACKING_URI" and urlsplit(v).password:
-            log.warning("MLFLOW_TRACKING_URI carries credentials: not put in the RayJob; give it "
-                        "to the Ray pods through a Secret")
-            continue
-        out[k] = v
-    return out
-
-
 @dataclass(frozen=True)
 class RayJobSettings:
     """Cluster-side settings of the ``rayjob`` launcher, read from ``MEDGAN_RAYJOB_*``
@@ -256,15 +239,9 @@ class RayJobSettings:
             raise StepInputError(f"${p}*: {e}") from None
 
 
-def _workers_and_gpus(params: Any) -> tuple[int, int]:
-    """Worker pods and GPUs per pod for the step's params (train: ``num_workers``; tune:
-    ``num_workers_per_trial`` x ``max_concurrent_trials``)."""
-    per = getattr(params, "num_workers", None) or getattr(params, "num_workers_per_trial", 1)
-    n = int(per) * int(getattr(params, "max_concurrent_trials", None) or 1)
-    gpus = 0
-    if getattr(params, "use_gpu", False):
-        gpus = int(float((getattr(params, "resources_per_worker", None) or {}).get("GPU", 1)))
-    return n, max(gpus, 0)
+@contextlib.contextmanager
+def _no_guard(_stop: Callable[[int], None]) -> Iterator[None]:
+    yield
 
 
 def _load_api() -> Any:
@@ -279,15 +256,15 @@ def _load_api() -> Any:
 
 def submit_rayjob(manifest: dict[str, Any], *, api: Any = None, poll_s: float = 5.0,
                   timeout_s: float | None = None, out: TextIO | None = None,
-                  delete: bool = True) -> dict[str, Any]:
+                  delete: bool = True,
+                  guard: Callable[[Callable[[int], None]], ContextManager[Any]] | None = None
+                  ) -> dict[str, Any]:
     """Create the RayJob ``manifest``, wait until its job ends, delete it; return its final
-    ``status``. FAILED / STOPPED (or a ``Failed`` deployment) raise
-    :class:`components.launch.JobFailed` with the RayJob's reason and message. SIGTERM /
-    SIGINT delete the RayJob (stopping its job and cluster) and exit ``128 + signum``.
-    ``api``: a ``kubernetes.client.CustomObjectsApi`` (default: in-cluster config, else
-    kubeconfig)."""
-    from components.launch import JobFailed, on_stop_signal
-
+    ``status``. FAILED / STOPPED (or a ``Failed`` deployment) raise :class:`RayJobFailed` with
+    the RayJob's reason and message. ``api``: a ``kubernetes.client.CustomObjectsApi``
+    (default: in-cluster config, else kubeconfig). ``guard(stop)``: a context manager that
+    calls ``stop(signum)`` on a stop signal (:func:`components.launch.on_stop_signal`: SIGTERM /
+    SIGINT delete the RayJob, stopping its job and cluster, then exit ``128 + signum``)."""
     out = out or sys.stdout
     api = api or _load_api()
     ns, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
@@ -314,7 +291,7 @@ def submit_rayjob(manifest: dict[str, Any], *, api: Any = None, poll_s: float = 
     t0 = time.monotonic()
     seen: tuple[Any, Any] | None = None
     try:
-        with on_stop_signal(stop):
+        with (guard or _no_guard)(stop):
             while True:
                 status = (api.get_namespaced_custom_object(name=name, **where) or {}).get("status") or {}
                 now = (status.get("jobDeploymentStatus"), status.get("jobStatus"))
@@ -324,41 +301,13 @@ def submit_rayjob(manifest: dict[str, Any], *, api: Any = None, poll_s: float = 
                 if now[1] in TERMINAL_JOB or now[0] in TERMINAL_DEPLOYMENT:
                     break
                 if timeout_s is not None and time.monotonic() - t0 > timeout_s:
-                    raise JobFailed(f"RayJob {ns}/{name}: not finished after {timeout_s:.0f} s "
+                    raise RayJobFailed(f"RayJob {ns}/{name}: not finished after {timeout_s:.0f} s "
                                     f"(deployment {now[0]}, job {now[1]})")
                 time.sleep(poll_s)
     finally:
         remove()
     if status.get("jobStatus") != "SUCCEEDED":
-        raise JobFailed(f"RayJob {ns}/{name} ended: deployment {status.get('jobDeploymentStatus')}, "
+        raise RayJobFailed(f"RayJob {ns}/{name} ended: deployment {status.get('jobDeploymentStatus')}, "
                         f"job {status.get('jobStatus')}, reason {status.get('reason')}: "
                         f"{status.get('message')}")
     return status
-
-
-def run_rayjob(module: str, step: str, params: Any, *, api: Any = None,
-               settings: RayJobSettings | None = None, environ: Mapping[str, str] | None = None,
-               **kw: Any) -> dict[str, Any]:
-    """The step ``module`` with ``params`` as a RayJob (:func:`submit_rayjob`); returns the
-    manifest it wrote at ``params.output_uri``."""
-    from components.launch import entrypoint, job_params, manifest_of, submission_id
-
-    env = os.environ if environ is None else environ
-    s = settings or RayJobSettings.from_env(env)
-    workers, gpus = _workers_and_gpus(params)
-    params, job_env = job_params(params, env)
-    plain = plain_env(job_env)
-    body = rayjob_manifest(
-        rayjob_name(submission_id(step, params.output_uri)), s.namespace, s.image,
-        entrypoint(module, params), num_workers=workers, gpus_per_worker=gpus,
-        cpus_per_worker=s.cpus_per_worker, memory_per_worker=s.memory_per_worker, env=plain,
-        env_from_secrets=s.secrets, optional_secrets=s.optional_secrets,
-        ray_version=s.ray_version, node_selector=s.node_selector, tolerations=s.tolerations,
-        ttl_seconds=s.ttl_seconds, service_account=s.service_account,
-        labels={"medgan.io/step": step})
-    log.info("RayJob %s: %d worker pod(s), %d GPU(s) each, plain env %s, secrets %s",
-             body["metadata"]["name"], workers, gpus, sorted(plain),
-             [*s.secrets, *s.optional_secrets])
-    submit_rayjob(body, api=api, **kw)
-    return manifest_of(params.output_uri, step)
-

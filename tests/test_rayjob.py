@@ -1,4 +1,4 @@
-"""components.rayjob: the RayJob object (validated against the KubeRay CRD in ../shared/crds)
+"""components.rayjob (+ components.launch.run_rayjob): the RayJob object (validated against the KubeRay CRD in ../shared/crds)
 and its create / wait / delete cycle.
 
 No Kubernetes API server is available here: the submit tests drive :func:`submit_rayjob`
@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from components.launch import JobFailed
-from components.rayjob import (RayJobSettings, plain_env, rayjob_manifest, rayjob_name,
-                               run_rayjob, submit_rayjob)
+from components.launch import on_stop_signal, plain_env, run_rayjob
+from components.rayjob import (RayJobFailed, RayJobSettings, rayjob_manifest, rayjob_name,
+                               submit_rayjob)
 from components.step import StepInputError
 
 SECRET = "sEcReT-rayjob-9931"
@@ -207,7 +207,7 @@ def test_failed_rayjob_raises_with_its_message_and_is_deleted():
     api = FakeCustomObjectsApi(RUNNING + [{"jobDeploymentStatus": "Failed", "jobStatus": "FAILED",
                                            "reason": "AppFailed",
                                            "message": "Job entrypoint command failed with exit code 1"}])
-    with pytest.raises(JobFailed, match=r"RayJob ns/j ended: deployment Failed, job FAILED, "
+    with pytest.raises(RayJobFailed, match=r"RayJob ns/j ended: deployment Failed, job FAILED, "
                                         r"reason AppFailed: Job entrypoint command failed"):
         submit_rayjob(m, api=api, poll_s=0)
     assert api.calls[-1] == "delete" and not api.objects
@@ -216,7 +216,7 @@ def test_failed_rayjob_raises_with_its_message_and_is_deleted():
 def test_rayjob_timeout_deletes():
     m = rayjob_manifest("j", "ns", "img:1", "x")
     api = FakeCustomObjectsApi([{"jobDeploymentStatus": "Initializing"}] * 1000)
-    with pytest.raises(JobFailed, match="not finished after 0 s"):
+    with pytest.raises(RayJobFailed, match="not finished after 0 s"):
         submit_rayjob(m, api=api, poll_s=0.01, timeout_s=0.05)
     assert api.calls[-1] == "delete" and not api.objects
 
@@ -231,7 +231,7 @@ def test_sigterm_deletes_the_rayjob():
     api = FakeCustomObjectsApi(RUNNING * 100, on_get=stopped_by_kfp)
     before = signal.getsignal(signal.SIGTERM)
     with pytest.raises(SystemExit) as e:
-        submit_rayjob(m, api=api, poll_s=0.01)
+        submit_rayjob(m, api=api, poll_s=0.01, guard=on_stop_signal)
     assert e.value.code == 128 + signal.SIGTERM
     assert api.calls.count("delete") == 1 and not api.objects
     assert signal.getsignal(signal.SIGTERM) is before  # handler restored
