@@ -357,15 +357,39 @@ def _job_error(message: str | None) -> str:
     return f"{head}; last log line: {lines[-1].strip()}"
 
 
+def _wait(client: Any, job_id: str, poll_s: float, unreachable_s: float) -> Any:
+    """Poll the job's status until it is terminal, riding out a Jobs API that does not answer
+    for up to ``unreachable_s`` in a row."""
+    since: float | None = None
+    while True:
+        try:
+            status = client.get_job_status(job_id)
+            since = None
+            if status.is_terminal():
+                return status
+        except Exception as e:  # noqa: BLE001 - connection errors of requests/aiohttp, 5xx
+            now = time.monotonic()
+            since = now if since is None else since
+            if now - since > unreachable_s:
+                with contextlib.suppress(Exception):
+                    client.stop_job(job_id)
+                raise JobFailed(f"Ray job {job_id}: the Jobs API did not answer for "
+                                f"{unreachable_s:.0f} s ({e}); asked the job to stop") from e
+            log.warning("Ray job %s: status unavailable (%s); retrying", job_id, e)
+        time.sleep(poll_s)
+
+
 def run_job(address: str, module: str, step: str, params: Any, *, client: Any = None,
             poll_s: float = 1.0, out: TextIO | None = None, python: str = "python",
-            stop_wait_s: float = 30.0) -> dict[str, Any]:
+            stop_wait_s: float = 30.0, unreachable_s: float = 300.0) -> dict[str, Any]:
     """Submit ``python -m <module> ...`` to the Ray cluster whose Jobs API is ``address``,
     stream its log to ``out`` (default stdout), wait, and return the manifest it wrote.
 
     A FAILED / STOPPED job raises :class:`JobFailed` with the job's message (or
     :class:`StepInputError` when the job's step exited 2: bad input). SIGTERM / SIGINT stop the
-    job (waiting up to ``stop_wait_s`` for it to end) and exit ``128 + signum``.
+    job (waiting up to ``stop_wait_s`` for it to end) and exit ``128 + signum``. A Jobs API
+    that stops answering is retried for ``unreachable_s``; then the job is asked to stop (a
+    retried step must not race a job still writing the same output) and the step fails.
     """
     from ray.job_submission import JobStatus, JobSubmissionClient
 
@@ -400,10 +424,7 @@ def run_job(address: str, module: str, step: str, params: Any, *, client: Any = 
 
     stream = _LogStream(client, job_id, out).start()
     with on_stop_signal(stop):
-        status = client.get_job_status(job_id)
-        while not status.is_terminal():
-            time.sleep(poll_s)
-            status = client.get_job_status(job_id)
+        status = _wait(client, job_id, poll_s, unreachable_s)
         stream.finish()
     info = client.get_job_info(job_id)
     log.info("Ray job %s ended %s", job_id, status)

@@ -128,6 +128,36 @@ def test_job_env_passes_names_listed_only():
     assert set(LAUNCHERS) == {"auto", "local", "jobs", "rayjob"}
 
 
+class _FlakyJobsApi:
+    """A Jobs API that does not answer ``fail`` times, then says SUCCEEDED (polling logic only;
+    the real API is exercised by the tests below)."""
+
+    def __init__(self, fail: int) -> None:
+        self.fail, self.stopped = fail, []
+
+    def get_job_status(self, job_id):
+        from ray.job_submission import JobStatus
+
+        if self.fail:
+            self.fail -= 1
+            raise ConnectionError("dashboard restarting")
+        return JobStatus.SUCCEEDED
+
+    def stop_job(self, job_id):
+        self.stopped.append(job_id)
+
+
+def test_wait_rides_out_an_unreachable_jobs_api():
+    from components.launch import JobFailed, _wait
+
+    api = _FlakyJobsApi(fail=3)
+    assert str(_wait(api, "j", poll_s=0.01, unreachable_s=5)) == "SUCCEEDED" and not api.stopped
+    api = _FlakyJobsApi(fail=10**6)
+    with pytest.raises(JobFailed, match="did not answer for 0 s .*dashboard restarting"):
+        _wait(api, "j", poll_s=0.01, unreachable_s=0.05)
+    assert api.stopped == ["j"]
+
+
 # --------------------------------------------------------------------------- a real Ray head
 
 
