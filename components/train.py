@@ -12,8 +12,13 @@ Inputs and outputs (``data_uri`` / ``output_uri``: a local folder or ``s3://buck
 
 How it runs (the Ray side is :mod:`components.raytrain`):
 
-* The driver connects to ``ray_address`` / ``$RAY_ADDRESS`` or starts a local Ray, creates the
-  MLflow run (so its id is known) and fits a ``TorchTrainer`` (gloo on CPU, NCCL on GPU).
+* Where (``launcher``, :mod:`components.launch`): with ``ray_address`` a Jobs API URL
+  (``http://<head>:8265``) the step submits itself as a Ray job to that cluster, streams the
+  job's log, and returns the manifest the job wrote (``output_uri`` on shared storage, S3);
+  ``launcher=rayjob`` does the same through a KubeRay RayJob. Otherwise it runs here:
+* The driver connects to ``ray_address`` (GCS ``host:port``) / ``$RAY_ADDRESS`` or starts a
+  local Ray, creates the MLflow run (so its id is known) and fits a ``TorchTrainer`` (gloo on
+  CPU, NCCL on GPU).
 * Workers resume from the latest Ray checkpoint when Ray restarts them (``max_failures``
   times); rerunning the step with the same ``output_uri`` (and ``run_name``) resumes an
   interrupted run. Rank 0 logs losses, a ``resume_step`` marker per (re)start and, at each
@@ -46,6 +51,7 @@ from typing import Any
 
 from components import mlflow_utils as mlu
 from components import storage
+from components.launch import LAUNCHERS, check_launcher, is_remote, launch
 from components.raytrain import (RAY_DIR, fault_from_env, fit, ray_run_name, ray_session,
                                  ray_storage, ray_uri, worker_config)
 from components.step import (StepInputError, arg, build_config, local_file, params_from_args,
@@ -90,10 +96,14 @@ class TrainParams:
     experiment: str = arg("MLflow experiment", default="medgan")
     run_name: str | None = arg("Ray/MLflow run name (default: derived from --output-uri)",
                                default=None)
-    ray_address: str | None = arg("Ray cluster address (default $RAY_ADDRESS or a local Ray)",
-                                  default=None)
+    ray_address: str | None = arg(
+        "Ray Jobs API URL http(s)://<head>:8265 (the work runs as a Ray job there), or a GCS "
+        "address host:port for in-process Ray (default $RAY_ADDRESS or a local Ray)", default=None)
+    launcher: str = arg("auto (jobs for an http(s) ray_address, else local) | local | jobs | "
+                        "rayjob (components.launch)", default="auto", choices=LAUNCHERS)
 
     def __post_init__(self) -> None:
+        check_launcher(self.launcher, self.ray_address)
         if self.num_workers < 1:
             raise StepInputError(f"num_workers: expected >= 1, got {self.num_workers}")
         if self.max_failures < 0:
@@ -113,6 +123,8 @@ def run_train(data_uri: str, output_uri: str, **params: Any) -> dict[str, Any]:
     ['_SUCCESS', 'config.yaml', 'manifest.json']
     """
     p = TrainParams(data_uri, output_uri, **params)
+    if is_remote(p.launcher, p.ray_address):  # the same step, run by a Ray job / RayJob
+        return launch("components.train", "train", p)
     t0 = time.perf_counter()
     prep = read_manifest(p.data_uri, "preprocess", required=("splits.train",))
     shards = shard_uris(prep)

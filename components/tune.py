@@ -11,6 +11,8 @@ Inputs and outputs (``data_uri`` / ``output_uri``: a local folder or ``s3://buck
 
 How it runs:
 
+* Where: in this process, or (``ray_address`` a Jobs API URL, or ``launcher=rayjob``) as a Ray
+  job / RayJob on a separate cluster that runs this same step (:mod:`components.launch`).
 * Search space: by default the ranges the framework and the task declare next to their code
   (``search_space``; pix2pix: ``loss.image`` log-uniform [10, 300], ``loss.gan`` [0.5, 2];
   CycleGAN: ``loss.cycle`` log-uniform [1, 30], ``fw.identity`` [0, 1], ``loss.gan`` [0.5, 2];
@@ -52,6 +54,7 @@ from typing import Any
 
 from components import mlflow_utils as mlu
 from components import storage
+from components.launch import LAUNCHERS, check_launcher, is_remote, launch
 from components.raytrain import RAY_DIR, fit, ray_run_name, ray_session, ray_storage, worker_config
 from components.step import (StepInputError, arg, build_config, params_from_args, params_parser,
                              read_manifest, run_cli, shard_uris, staged, step_manifest,
@@ -308,10 +311,14 @@ class TuneParams:
     seed: int = arg("Optuna seed", default=0)
     name: str | None = arg("Ray Tune experiment name (default: derived from --output-uri)",
                            default=None)
-    ray_address: str | None = arg("Ray cluster address (default $RAY_ADDRESS or a local Ray)",
-                                  default=None)
+    ray_address: str | None = arg(
+        "Ray Jobs API URL http(s)://<head>:8265 (the work runs as a Ray job there), or a GCS "
+        "address host:port for in-process Ray (default $RAY_ADDRESS or a local Ray)", default=None)
+    launcher: str = arg("auto (jobs for an http(s) ray_address, else local) | local | jobs | "
+                        "rayjob (components.launch)", default="auto", choices=LAUNCHERS)
 
     def __post_init__(self) -> None:
+        check_launcher(self.launcher, self.ray_address)
         if self.num_samples < 1:
             raise StepInputError(f"num_samples: expected >= 1, got {self.num_samples}")
 
@@ -332,6 +339,8 @@ def run_tune(data_uri: str, output_uri: str, **params: Any) -> dict[str, Any]:
     from ray.tune.search.optuna import OptunaSearch
 
     p = TuneParams(data_uri, output_uri, **params)
+    if is_remote(p.launcher, p.ray_address):  # the same step, run by a Ray job / RayJob
+        return launch("components.tune", "tune", p)
     t0 = time.perf_counter()
     prep = read_manifest(p.data_uri, "preprocess", required=("splits.train",))
     shards = shard_uris(prep)

@@ -30,12 +30,44 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+class RayHead(str):
+    """The GCS address ``127.0.0.1:<port>`` (a ``str``, as before) plus ``dashboard_url``
+    (``http://127.0.0.1:<port>``, the Jobs API; None without a dashboard) and ``temp_dir``."""
+
+    dashboard_url: str | None
+    temp_dir: str
+
+
+def _wait_http(url: str, proc: subprocess.Popen, log_path: Path, timeout: float) -> None:
+    import urllib.request
+
+    deadline = time.time() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"ray start exited with {proc.returncode}: "
+                               f"{log_path.read_text()[-2000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=5) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.time() > deadline:
+            raise RuntimeError(f"{url} did not answer within {timeout:.0f} s: "
+                               f"{log_path.read_text()[-2000:]}")
+        time.sleep(1)
+
+
 @contextlib.contextmanager
-def ray_head(num_cpus: int = 2) -> Iterator[str]:
+def ray_head(num_cpus: int = 2, dashboard: bool = False) -> Iterator[RayHead]:
     """A Ray head started with ``ray start --head --block`` in its own process group; yields
     its address with ``RAY_ADDRESS`` / ``RAY_AUTH_MODE`` set for this process. Teardown stops
-    exactly that process group (not ``ray stop``, which would kill every Ray on the machine)."""
-    port = _free_port()
+    exactly that process group (not ``ray stop``, which would kill every Ray on the machine).
+
+    ``dashboard=True`` also starts the dashboard (the Jobs API, at ``.dashboard_url``; slow to
+    start on 2 cores: waited for up to 240 s) and puts this interpreter's folder first on the
+    head's ``PATH``, so that a job's ``python`` is this one (a cluster image has the code)."""
+    port, client_port, agent_port = _free_port(), _free_port(), _free_port()
     temp_dir = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths are limited
     env = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
            # the Train controller polls workers every 2 s by default and takes one report per
@@ -43,25 +75,39 @@ def ray_head(num_cpus: int = 2) -> Iterator[str]:
            "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"}
     saved = {k: os.environ.get(k) for k in ("RAY_ADDRESS", *env)}
     os.environ.update(env)
-    log = open(Path(temp_dir) / "head.log", "w")
+    head_env = dict(os.environ)
+    dash_args = ["--include-dashboard=false"]
+    dashboard_url = None
+    if dashboard:
+        dash_port = _free_port()
+        dashboard_url = f"http://127.0.0.1:{dash_port}"
+        dash_args = ["--include-dashboard=true", "--dashboard-host", "127.0.0.1",
+                     "--dashboard-port", str(dash_port)]
+        head_env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{head_env.get('PATH', '')}"
+    log_path = Path(temp_dir) / "head.log"
+    log = open(log_path, "w")
     proc = subprocess.Popen(
         [RAY, "start", "--head", "--block", "--num-cpus", str(num_cpus), "--port", str(port),
-         "--include-dashboard=false", "--node-ip-address", "127.0.0.1", "--temp-dir", temp_dir,
-         "--disable-usage-stats"],
-        env=dict(os.environ), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    address = f"127.0.0.1:{port}"
+         *dash_args, "--ray-client-server-port", str(client_port),
+         "--dashboard-agent-listen-port", str(agent_port),
+         "--node-ip-address", "127.0.0.1", "--temp-dir", temp_dir, "--disable-usage-stats"],
+        env=head_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    address = RayHead(f"127.0.0.1:{port}")
+    address.dashboard_url, address.temp_dir = dashboard_url, temp_dir
     try:
         deadline = time.time() + 90
         while True:
             if proc.poll() is not None:
                 raise RuntimeError(f"ray start exited with {proc.returncode}: "
-                                   f"{(Path(temp_dir) / 'head.log').read_text()[-2000:]}")
+                                   f"{log_path.read_text()[-2000:]}")
             with socket.socket() as s:
                 if s.connect_ex(("127.0.0.1", port)) == 0:
                     break
             if time.time() > deadline:
                 raise RuntimeError("Ray head did not open its GCS port within 90 s")
             time.sleep(0.5)
+        if dashboard_url:
+            _wait_http(f"{dashboard_url}/api/version", proc, log_path, timeout=240)
         os.environ["RAY_ADDRESS"] = address
         yield address
     finally:
