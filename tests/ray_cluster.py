@@ -87,8 +87,10 @@ class Node:
 class RayCluster:
     """Handle on the running cluster (see :func:`ray_cluster`)."""
 
-    def __init__(self, nodes: int, num_cpus: int, dashboard: bool, env: dict[str, str]) -> None:
+    def __init__(self, nodes: int, num_cpus: int, dashboard: bool, env: dict[str, str],
+                 node_env: Mapping[int, Mapping[str, str]] | None = None) -> None:
         self.num_cpus, self.dashboard, self.env = num_cpus, dashboard, env
+        self.node_env = {i: dict(e) for i, e in (node_env or {}).items()}
         self.temp_dir = tempfile.mkdtemp(prefix="rc", dir="/tmp")  # short: socket path limits
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
@@ -111,7 +113,8 @@ class RayCluster:
                    "--resources", json.dumps({node.resource: 1}), *common]
         node.log = Path(self.temp_dir) / f"node{node.index}-{len(node.history)}.log"
         with open(node.log, "w") as log:
-            node.proc = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            node.proc = subprocess.Popen(cmd, env={**self.env, **self.node_env.get(node.index, {})},
+                                         stdout=log, stderr=subprocess.STDOUT,
                                          start_new_session=True)
 
     def _registered(self, node: Node) -> str | None:
@@ -216,13 +219,15 @@ class RayCluster:
 
 @contextlib.contextmanager
 def ray_cluster(nodes: int = 2, num_cpus: int = 1, dashboard: bool = True,
-                s3_env: Mapping[str, str] | None = None) -> Iterator[RayCluster]:
+                s3_env: Mapping[str, str] | None = None,
+                node_env: Mapping[int, Mapping[str, str]] | None = None) -> Iterator[RayCluster]:
     """Start a ``nodes``-node loopback Ray cluster; yields a :class:`RayCluster` with
     ``.address`` (GCS ``127.0.0.1:port``), ``.dashboard_url`` (None without dashboard),
     ``.nodes`` (pid / process group / node id per node), ``.kill_node(i)``, ``.restart_node(i)``.
 
     While it is up this process has ``RAY_ADDRESS`` and :data:`BASE_ENV` (+ ``s3_env``) set;
-    all restored afterwards. The dashboard (Jobs API) is slow to start on 2 loaded cores:
+    all restored afterwards. ``node_env``: extra variables for node ``i`` only (e.g. its own
+    ``MEDGAN_CACHE_DIR``, as separate machines would have). The dashboard (Jobs API) is slow to start on 2 loaded cores:
     ``dashboard=False`` when a test does not need it.
     """
     if nodes < 1:
@@ -231,7 +236,10 @@ def ray_cluster(nodes: int = 2, num_cpus: int = 1, dashboard: bool = True,
     saved = {k: os.environ.get(k) for k in ("RAY_ADDRESS", *extra)}
     os.environ.update(extra)
     os.environ.pop("RAY_ADDRESS", None)
-    cluster = RayCluster(nodes, num_cpus, dashboard, dict(os.environ))
+    cluster = RayCluster(nodes, num_cpus, dashboard, dict(os.environ), node_env)
+    # processes Ray starts on the nodes (e.g. Train's PlacementGroupCleaner) look for "the" local
+    # cluster; with other Rays on this machine they must be told which one
+    cluster.env["RAY_ADDRESS"] = cluster.address
     try:
         cluster.start()
         os.environ["RAY_ADDRESS"] = cluster.address
