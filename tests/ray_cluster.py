@@ -150,6 +150,23 @@ class RayCluster:
                 return False
         wait_for("Ray dashboard / Jobs API", up, 240, every=1.0)
 
+    def connect(self, timeout: float = 180) -> None:
+        """``ray.init`` this process to the cluster, retried: on loaded cores the GCS can
+        accept connections well before it answers them."""
+        import ray
+
+        def attempt() -> bool:
+            try:
+                ray.init(address=self.address, logging_level="ERROR", log_to_driver=False)
+                return True
+            except (ConnectionError, RuntimeError) as e:
+                if ray.is_initialized():
+                    ray.shutdown()
+                if self.nodes[0].proc is None or self.nodes[0].proc.poll() is not None:
+                    raise RuntimeError(f"ray head is gone: {e}") from e
+                return False
+        wait_for("ray.init to the cluster", attempt, timeout, every=2.0)
+
     def start(self) -> None:
         import ray
 
@@ -157,8 +174,7 @@ class RayCluster:
         self._wait_gcs()
         for node in self.nodes[1:]:
             self._start(node)
-        # a driver connection of our own to read the node table (restored by the caller)
-        ray.init(address=self.address, logging_level="ERROR", log_to_driver=False)
+        self.connect()  # a driver connection of our own to read the node table
         try:
             for node in self.nodes:
                 node.node_id = wait_for(f"node {node.index} registered", lambda n=node: self._registered(n), 180)
@@ -192,7 +208,7 @@ class RayCluster:
         self._start(node)
         connected = ray.is_initialized()
         if not connected:
-            ray.init(address=self.address, logging_level="ERROR", log_to_driver=False)
+            self.connect()
         try:
             node.node_id = wait_for(f"node {i} re-registered", lambda: self._registered(node), timeout)
         finally:
