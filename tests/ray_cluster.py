@@ -32,7 +32,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["RAY", "Node", "RayCluster", "ray_cluster", "free_port", "wait_for"]
+__all__ = ["RAY", "PROBE_JOB", "Node", "RayCluster", "ray_cluster", "free_port", "wait_for"]
 
 RAY = str(Path(sys.executable).with_name("ray"))
 #: Environment of every node and of this process while the cluster is up.
@@ -44,6 +44,10 @@ BASE_ENV = {
     "RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "3",
     "RAY_health_check_initial_delay_ms": "1000",
 }
+
+
+#: Submission id of the job that proves the Jobs API works (dashboard=True).
+PROBE_JOB = "ray-cluster-probe"
 
 
 def free_port() -> int:
@@ -102,7 +106,13 @@ class RayCluster:
     # ------------------------------------------------------------------ processes
     def _start(self, node: Node) -> None:
         common = ["--block", "--num-cpus", str(self.num_cpus), "--node-ip-address", "127.0.0.1",
-                  "--object-store-memory", str(150 * 2**20), "--disable-usage-stats"]
+                  "--object-store-memory", str(150 * 2**20), "--disable-usage-stats",
+                  # own agent ports per node: the defaults (e.g. 52365) are fixed, and two
+                  # nodes (or other Ray clusters) on one machine would fight over them
+                  "--dashboard-agent-listen-port", str(free_port()),
+                  "--dashboard-agent-grpc-port", str(free_port()),
+                  "--runtime-env-agent-port", str(free_port()),
+                  "--metrics-export-port", str(free_port())]
         if node.index == 0:
             cmd = [RAY, "start", "--head", "--port", str(self.port), "--temp-dir", self.temp_dir,
                    f"--include-dashboard={'true' if self.dashboard else 'false'}", *common]
@@ -142,6 +152,9 @@ class RayCluster:
         wait_for("Ray head GCS port", up, 120)
 
     def _wait_dashboard(self) -> None:
+        """The Jobs API answers /api/version well before a job agent is registered ("No
+        available agent to submit job"): wait for the version, then run one probe job
+        (``python -c pass``, submission id :data:`PROBE_JOB`) to success."""
         def up() -> bool:
             try:
                 with urllib.request.urlopen(f"{self.dashboard_url}/api/version", timeout=5) as r:
@@ -149,6 +162,29 @@ class RayCluster:
             except OSError:
                 return False
         wait_for("Ray dashboard / Jobs API", up, 240, every=1.0)
+        from ray.job_submission import JobSubmissionClient
+
+        client = JobSubmissionClient(self.dashboard_url)
+
+        def submitted() -> bool:
+            try:
+                client.submit_job(entrypoint="python -c pass", submission_id=PROBE_JOB)
+                return True
+            except RuntimeError as e:
+                if "No available agent" in str(e):
+                    return False
+                raise
+        try:
+            wait_for("a Ray job agent", submitted, 240, every=2.0)
+        except TimeoutError as e:
+            logs = sorted(Path(self.temp_dir).glob("session_latest/logs/dashboard_agent*.log"))
+            tail = "".join(f"\n== {f.name}: {f.read_text()[-1500:]}" for f in logs)
+            raise TimeoutError(f"{e}{tail}") from None
+        status = wait_for("the probe job", lambda: str(client.get_job_status(PROBE_JOB))
+                          if str(client.get_job_status(PROBE_JOB)).endswith(("SUCCEEDED", "FAILED", "STOPPED"))
+                          else None, 240, every=1.0)
+        if not status.endswith("SUCCEEDED"):
+            raise RuntimeError(f"probe job {PROBE_JOB}: {status}: {client.get_job_logs(PROBE_JOB)[-2000:]}")
 
     def connect(self, timeout: float = 180) -> None:
         """``ray.init`` this process to the cluster, retried: on loaded cores the GCS can
@@ -242,13 +278,16 @@ def ray_cluster(nodes: int = 2, num_cpus: int = 1, dashboard: bool = True,
     ``.nodes`` (pid / process group / node id per node), ``.kill_node(i)``, ``.restart_node(i)``.
 
     While it is up this process has ``RAY_ADDRESS`` and :data:`BASE_ENV` (+ ``s3_env``) set;
-    all restored afterwards. ``node_env``: extra variables for node ``i`` only (e.g. its own
+    all restored afterwards. With ``dashboard=True`` it is ready for job submission (one probe
+    job, :data:`PROBE_JOB`, has run). ``node_env``: extra variables for node ``i`` only (e.g. its own
     ``MEDGAN_CACHE_DIR``, as separate machines would have). The dashboard (Jobs API) is slow to start on 2 loaded cores:
     ``dashboard=False`` when a test does not need it.
     """
     if nodes < 1:
         raise ValueError(f"nodes: expected >= 1, got {nodes}")
-    extra = {**BASE_ENV, **dict(s3_env or {})}
+    extra = {**BASE_ENV, **dict(s3_env or {}),
+             # job entrypoints ("python -m components.train ...") run this interpreter
+             "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
     saved = {k: os.environ.get(k) for k in ("RAY_ADDRESS", *extra)}
     os.environ.update(extra)
     os.environ.pop("RAY_ADDRESS", None)
