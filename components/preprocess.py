@@ -2,7 +2,11 @@
 
 Each subject goes through :func:`components.subject_prep.preprocess_subject` (geometry,
 registration, masks, NIfTI output: see that module); one that fails is listed under ``failed``
-with the reason naming its files, and the others go on. The step then splits by subject, packs
+with the reason naming its files, and the others go on. With ``ray_address`` (a Ray GCS address
+``host:port``, ``ray://...`` or ``auto``) the subjects run in parallel as Ray tasks (1 CPU each)
+on that cluster: each task fetches only its subject's files from ``input_uri`` (a folder every
+node sees, or ``s3://``) and returns the files it wrote; the outputs are byte-identical to the
+in-process run (registration is single-threaded and deterministic). The step then splits by subject, packs
 the shards (:func:`gan_core.data.pack.pack_splits`: all splits published together or none) and
 records the manifest.
 
@@ -31,15 +35,18 @@ Example:
     (['test', 'train', 'val'], 3, True)
 
 CLI: ``python -m components.preprocess --input-uri URI --output-uri URI [--spacing 3,3,5|none]
-[--register none|rigid|affine] [--split 0.6,0.2,0.2] [--seed 0] [--inplane 96,96]``.
+[--register none|rigid|affine] [--split 0.6,0.2,0.2] [--seed 0] [--inplane 96,96]
+[--ray-address HOST:PORT|auto]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import logging
 import math
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -52,7 +59,8 @@ from components import storage
 from components.step import (Manifest, StepInputError, arg, json_safe, params_from_args,
                              params_parser, read_manifest, run_cli, staged, step_manifest,
                              write_manifest)
-from components.subject_prep import HU_CLIP, MASK_THRESHOLD_HU, ingest_files, preprocess_subject
+from components.subject_prep import (HU_CLIP, MASK_THRESHOLD_HU, ingest_files,
+                                     preprocess_remote_subject, preprocess_subject)
 from gan_core.data.pack import SPLITS, pack_splits
 from gan_core.data.register import REGISTER_MODES, registration_settings
 from gan_core.data.shards import SubjectFiles, split_subjects
@@ -128,6 +136,9 @@ class PreprocessParams:
     inplane: tuple[int, int] | None = arg(
         "common in-plane shard size H,W (default: the largest subject's)", default=None,
         parse=lambda t: _numbers(t, 2, int, "--inplane"))
+    ray_address: str | None = arg(
+        "Ray cluster (GCS host:port, ray://..., or auto): subjects as parallel Ray tasks "
+        "(default: one after another in this process)", default=None)
 
     def __post_init__(self) -> None:
         if self.register not in REGISTER_MODES:
@@ -150,11 +161,24 @@ class PreprocessParams:
             raise StepInputError(f"split: expected 3 non-negative fractions (train, val, test), "
                                  f"got {self.split!r}")
         object.__setattr__(self, "split", fr)
+        if self.ray_address is not None and self.ray_address.startswith(("http://", "https://")):
+            raise StepInputError(f"ray_address: {self.ray_address!r} is a dashboard / Jobs API "
+                                 "URL; preprocess connects as a driver: give the GCS address "
+                                 "host:port (or ray://host:10001, or auto)")
         if self.inplane is not None:
             vals = tuple(self.inplane)
             if len(vals) != 2 or not all(isinstance(v, (int, np.integer)) and v > 0 for v in vals):
                 raise StepInputError(f"inplane: expected 2 positive integers, got {self.inplane!r}")
             object.__setattr__(self, "inplane", (int(vals[0]), int(vals[1])))
+
+
+def _record(res: dict[str, Any], written: dict[str, Path], out: Path) -> dict[str, Any]:
+    """A subject's manifest record: paths relative to the output, sha256 of each file."""
+    res["files"] = {k: f.relative_to(out).as_posix() for k, f in written.items()}
+    res["sha256"] = {k: storage.sha256_file(f) for k, f in written.items()}
+    if res["registration"]["flag"]:
+        log.warning("preprocess: subject %s: %s", res["id"], res["registration"]["flag"])
+    return res
 
 
 def _process_cohort(subjects: list[dict[str, Any]], src: Path, out: Path,
@@ -173,12 +197,41 @@ def _process_cohort(subjects: list[dict[str, Any]], src: Path, out: Path,
             log.warning("preprocess: subject %s failed: %s", sid, exc)
             failed.append({"id": sid, "reason": f"{type(exc).__name__}: {exc}"})
             continue
-        written = res.pop("written")
-        res["files"] = {k: f.relative_to(out).as_posix() for k, f in written.items()}
-        res["sha256"] = {k: storage.sha256_file(f) for k, f in written.items()}
-        if res["registration"]["flag"]:
-            log.warning("preprocess: subject %s: %s", sid, res["registration"]["flag"])
-        records.append(res)
+        records.append(_record(res, res.pop("written"), out))
+    return records, failed
+
+
+def _process_cohort_ray(subjects: list[dict[str, Any]], input_uri: str, out: Path,
+                        p: PreprocessParams) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """:func:`_process_cohort` as one Ray task per subject
+    (:func:`~components.subject_prep.preprocess_remote_subject`) on ``p.ray_address``; the
+    files each task returns are written under ``out/subjects/<id>/`` here."""
+    import ray
+
+    from components.raytrain import ray_session
+
+    if not storage.is_s3(input_uri):  # tasks on other nodes read the same path
+        input_uri = os.path.abspath(input_uri[len("file://"):] if input_uri.startswith("file://")
+                                    else input_uri)
+    records: list[dict[str, Any]] = []
+    failed: list[dict[str, Any]] = []
+    with ray_session(p.ray_address):
+        task = ray.remote(num_cpus=1, max_retries=2)(preprocess_remote_subject)
+        refs = [task.remote(rec, input_uri, spacing=p.spacing, register=p.register)
+                for rec in subjects]
+        for rec, ref in zip(subjects, refs):
+            res = ray.get(ref)
+            if "error" in res:
+                log.warning("preprocess: subject %s failed: %s", rec["id"], res["error"])
+                failed.append({"id": rec["id"], "reason": res["error"]})
+                continue
+            written = {}
+            for key, (name, data) in res.pop("data").items():
+                f = out / SUBJECTS_DIR / rec["id"] / name
+                f.parent.mkdir(parents=True, exist_ok=True)
+                f.write_bytes(data)  # inside the staged output: published atomically later
+                written[key] = f
+            records.append(_record(res, written, out))
     return records, failed
 
 
@@ -221,9 +274,14 @@ def run_preprocess(input_uri: str, output_uri: str, **params: Any) -> dict[str, 
     ingest = read_manifest(p.input_uri, "ingest",
                            required=("subjects", "params", "counts", "code_version"))
     subjects = _check_subjects(ingest)
-    with storage.local_copy(p.input_uri) as src, staged(p.output_uri) as out:
+    # Ray tasks fetch their own subject's files: no local copy of the whole input then
+    inputs = contextlib.nullcontext(None) if p.ray_address else storage.local_copy(p.input_uri)
+    with inputs as src, staged(p.output_uri) as out:
         t_sub = time.monotonic()
-        records, failed = _process_cohort(subjects, Path(src), out, p)
+        if p.ray_address:
+            records, failed = _process_cohort_ray(subjects, p.input_uri, out, p)
+        else:
+            records, failed = _process_cohort(subjects, Path(src), out, p)
         t_sub = time.monotonic() - t_sub
         if not records:
             detail = "; ".join(f"{f['id']}: {f['reason']}" for f in failed)

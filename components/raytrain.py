@@ -16,9 +16,24 @@
 * At the end rank 0 writes the final inference model (``model.pt`` with ``val_mae`` and
   ``step``) to ``export_uri`` and returns ``steps, val_mae, images_per_s, ...`` as the run's
   ``Result.return_value``: the driver publishes that file and those numbers as they are.
+* Checkpoint uploads do not block training: rank 0 hands each checkpoint to
+  ``ray.train.report(checkpoint_upload_mode=ASYNC)``; Ray uploads it from a background thread
+  (one at a time, in order) and commits it once every rank reported that step, while the loop
+  goes on. The worker waits for pending uploads only when its training function returns.
+* Data: each worker reads the ``train`` and ``val`` splits and nothing else (never ``test``),
+  through :func:`components.step.local_dir`: an ``s3://`` split is downloaded once per NODE
+  (a file-locked cache shared by the workers of that node). The split, not the subject, is the
+  unit because of the sampler: :class:`gan_core.data.shards.InfiniteSampler` gives rank ``r``
+  the positions ``r, r+W, ...`` of a fresh permutation of ALL slices of the split each epoch
+  (that is what makes ``W`` workers x batch ``b`` see exactly the samples of 1 worker x ``W*b``
+  and a resumed run the batches of an uninterrupted one), so within one epoch every rank reads
+  slices of every subject. Per-rank subject subsets would change the sample stream.
 * Fault injection for tests: ``$MEDGAN_FAULT_KILL="<rank>:<step>:<marker file>"`` (:data:`FAULT_ENV`)
   makes that worker SIGKILL itself once at that log step, after Ray committed the earlier
-  checkpoints.
+  checkpoints. ``WorkerConfig.fault`` may also select the worker by ``node_id`` and use
+  ``action="hold"`` (block until killed from outside, e.g. its whole node) or carry
+  ``upload_delay_s`` + ``upload_log`` (each checkpoint upload sleeps first and logs its
+  start/end; every report is logged too: proof that steps go on while an upload is slow).
 
 Example:
     >>> spec = worker_config(step.build_config("pix2pix", "tiny"),           # doctest: +SKIP
@@ -40,6 +55,7 @@ import os
 import shutil
 import signal
 import tempfile
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypedDict
@@ -72,7 +88,7 @@ class WorkerConfig(TypedDict):
     config: dict[str, Any]             # TrainConfig.to_dict()
     shards: dict[str, str | None]      # split -> URI: "train" (required), "val" (or None)
     mlflow: dict[str, str] | None      # {"tracking_uri", "run_id"}: rank 0 logs to that run
-    fault: dict[str, Any] | None       # parsed FAULT_ENV
+    fault: dict[str, Any] | None       # parsed FAULT_ENV, or a test's dict (see the module doc)
     export_uri: str | None             # rank 0 writes the final model.pt here
 
 
@@ -95,7 +111,7 @@ def fault_from_env() -> dict[str, Any] | None:
         return None
     try:
         rank, step, marker = spec.split(":", 2)
-        return {"rank": int(rank), "step": int(step), "marker": marker}
+        return {"rank": int(rank), "step": int(step), "marker": marker, "action": "kill"}
     except ValueError:
         raise StepInputError(f"{FAULT_ENV}={spec!r}: expected '<rank>:<step>:<marker file>'") from None
 
@@ -242,15 +258,53 @@ class _Reporter:
 
     def _maybe_die(self, step: int) -> None:
         f = self.fault
-        if f and f["rank"] == self.rank and f["step"] == step and not os.path.exists(f["marker"]):
+        if not f or f.get("step") != step or os.path.exists(f["marker"]):
+            return
+        import ray
+
+        if "node_id" in f:
+            if f["node_id"] != ray.get_runtime_context().get_node_id():
+                return
+        elif f.get("rank") != self.rank:
+            return
+        import ray.train
+
+        # stop between checkpoints: wait until Ray has committed every earlier report (a
+        # report is committed only once the controller has polled it from all ranks)
+        done = ray.train.get_all_reported_checkpoints(timeout_s=60)
+        steps = [int(c.metrics.get("step", -1)) for c in done]
+        action = f.get("action", "kill")
+        tmp = f"{f['marker']}.tmp"
+        Path(tmp).write_text(json.dumps({"rank": self.rank, "step": step, "action": action,
+                                         "committed_steps": steps}) + "\n")
+        os.rename(tmp, f["marker"])  # the test polls for it: appears complete
+        if action == "hold":  # killed from outside (its node) while blocked here
+            while True:
+                time.sleep(1)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    def _log(self, event: dict[str, Any]) -> None:
+        """Test hook: one JSON line per report / upload to ``fault["upload_log"]``."""
+        f = self.fault
+        if f and f.get("upload_log"):
+            with open(f["upload_log"], "a") as fh:
+                fh.write(json.dumps({"rank": self.rank, "t": time.time(), **event}) + "\n")
+
+    def _upload_fn(self, step: int) -> Any:
+        """Ray's default upload, delayed by ``fault["upload_delay_s"]`` (test hook), or None."""
+        f = self.fault
+        if not (f and f.get("upload_delay_s")):
+            return None
+
+        def upload(ck: Any, name: str) -> Any:
             import ray.train
 
-            # die between checkpoints: wait until Ray has committed every earlier report (a
-            # report is committed only once the controller has polled it from all ranks)
-            done = ray.train.get_all_reported_checkpoints(timeout_s=60)
-            Path(f["marker"]).write_text(f"killed rank {self.rank} at step {step} after "
-                                         f"{len(done)} committed checkpoint(s)\n")
-            os.kill(os.getpid(), signal.SIGKILL)
+            self._log({"event": "upload_start", "step": step})
+            time.sleep(float(f["upload_delay_s"]))
+            out = ray.train.get_context().get_storage().persist_current_checkpoint(ck, name)
+            self._log({"event": "upload_end", "step": step})
+            return out
+        return upload
 
     def _log_samples(self, step: int) -> None:
         if not (self.ml and self.val_dir is not None and self.fw is not None):
@@ -278,15 +332,22 @@ class _Reporter:
         if self.rank == 0 and self.ml:
             mlu.log_metrics(self.ml["tracking_uri"], self.ml["run_id"],
                             {k: v for k, v in out.items() if k != "step"}, step=step)
+        self._log({"event": "report", "step": step})
         if ckpt is not None and self.rank == 0:
             self._log_samples(step)
-            with tempfile.TemporaryDirectory(prefix="medgan-ckpt-", ignore_cleanup_errors=True) as d:
-                try:
-                    os.link(ckpt, Path(d) / CHECKPOINT)  # gan_core replaces the file, never edits it
-                except OSError:
-                    shutil.copy2(ckpt, Path(d) / CHECKPOINT)
-                (Path(d) / CKPT_META).write_text(json.dumps({"step": step}))
-                ray.train.report(out, checkpoint=ray.train.Checkpoint.from_directory(d))
+            from ray.train import CheckpointUploadMode
+
+            # Ray uploads from its own thread and removes the folder afterwards: a fresh one
+            d = Path(tempfile.mkdtemp(prefix="medgan-ckpt-"))
+            try:
+                os.link(ckpt, d / CHECKPOINT)  # gan_core replaces the file, never edits it
+            except OSError:
+                shutil.copy2(ckpt, d / CHECKPOINT)
+            (d / CKPT_META).write_text(json.dumps({"step": step}))
+            ray.train.report(out, checkpoint=ray.train.Checkpoint.from_directory(str(d)),
+                             checkpoint_upload_mode=CheckpointUploadMode.ASYNC,
+                             delete_local_checkpoint_after_upload=True,
+                             checkpoint_upload_fn=self._upload_fn(step))
         else:
             ray.train.report(out)
 
@@ -309,11 +370,26 @@ def _export(fw: Any, export_uri: str, extra: dict[str, Any]) -> None:
         storage.upload_dir(d, export_uri)
 
 
+def _node_ids(world: int) -> list[str]:
+    """The Ray node id of every rank, in rank order (a collective: all ranks call it)."""
+    import ray
+
+    me = ray.get_runtime_context().get_node_id()
+    if world == 1:
+        return [me]
+    import torch.distributed as dist
+
+    ids: list[Any] = [None] * world
+    dist.all_gather_object(ids, me)
+    return [str(i) for i in ids]
+
+
 def train_loop_per_worker(config: WorkerConfig) -> dict[str, Any]:
     """Ray Train worker: resume from the Ray checkpoint if any, then ``gan_core.engine.train``.
 
     Returns (rank 0's value reaches ``Result.return_value``) ``steps, seconds, images_per_s,
-    val_mae, resumed_from, world_size``; rank 0 also writes ``<export_uri>/model.pt``.
+    val_mae, resumed_from, world_size, node_ids`` (the Ray node of each rank, in rank order);
+    rank 0 also writes ``<export_uri>/model.pt``.
     """
     import ray.train
     import ray.train.torch
@@ -346,6 +422,7 @@ def train_loop_per_worker(config: WorkerConfig) -> dict[str, Any]:
         if rank == 0 and config.get("export_uri"):
             _export(reporter.fw, str(config["export_uri"]), {"val_mae": res.val_mae, "step": res.steps})
         return {"steps": res.steps, "seconds": res.seconds, "images_per_s": res.images_per_s,
-                "val_mae": res.val_mae, "resumed_from": start, "world_size": world}
+                "val_mae": res.val_mae, "resumed_from": start, "world_size": world,
+                "node_ids": _node_ids(world)}
     finally:
         shutil.rmtree(work, ignore_errors=True)

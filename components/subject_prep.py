@@ -27,6 +27,7 @@ Example:
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,7 @@ from gan_core.data.register import (RegistrationError, nifti_affine, register_mr
                                     sitk_image, target_grid, to_xyz)
 
 __all__ = ["HU_CLIP", "MASK_THRESHOLD_HU", "DTYPES", "LABEL_FILES", "read_image",
-           "preprocess_subject", "ingest_files"]
+           "preprocess_subject", "ingest_files", "preprocess_remote_subject"]
 
 #: CT window kept in the output (HU); the same range the normaliser maps to [-1, 1].
 HU_CLIP = (float(CT_MIN), float(CT_MAX))
@@ -127,3 +128,41 @@ def ingest_files(root: Path, rec: dict[str, Any]) -> dict[str, Path]:
                                  "(file changed or corrupted since ingest)")
         files[key] = path
     return files
+
+
+def preprocess_remote_subject(rec: dict[str, Any], input_uri: str, *,
+                              spacing: Sequence[float] | None = (3.0, 3.0, 5.0),
+                              register: str = "rigid") -> dict[str, Any]:
+    """One subject anywhere (a Ray task on any node): fetch ONLY its files from the ingest
+    output ``input_uri`` (folder or ``s3://``), check them (:func:`ingest_files`), run
+    :func:`preprocess_subject` in a temporary folder and return its record with
+    ``data = {key: (file name, bytes)}`` instead of ``written`` (the caller writes them where
+    the step's output is staged). A failure is returned, not raised, as
+    ``{"id", "error": "<Type>: <message>"}``: the same reason the in-process path records.
+
+    >>> r = preprocess_remote_subject(ingest_manifest["subjects"][0], "s3://b/raw",
+    ...                               spacing=None)                         # doctest: +SKIP
+    >>> sorted(r["data"])                                                   # doctest: +SKIP
+    ['ct', 'mask', 'mr']
+    """
+    sid = rec["id"]
+    try:
+        with tempfile.TemporaryDirectory(prefix="medgan-prep-") as d:
+            src = Path(d) / "in"
+            for key, rel in rec["files"].items():
+                if key not in DTYPES:
+                    continue
+                dst = src / rel
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    dst.write_bytes(storage.read_bytes(storage.join(input_uri, rel)))
+                except storage.StorageNotFoundError:
+                    pass  # ingest_files names the missing file
+            files = ingest_files(src, rec)
+            res = preprocess_subject(sid, files, Path(d) / "out" / sid, spacing=spacing,
+                                     register=register)
+            written = res.pop("written")
+            res["data"] = {k: (f.name, f.read_bytes()) for k, f in written.items()}
+            return res
+    except Exception as exc:  # noqa: BLE001 - reported per subject, the others go on
+        return {"id": sid, "error": f"{type(exc).__name__}: {exc}"}
