@@ -143,6 +143,20 @@ class RayCluster:
                 return n["NodeID"]
         return None
 
+    def _wait_registered(self, node: Node, timeout: float, attempts: int = 3) -> str:
+        """Wait until ``node`` is registered; a worker node whose ``ray start`` gave up (on
+        loaded cores: "timed out during startup", GCS deadline exceeded) is started again."""
+        for attempt in range(attempts):
+            try:
+                return wait_for(f"node {node.index} registered", lambda: self._registered(node), timeout)
+            except RuntimeError:
+                if node.index == 0 or attempt == attempts - 1:
+                    raise
+                with contextlib.suppress(ProcessLookupError):  # leftovers of the failed group
+                    os.killpg(node.pgid, signal.SIGKILL)
+                self._start(node)  # in a new process group
+        raise AssertionError("unreachable")
+
     def _wait_gcs(self) -> None:
         def up() -> bool:
             if self.nodes[0].proc.poll() is not None:
@@ -213,7 +227,7 @@ class RayCluster:
         self.connect()  # a driver connection of our own to read the node table
         try:
             for node in self.nodes:
-                node.node_id = wait_for(f"node {node.index} registered", lambda n=node: self._registered(n), 180)
+                node.node_id = self._wait_registered(node, 180)
         finally:
             ray.shutdown()
         if self.dashboard:
@@ -246,7 +260,7 @@ class RayCluster:
         if not connected:
             self.connect()
         try:
-            node.node_id = wait_for(f"node {i} re-registered", lambda: self._registered(node), timeout)
+            node.node_id = self._wait_registered(node, timeout)
         finally:
             if not connected:
                 ray.shutdown()
