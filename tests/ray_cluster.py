@@ -134,7 +134,11 @@ class RayCluster:
                                f"{node.log.read_text()[-2000:] if node.log else ''}")
         import ray
 
-        for n in ray.nodes():
+        try:
+            nodes = ray.nodes()
+        except Exception:  # noqa: BLE001 - ray's RpcError: the GCS is slow to answer; poll again
+            return None
+        for n in nodes:
             if not n["Alive"] or n["NodeID"] in node.history:
                 continue
             res = n.get("Resources", {})
@@ -209,7 +213,8 @@ class RayCluster:
             try:
                 ray.init(address=self.address, logging_level="ERROR", log_to_driver=False)
                 return True
-            except (ConnectionError, RuntimeError) as e:
+            except Exception as e:  # noqa: BLE001 - ConnectionError, RuntimeError, ray's RpcError
+                # ("Timed out while waiting for GCS to become available" on loaded cores)
                 if ray.is_initialized():
                     ray.shutdown()
                 if self.nodes[0].proc is None or self.nodes[0].proc.poll() is not None:
