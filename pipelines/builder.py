@@ -288,10 +288,20 @@ def run_local(pipeline: Callable, workdir: str | Path, **params: Any) -> dict:
     workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     tracking = params.pop("tracking_uri", None) or f"sqlite:///{workdir / 'mlflow.db'}"
+    # the steps (subprocesses) read these; restored afterwards so a caller's later MLflow/Ray use
+    # does not silently inherit this run's tracking store
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "RAY_AUTH_MODE")}
     os.environ.setdefault("MLFLOW_TRACKING_URI", tracking)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(workdir / "kfp"))
     t0 = time.perf_counter()
-    task = pipeline(storage_root=str(workdir / "runs"), tracking_uri=tracking, **params)
+    try:
+        task = pipeline(storage_root=str(workdir / "runs"), tracking_uri=tracking, **params)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     return {"output": getattr(task, "output", None), "seconds": time.perf_counter() - t0,
             "tracking_uri": tracking, "workdir": str(workdir)}

@@ -164,8 +164,10 @@ def test_two_workers_batch_b_equal_one_worker_batch_2b(cluster, shards):
 
     runs = {}
     for workers, batch in ((2, 2), (1, 4)):
+        # retries allowed: a worker group lost to a missed health check on loaded cores restarts
+        # from scratch (the only checkpoint is the final one), which reaches the same weights
         out, result = _fit(shards, f"eq{workers}-{uuid.uuid4().hex[:6]}", num_workers=workers,
-                           steps=4, batch=batch)
+                           steps=4, batch=batch, max_failures=2)
         assert result.return_value["steps"] == 4
         with local_file(storage.join(out, "export", "model.pt")) as f:
             runs[workers] = torch.load(f, weights_only=True)["nets"]

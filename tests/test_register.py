@@ -224,7 +224,8 @@ def test_a_model_evaluated_on_another_test_set_is_registered_not_promoted(models
     m = json.loads((other / "manifest.json").read_text())
     m["inputs"]["input_uri"] = "s3://another-cohort/"
     (other / "manifest.json").write_text(json.dumps(m, indent=2))
-    ev = run_evaluate(str(other), best["model"], str(tmp_path / "eval-other"), figures=0)
+    ev = run_evaluate(str(other), best["model"], str(tmp_path / "eval-other"), tracking_uri=server,
+                      figures=0)
     assert ev["outputs"]["aggregate"]["model"]["mae"] == best["mae"] < mid["mae"]  # same subjects, better
 
     client = MlflowClient(tracking_uri=server)
