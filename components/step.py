@@ -502,21 +502,14 @@ def build_config(framework: str = "cyclegan", preset_name: str = "demo",
     >>> build_config("pix2pix", "tiny", overrides={"loss.image": 50}).loss.image
     50.0
     """
-    import yaml
 
-    from gan_core.presets import apply_overrides, from_dict, preset, with_total_steps
+    from gan_core.presets import apply_overrides, config_from_yaml, preset, with_total_steps
 
     if config_uri:
         try:
-            data = yaml.safe_load(storage.read_text(config_uri))
+            cfg = config_from_yaml(storage.read_text(config_uri))
         except storage.StorageError as e:
             raise StepInputError(f"config {config_uri}: {e}") from None
-        except yaml.YAMLError as e:
-            raise StepInputError(f"config {config_uri}: not valid YAML: {e}") from None
-        if not isinstance(data, dict):
-            raise StepInputError(f"config {config_uri}: expected a mapping at top level")
-        try:
-            cfg = from_dict(data)
         except (ValueError, KeyError) as e:
             raise StepInputError(f"config {config_uri}: {e}") from None
     else:

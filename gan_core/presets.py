@@ -28,7 +28,7 @@ from gan_core.frameworks import get_framework
 from gan_core.tasks import build_task, task_config
 
 __all__ = ["PRESETS", "base_config", "preset", "set_task_defaults", "from_dict", "load_config",
-           "apply_overrides", "with_total_steps"]
+           "apply_overrides", "with_total_steps", "config_from_yaml"]
 
 PRESETS = ("demo", "full", "tiny")
 
@@ -126,17 +126,28 @@ def load_config(path: str | Path) -> TrainConfig:
     """Load a YAML config file (see ``from_dict``); errors name the file."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        text = path.read_text()
     except FileNotFoundError:
         raise FileNotFoundError(f"config file not found: {path}") from None
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping at top level, got {type(data).__name__}")
     try:
-        return from_dict(data)
+        return config_from_yaml(text)
     except ValueError as exc:
         raise ValueError(f"{path}: {exc}") from None
+
+
+def config_from_yaml(text: str) -> TrainConfig:
+    """A config from YAML text (``from_dict`` of its mapping); ValueError says what is wrong.
+
+    >>> config_from_yaml("{preset: tiny, framework: pix2pix, loss: {image: 50}}").loss.image
+    50.0
+    """
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ValueError(f"not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"expected a mapping at top level, got {type(data).__name__}")
+    return from_dict(data)
 
 
 def apply_overrides(cfg: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
