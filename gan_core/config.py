@@ -1,4 +1,5 @@
-"""Typed training configuration: the dataclasses and generic helpers (a leaf: stdlib + yaml).
+"""Typed training configuration: the dataclasses and generic helpers (a leaf: the stdlib; yaml is
+imported only by the functions that read or write it).
 
 One ``TrainConfig`` describes a run completely; it is what checkpoints store, what MLflow logs as
 params (``flat()``) and what Ray Tune overrides. Two sections belong to plug-ins: ``task`` is the
@@ -19,8 +20,6 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 __all__ = ["LossWeights", "ModelConfig", "DataConfig", "OptimConfig", "TaskConfig",
            "FrameworkConfig", "TrainConfig", "coerce", "update", "save_config", "dotted", "nest",
@@ -81,9 +80,10 @@ class DataConfig:
     image_size: int = 256                 # in-plane crop (2D) / patch edge (3D, in-plane)
     patch_depth: int = 32                 # 3D patches only: slices per patch
     batch_size: int = 1
-    num_workers: int = 0
+    num_workers: int = 0                  # 2D: batches read ahead by this many threads (0: in line)
     flip: bool = True                     # random left-right flip augmentation
     min_body_fraction: float = 0.05       # skip slices with less body than this
+    device_resident: bool = False         # 2D: keep the training shards on the device (int16)
 
 
 @dataclass
@@ -119,8 +119,10 @@ class TrainConfig:
     seed: int = 0
     amp: str = "auto"                     # auto (bf16 on CUDA) | bf16 | off
     channels_last: bool = True
-    compile: bool = False
-    log_every: int = 50
+    compile: bool = False                 # torch.compile the networks (compile_mode)
+    compile_mode: str = "default"         # default | reduce-overhead | max-autotune | max-autotune-no-cudagraphs
+    log_every: int = 50                   # steps between loss reads (history.jsonl)
+    log_every_s: float = 0.0              # seconds between report() calls (0: every log step)
     checkpoint_every: int = 1000
     val_every: int = 0                    # 0: validate only at the end
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -200,6 +202,8 @@ def update(obj: Any, data: dict[str, Any], prefix: str = "") -> None:
 def save_config(cfg: TrainConfig, path: str | Path) -> None:
     """Write ``cfg`` as YAML (a temporary file renamed into place); ``gan_core.presets.load_config``
     reads it back."""
+    import yaml
+
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
@@ -238,6 +242,8 @@ def nest(overrides: dict[str, Any]) -> dict[str, Any]:
 
 def parse_set(items: list[str] | None) -> dict[str, Any]:
     """``["loss.image=50", "data.batch_size=8"]`` -> dict (values parsed as YAML scalars)."""
+    import yaml
+
     out: dict[str, Any] = {}
     for item in items or []:
         if "=" not in item:

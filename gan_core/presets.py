@@ -21,7 +21,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from gan_core.config import DataConfig, TrainConfig, dotted, nest, update
 from gan_core.frameworks import get_framework
@@ -141,6 +140,8 @@ def config_from_yaml(text: str) -> TrainConfig:
     >>> config_from_yaml("{preset: tiny, framework: pix2pix, loss: {image: 50}}").loss.image
     50.0
     """
+    import yaml  # here, not at the top: training needs only torch + numpy
+
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,7 +34,6 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from gan_core.data.nifti import check_same_grid, load_volume
 from gan_core.data.normalize import ct_to_unit, mr_percentiles, mr_to_unit
 from gan_core.data.staging import remove_leftovers, staging_dir, swap_in
 
@@ -131,6 +131,8 @@ def pack_shards(subjects: Sequence[SubjectFiles], out_dir: str | Path, *,
     Temp folders left beside ``out_dir`` by an interrupted pack are removed first. Returns the
     index dict. To publish several splits together use :func:`gan_core.data.pack.pack_splits`.
     """
+    from gan_core.data.nifti import check_same_grid, load_volume
+
     out_dir = Path(out_dir)
     index_dir = Path(os.path.abspath(index_dir if index_dir is not None else out_dir))
     if not subjects:
@@ -268,16 +270,77 @@ class InfiniteSampler(Sampler):
         self.per_epoch = n // world_size
 
     def _epoch(self, e: int) -> list[tuple[int, int, int]]:
+        return [tuple(k) for k in self._epoch_keys(e).tolist()]
+
+    def _epoch_keys(self, e: int) -> np.ndarray:
+        """Epoch ``e`` of this rank's stream as an ``(per_epoch, 3)`` int64 array."""
         g = torch.Generator().manual_seed(self.seed * 100_003 + e)
         pa = torch.randperm(self.n, generator=g)[self.rank::self.world][:self.per_epoch]
         pb = pa if self.paired else torch.randperm(self.n, generator=g)[self.rank::self.world][:self.per_epoch]
-        return [(e, int(a), int(b)) for a, b in zip(pa, pb)]
+        return np.stack([np.full(self.per_epoch, e, np.int64), pa.numpy(), pb.numpy()], 1)
 
     def __iter__(self) -> Iterator[tuple[int, int, int]]:
         e, skip = divmod(self.start, self.per_epoch)
         while True:
             yield from self._epoch(e)[skip:]
             e, skip = e + 1, 0
+
+    def batches(self, batch_size: int) -> Iterator[np.ndarray]:
+        """The same stream as iterating, as consecutive ``(batch_size, 3)`` key arrays (a batch
+        may span two epochs, as a ``DataLoader`` over this sampler batches it)."""
+        e, skip = divmod(self.start, self.per_epoch)
+        buf = self._epoch_keys(e)[skip:]
+        while True:
+            while len(buf) < batch_size:
+                e += 1
+                buf = np.concatenate([buf, self._epoch_keys(e)])
+            yield buf[:batch_size]
+            buf = buf[batch_size:]
+
+
+_M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
+
+
+def _mix64(z: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser on a uint64 array (wrapping arithmetic)."""
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def keyed_uniforms(seed: int, keys: np.ndarray, n: int = 3) -> np.ndarray:
+    """``(len(keys), n)`` uniforms in [0, 1), a pure function of ``seed`` and each ``(epoch, a, b)``
+    key: the randomness of a training sample (crop offsets, flip), vectorised over a batch.
+
+    The same key gives the same numbers whether it is drawn alone (:class:`SliceDataset`) or in
+    a batch (:class:`gan_core.data.batches.SliceBatches`), so a resumed run sees the crops an
+    uninterrupted one saw.
+
+    >>> u = keyed_uniforms(0, np.array([[0, 3, 3], [0, 4, 4]]))
+    >>> u.shape, bool(((u >= 0) & (u < 1)).all()), bool((keyed_uniforms(0, np.array([[0, 4, 4]])) == u[1]).all())
+    ((2, 3), True, True)
+    """
+    k = np.asarray(keys, np.int64).reshape(-1, 3).astype(np.uint64)
+    with np.errstate(over="ignore"):
+        h = _mix64(np.full(len(k), np.uint64(seed & 0xFFFFFFFFFFFFFFFF) ^ np.uint64(0x9E3779B97F4A7C15)))
+        for j in range(3):
+            h = _mix64(h ^ (k[:, j] * np.uint64(0xD1B54A32D192ED03) + np.uint64(j + 1)))
+        cols = [_mix64(h + np.uint64(0x9E3779B97F4A7C15) * np.uint64(i + 1)) for i in range(n)]
+    return (np.stack(cols, 1) >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
+def crop_draws(seed: int, keys: np.ndarray, hw: tuple[int, int],
+               size: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per key: the crop's top-left ``(y, x)`` (uniform over the valid offsets; 0 when there is no
+    crop) and whether it is flipped left-right (probability 1/2), from :func:`keyed_uniforms`."""
+    h, w = hw
+    u = keyed_uniforms(seed, keys, 3)
+    if size is None or (size == h and size == w):
+        zero = np.zeros(len(u), np.int64)
+        return zero, zero.copy(), u[:, 2] < 0.5
+    y = np.minimum((u[:, 0] * (h - size + 1)).astype(np.int64), h - size)
+    x = np.minimum((u[:, 1] * (w - size + 1)).astype(np.int64), w - size)
+    return y, x, u[:, 2] < 0.5
 
 
 class _TaskInputs:
@@ -297,17 +360,19 @@ class _TaskInputs:
         for i, sub in enumerate(shards.subjects):
             self.subject_of[sub["offset"]:sub["offset"] + sub["depth"]] = i
         self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()  # batches are read by threads (gan_core.data.batches)
 
     def subject_input(self, i: int) -> np.ndarray:
         """``(C, Z, H, W)`` input of subject ``i`` (fixed degradations; cached)."""
-        if i in self._cache:
-            self._cache.move_to_end(i)
-            return self._cache[i]
-        img = self.task.degrade(self.shards.subject_slab(i), np.random.default_rng([self.seed, i])).image
-        self._cache[i] = img
-        while len(self._cache) > self.cache_subjects:
-            self._cache.popitem(last=False)
-        return img
+        with self._lock:
+            if i in self._cache:
+                self._cache.move_to_end(i)
+                return self._cache[i]
+            img = self.task.degrade(self.shards.subject_slab(i), np.random.default_rng([self.seed, i])).image
+            self._cache[i] = img
+            while len(self._cache) > self.cache_subjects:
+                self._cache.popitem(last=False)
+            return img
 
     def slices(self, z0: int, z1: int, rng: np.random.Generator | None) -> np.ndarray:
         """``(C, z1 - z0, H, W)`` input of global slices ``z0:z1`` (all of one subject)."""
@@ -322,7 +387,12 @@ class _TaskInputs:
         return self.subject_input(i)[:, z0 - off:z1 - off]
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_cache": OrderedDict()}
+        state = {**self.__dict__, "_cache": OrderedDict()}
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, _lock=threading.Lock())
 
 
 class SliceDataset(Dataset):
@@ -331,7 +401,9 @@ class SliceDataset(Dataset):
     The task (default MR -> CT) says what ``A`` and ``B`` are (``gan_core.tasks``).
     Keys are ``(epoch, a, b)`` from ``InfiniteSampler`` or a plain int (paired, no augmentation).
     Paired: A and B from the same slice. Unpaired: B from slice ``b``. Random crop to
-    ``image_size`` and a left-right flip, drawn from an RNG keyed on the sample key (resumable).
+    ``image_size`` and a left-right flip, drawn by :func:`crop_draws` from the sample key
+    (resumable); a per-sample degradation (k-space) draws from ``default_rng([seed, *key])``.
+    Training reads whole batches through :class:`gan_core.data.batches.SliceBatches` instead.
     """
 
     def __init__(self, shards: Shards | str | Path, *, image_size: int | None = None,
@@ -349,29 +421,35 @@ class SliceDataset(Dataset):
     def __len__(self) -> int:
         return int(self.slices.size)
 
-    def _crop(self, arrs: list[np.ndarray], rng: np.random.Generator | None) -> list[np.ndarray]:
-        h, w = arrs[0].shape[-2:]
+    def _check_size(self) -> None:
+        h, w = self.shards.index["inplane"]
         s = self.image_size
-        if s is None or (s == h and s == w):
-            return arrs
-        if s > h or s > w:
+        if s is not None and (s > h or s > w):
             raise ValueError(f"image_size {s} is larger than the shard slices {h}x{w} in {self.shards.dir}")
-        y = int(rng.integers(0, h - s + 1)) if rng is not None else (h - s) // 2
-        x = int(rng.integers(0, w - s + 1)) if rng is not None else (w - s) // 2
-        return [a[..., y:y + s, x:x + s] for a in arrs]
 
     def __getitem__(self, key) -> dict[str, torch.Tensor]:
+        """One sample; the reference for :class:`gan_core.data.batches.SliceBatches` (tested equal)."""
+        arr = self.shards.arrays
+        h, w = self.shards.index["inplane"]
+        self._check_size()
         if isinstance(key, (int, np.integer)):
             epoch, a, b, rng = 0, int(key), int(key), None
+            s = self.image_size
+            y, x = ((h - s) // 2, (w - s) // 2) if s is not None else (0, 0)
+            flip = False
         else:
-            epoch, a, b = key
-            rng = np.random.default_rng([self.seed, epoch, a, b])
-        arr = self.shards.arrays
+            epoch, a, b = (int(v) for v in key)
+            rng = np.random.default_rng([self.seed, epoch, a, b]) if self.task.per_sample else None
+            ys, xs, fs = crop_draws(self.seed, np.array([[epoch, a, b]]), (h, w), self.image_size)
+            y, x, flip = int(ys[0]), int(xs[0]), bool(fs[0]) and self.flip
         ia, ib = int(self.slices[a]), int(self.slices[b])
-        src = self.inputs.slices(ia, ia + 1, rng)[:, 0]
-        extra = [arr["labels"][ia]] if "labels" in arr else []
-        src, tgt, mask, *extra = self._crop([src, arr[self.task.target][ib], arr["mask"][ia], *extra], rng)
-        if rng is not None and self.flip and rng.random() < 0.5:
+        s = self.image_size if self.image_size is not None else h
+        sw = self.image_size if self.image_size is not None else w
+        cut = (Ellipsis, slice(y, y + s), slice(x, x + sw))
+        src = self.inputs.slices(ia, ia + 1, rng)[:, 0][cut]
+        tgt, mask = arr[self.task.target][ib][cut], arr["mask"][ia][cut]
+        extra = [arr["labels"][ia][cut]] if "labels" in arr else []
+        if flip:
             src, tgt, mask = src[..., ::-1], tgt[:, ::-1], mask[:, ::-1]
             extra = [e[:, ::-1] for e in extra]
         t = lambda x: torch.from_numpy(np.array(x, dtype=np.float32))  # noqa: E731 - copy off the memmap

@@ -23,7 +23,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gan_core.data.nifti import check_same_grid, load_volume, save_volume
 from gan_core.engine.checkpoint import load_model
 from gan_core.frameworks import GANFramework
 from gan_core.frameworks.base import generator_multiple
@@ -138,6 +137,8 @@ def translate_file(model: str | Path | GANFramework, input_path: str | Path, out
     """Translate one NIfTI input of the model's task to a NIfTI of its target, with the input's
     affine and header: CT targets as int16 HU, MR targets as float32 [0, 1]. The output may not
     be the input or the mask file (also through a symlink or another relative path)."""
+    from gan_core.data.nifti import check_same_grid, load_volume, save_volume  # nibabel: only here
+
     input_path, out_path = Path(input_path), Path(out_path)
     for role, p in (("input", input_path), ("mask", mask_path)):
         if p is not None and _same_file(out_path, Path(p)):

@@ -152,6 +152,59 @@ def linear_decay(steps_constant: int, steps_decay: int) -> Callable[[int], float
     return fn
 
 
+def per_sample_net(net: nn.Module) -> bool:
+    """True when ``net``'s output for one sample does not depend on the rest of the batch nor on
+    the RNG: no BatchNorm and no dropout layers. Two calls may then be batched into one."""
+    return not any(isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd))
+                   for m in net.modules())
+
+
+class ScheduledLR:
+    """``lr = base_lr * fn(step)`` on every param group of ``opt``: what ``LambdaLR`` computes,
+    without its check that ``optimizer.step()`` ran first (the loop steps the schedule every
+    iteration, also where a framework skipped an optimizer; that check only warned). Its
+    ``state_dict`` reads the ``last_epoch`` / ``base_lrs`` of a ``LambdaLR`` checkpoint too.
+
+    >>> opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    >>> s = ScheduledLR(opt, linear_decay(1, 3)); s.step(); s.step(); opt.param_groups[0]["lr"]
+    0.75
+    """
+
+    def __init__(self, opt: torch.optim.Optimizer, fn: Callable[[int], float]) -> None:
+        self.opt, self.fn = opt, fn
+        self.base_lrs = [g["lr"] for g in opt.param_groups]
+        self.last_epoch = 0
+        self._apply()
+
+    def _apply(self) -> None:
+        for g, base in zip(self.opt.param_groups, self.base_lrs):
+            g["lr"] = base * self.fn(self.last_epoch)
+
+    def step(self) -> None:
+        self.last_epoch += 1
+        self._apply()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"last_epoch": self.last_epoch, "base_lrs": list(self.base_lrs)}
+
+    def load_state_dict(self, sd: dict[str, Any]) -> None:
+        self.last_epoch = int(sd["last_epoch"])
+        self.base_lrs = [float(v) for v in sd.get("base_lrs", self.base_lrs)]
+        self._apply()
+
+
+#: ``compile_mode`` values (``torch.compile``'s modes; ``reduce-overhead`` uses CUDA graphs)
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def make_adam(params: list[nn.Parameter], device: torch.device, **kw: Any) -> torch.optim.Adam:
+    """Adam with the fastest kernel the device has: ``fused`` on CUDA, ``foreach`` elsewhere
+    (same update rule as the per-parameter loop, to rounding)."""
+    if device.type == "cuda":
+        return torch.optim.Adam(params, fused=True, **kw)
+    return torch.optim.Adam(params, foreach=True, **kw)
+
+
 class GANFramework:
     """Base class: builds nets (``build_networks``), Adam optimizers per group, schedulers.
 
@@ -186,23 +239,24 @@ class GANFramework:
         self.frozen: dict[str, Callable[..., Any]] = dict(self.nets)
         o = cfg.optim
         self.opts = {
-            group: torch.optim.Adam([p for n in names for p in self.nets[n].parameters()],
-                                    lr=o.lr, betas=(o.beta1, o.beta2))
+            group: make_adam([p for n in names for p in self.nets[n].parameters()], self.device,
+                             lr=o.lr, betas=(o.beta1, o.beta2))
             for group, names in self.optimizer_groups().items()
         }
-        self.scheds = {
-            group: torch.optim.lr_scheduler.LambdaLR(opt, linear_decay(o.steps_constant, o.steps_decay))
-            for group, opt in self.opts.items()
-        }
+        self.scheds = {group: ScheduledLR(opt, linear_decay(o.steps_constant, o.steps_decay))
+                       for group, opt in self.opts.items()}
         if cfg.amp == "bf16" or (cfg.amp == "auto" and self.device.type == "cuda"):
             self.amp_dtype: torch.dtype | None = torch.bfloat16
         elif cfg.amp in ("auto", "off"):
             self.amp_dtype = None
         else:
             raise ValueError(f"config field amp: expected auto | bf16 | off, got {cfg.amp!r}")
+        if cfg.compile_mode not in COMPILE_MODES:
+            raise ValueError(f"config field compile_mode: expected one of {' | '.join(COMPILE_MODES)}, "
+                             f"got {cfg.compile_mode!r}")
         if cfg.compile:
-            self.fwd = {k: torch.compile(v) for k, v in self.fwd.items()}
-            self.frozen = {k: torch.compile(v) for k, v in self.frozen.items()}
+            self.fwd = {k: self._compiled(v) for k, v in self.fwd.items()}
+            self.frozen = {k: self._compiled(v) for k, v in self.frozen.items()}
 
     # -- to be defined by subclasses ---------------------------------------------------------
     @classmethod
@@ -241,11 +295,24 @@ class GANFramework:
     def networks(self) -> dict[str, nn.Module]:
         return self.nets
 
+    def batch_keys(self) -> frozenset[str]:
+        """Batch entries ``train_step`` reads: ``A`` and ``B``, plus ``labels`` when a label loss
+        (``loss.shape``) is on. Only these are read from the shards and sent to the device."""
+        from gan_core.losses import optional_terms
+
+        keys = {"A", "B"}
+        if any(getattr(self.cfg.loss, k) > 0 for k in optional_terms("label")):
+            keys.add("labels")
+        return frozenset(keys)
+
+    def _compiled(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        return torch.compile(fn, mode=self.cfg.compile_mode)
+
     def wrap_networks(self, fn: Callable[[nn.Module], Any], names: list[str] | None = None) -> None:
         """Wrap trainable nets, e.g. with DDP (``ray.train.torch.prepare_model``)."""
         for k in names or list(self.nets):
             wrapped = fn(self.nets[k])
-            self.fwd[k] = torch.compile(wrapped) if self.cfg.compile else wrapped
+            self.fwd[k] = self._compiled(wrapped) if self.cfg.compile else wrapped
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.amp_dtype is None:

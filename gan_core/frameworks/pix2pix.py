@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gan_core.frameworks import register
-from gan_core.frameworks.base import GANFramework, GeneratorTerms, build_gen
+from gan_core.frameworks.base import GANFramework, GeneratorTerms, build_gen, per_sample_net
 from gan_core.losses.adversarial import GANLoss, gradient_penalty
 from gan_core.models import build_discriminator
 
@@ -49,6 +49,10 @@ class Pix2Pix(GANFramework):
         super().__init__(cfg, device)
         self.crit = GANLoss(cfg.gan_mode)
         self.extra_terms = GeneratorTerms(cfg.loss, self.device, cfg.model.feature_encoder)
+        #: D judges real and generated pairs in one batched pass when that changes nothing: no
+        #: batch statistics (BatchNorm) and no dropout in D (the published recipe's batch norm
+        #: keeps two passes). ``False`` forces the two passes.
+        self.batch_d = per_sample_net(self.nets["D"])
 
     def train_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         b = self.to_device(batch)
@@ -61,8 +65,11 @@ class Pix2Pix(GANFramework):
         self.set_requires_grad([self.nets["D"]], True)
         self.opts["D"].zero_grad(set_to_none=True)
         with self.autocast():
-            pred_fake = self.fwd["D"](torch.cat([real_A, fake_B.detach()], 1))
-            pred_real = self.fwd["D"](torch.cat([real_A, real_B], 1))
+            fake_AB, real_AB = torch.cat([real_A, fake_B.detach()], 1), torch.cat([real_A, real_B], 1)
+            if self.batch_d:  # one D pass over [fake; real]: per-sample D, the same values
+                pred_fake, pred_real = self.fwd["D"](torch.cat([fake_AB, real_AB.to(fake_AB.dtype)], 0)).chunk(2)
+            else:
+                pred_fake, pred_real = self.fwd["D"](fake_AB), self.fwd["D"](real_AB)
         loss_D_fake = self.crit(pred_fake, False)
         loss_D_real = self.crit(pred_real, True)
         loss_D = 0.5 * (loss_D_fake + loss_D_real)
