@@ -96,3 +96,14 @@ def test_3d_patches_train_and_translate_a_volume(tiny_shards, tmp_path):
     hu = translate_array(fw, mr, mask)
     assert hu.shape == mr.shape and np.isfinite(hu).all()
     assert (hu[mask == 0] == -1000).all() and hu[mask > 0].std() > 0
+
+
+def test_report_on_a_time_interval_checkpoints_and_end(tiny_shards, tmp_path):
+    cfg = apply_overrides(preset("tiny", "pix2pix"), {"log_every": 1, "checkpoint_every": 4,
+                                                      "log_every_s": 1e9, "data.num_workers": 2})
+    seen = []
+    train(cfg, tiny_shards, tmp_path / "r", progress=False,
+          report=lambda step, metrics, ck: seen.append((step, ck is not None, "G" in metrics)))
+    assert seen == [(4, True, True), (8, True, True)]        # interval never passed: ckpts + end
+    hist = [json.loads(line)["step"] for line in (tmp_path / "r" / "history.jsonl").read_text().splitlines()]
+    assert hist == list(range(1, 9))                           # losses still read every log step

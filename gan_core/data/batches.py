@@ -227,7 +227,7 @@ class SliceBatches:
             if k in _UINT8_KEYS:
                 t = torch.empty((n, h, w), dtype=torch.uint8, device=dev)
                 for z in range(0, n, chunk):
-                    t[z:z + chunk] = torch.from_numpy(np.asarray(arr[k][z:z + chunk], np.uint8)).to(dev)
+                    t[z:z + chunk] = torch.from_numpy(np.array(arr[k][z:z + chunk], np.uint8)).to(dev)
             elif k == "B" or self.identity:
                 name = self.task.target if k == "B" else self.task.source
                 t = torch.empty((n, h, w), dtype=torch.int16, device=dev)
