@@ -17,16 +17,17 @@ def _keys(n=12, seed=5, paired=False):
 
 
 @pytest.mark.parametrize("task_name", ["mr2ct", "kspace", "labels2ct", "synth"])
-@pytest.mark.parametrize("method", ["slices", "take"])
+@pytest.mark.parametrize("method", ["slices", "take", "host"])
 def test_batch_equals_stacked_samples(tiny_shards, task_name, method):
     cfg = preset("tiny", "pix2pix" if task_name != "synth" else "dcgan", task_name)
     task = build_task(cfg.task)
     kw = dict(image_size=24, flip=True, seed=3, min_body_fraction=0.05)
     ds = SliceDataset(tiny_shards / "train", task=task, **kw)
-    sb = SliceBatches(Shards(tiny_shards / "train"), task=task, keys={"A", "B", "mask", "labels"}, **kw)
+    sb = SliceBatches(Shards(tiny_shards / "train"), task=task, keys={"A", "B", "mask", "labels"},
+                      crop_on_host=method == "host", **kw)
     keys = _keys(paired=False)
     keys[:, 1:] %= len(ds)
-    got = sb.finish(sb.read(keys), method=method)
+    got = sb.finish(sb.read(keys), method="auto" if method == "host" else method)
     want = stack_samples([ds[tuple(k)] for k in keys.tolist()])
     assert set(got) == {"A", "B", "mask", "labels"}
     for k in got:
@@ -38,7 +39,8 @@ def test_batch_equals_stacked_samples(tiny_shards, task_name, method):
 
 def test_only_asked_arrays_cross_and_no_crop_path(tiny_shards):
     task = build_task(preset("tiny", "pix2pix").task)
-    sb = SliceBatches(Shards(tiny_shards / "train"), image_size=None, flip=False, seed=0, task=task)
+    sb = SliceBatches(Shards(tiny_shards / "train"), image_size=None, flip=False, seed=0, task=task,
+                      crop_on_host=False)
     hb = sb.read(_keys(4, paired=True))
     assert set(hb) == {"A", "B", "y", "x", "flip"}
     out = sb.finish(hb)
@@ -51,7 +53,7 @@ def test_only_asked_arrays_cross_and_no_crop_path(tiny_shards):
 def test_resident_equals_streamed_to_int16_rounding(tiny_shards):
     task = build_task(preset("tiny", "pix2pix").task)
     kw = dict(image_size=32, flip=True, seed=1, task=task, keys={"A", "B", "labels"})
-    streamed = SliceBatches(Shards(tiny_shards / "train"), **kw)
+    streamed = SliceBatches(Shards(tiny_shards / "train"), crop_on_host=False, **kw)
     resident = SliceBatches(Shards(tiny_shards / "train"), resident=True, **kw)
     assert resident.resident_bytes() == 32 * 40 * 40 * (2 + 2 + 1)
     keys = _keys(8)

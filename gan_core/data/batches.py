@@ -98,7 +98,8 @@ class SliceBatches:
 
     def __init__(self, shards: Shards, *, image_size: int | None, flip: bool, seed: int, task,
                  min_body_fraction: float = 0.0, keys: Iterable[str] = ("A", "B"),
-                 device: torch.device | str = "cpu", resident: bool = False) -> None:
+                 device: torch.device | str = "cpu", resident: bool = False,
+                 crop_on_host: bool | None = None) -> None:
         self.ds = SliceDataset(shards, image_size=image_size, flip=flip,
                                min_body_fraction=min_body_fraction, seed=seed, task=task)
         self.ds._check_size()
@@ -112,13 +113,18 @@ class SliceBatches:
         missing = [k for k in keys if k not in ("A", "B", *_UINT8_KEYS) or (k in _UINT8_KEYS and k not in arr)]
         if missing:
             raise ValueError(f"SliceBatches: {self.shards.dir} cannot provide batch keys {missing} "
-                             f"(has arrays {sorted(arr)}; batch keys are A, B, mask, labels)")
+                             f"(has arrays {sorted(arr)}; batch keys are A, B, mask, labels; labels "
+                             "are packed only when every subject has a labels.nii.gz, and loss.shape "
+                             "> 0 needs them)")
         self.channels = int(self.task.in_channels)
         self.identity = self.inputs.identity
         self.resident: dict[str, Tensor] | None = None
-        self._slices_dev: Tensor | None = None
         if resident:
             self._make_resident()
+        #: crop (and flip) while copying off the memory map, one copy of the crop only: what a
+        #: CPU "device" wants (default there); accelerators get whole slices and crop themselves
+        self.crop_on_host = (self.device.type == "cpu" if crop_on_host is None else crop_on_host) \
+            and self.resident is None
 
     def __len__(self) -> int:
         return len(self.ds)
@@ -127,7 +133,7 @@ class SliceBatches:
     def empty_slot(self, n: int) -> dict[str, Tensor]:
         """Host buffers for ``n`` samples (pinned when the device is CUDA), reused batch after batch."""
         pin = self.device.type == "cuda"
-        h, w = self.hw
+        h, w = self.size if self.crop_on_host else self.hw
         arr = self.shards.arrays
         slot = {"A": torch.empty((n, self.channels, h, w), dtype=torch.float32, pin_memory=pin),
                 "B": torch.empty((n, h, w), dtype=_torch_dtype(arr[self.task.target].dtype), pin_memory=pin)}
@@ -151,8 +157,14 @@ class SliceBatches:
         if self.resident is not None:
             hb.update(ia=torch.from_numpy(ia), ib=torch.from_numpy(ib))
             return hb
+        if self.crop_on_host and self.device.type == "cpu":
+            slot = None  # the batch IS these buffers on a CPU device: fresh ones, never reused
         slot = slot if slot is not None else self.empty_slot(n)
         arr = self.shards.arrays
+        if self.crop_on_host:
+            self._read_cropped(keys, ia, ib, y, x, fl, slot)
+            hb.update(slot, cropped=True)
+            return hb
         if self.channels == 0:
             pass
         elif self.identity:
@@ -169,6 +181,29 @@ class SliceBatches:
         hb.update(slot)
         return hb
 
+    def _read_cropped(self, keys: np.ndarray, ia: np.ndarray, ib: np.ndarray, y: np.ndarray,
+                      x: np.ndarray, fl: np.ndarray, slot: dict[str, Tensor]) -> None:
+        """Host crop: each sample's crop copied (flipped: a reversed view) into the slot."""
+        arr = {k: np.asarray(v) for k, v in self.shards.arrays.items()}  # plain views: no memmap
+        #                                                                 subclass per slice
+        sh, sw = self.size
+        srcs = [(k, arr[self.task.target] if k == "B" else arr[k], ib if k == "B" else ia)
+                for k in self.keys if k != "A"]
+        outs = {k: slot[k].numpy() for k in self.keys}
+        a_src = arr[self.task.source] if (self.identity and self.channels) else None
+        rngs = ([np.random.default_rng([self.seed, *k]) for k in keys.tolist()]
+                if self.task.per_sample else None)
+        for j, (i_a, yy, xx, ff) in enumerate(zip(ia.tolist(), y.tolist(), x.tolist(), fl.tolist())):
+            cols = slice(xx + sw - 1, xx - 1 if xx > 0 else None, -1) if ff else slice(xx, xx + sw)
+            rows = slice(yy, yy + sh)
+            if a_src is not None:
+                outs["A"][j, 0] = a_src[i_a, rows, cols]
+            elif self.channels:
+                a = self.inputs.slices(i_a, i_a + 1, rngs[j] if rngs else None)[:, 0]
+                outs["A"][j] = a[:, rows, cols]
+            for k, src, idx in srcs:
+                outs[k][j] = src[int(idx[j]), rows, cols]
+
     # -- device side ---------------------------------------------------------------------------
     def finish(self, hb: HostBatch, method: str = "auto") -> dict[str, Tensor]:
         """Move a host batch to the device, crop, flip and convert it: ``A`` ``(n, C, s, s)`` and
@@ -180,6 +215,11 @@ class SliceBatches:
         for k in self.keys:
             if k == "A" and self.channels == 0:
                 out["A"] = torch.zeros((n, 0, *self.size), device=dev)
+                continue
+            if hb.get("cropped"):
+                v = hb[k].to(dev, non_blocking=True)
+                v = v.unsqueeze(1) if v.dim() == 3 else v
+                out[k] = v.long() if k == "labels" else v.float()  # float32: the slot itself
                 continue
             if self.resident is not None:
                 src = self.resident[k]
