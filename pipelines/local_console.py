@@ -95,7 +95,7 @@ class StepConsole(io.TextIOBase):
 
     def flush(self) -> None:
         for f in (self._file, self._run_log):
-            if f is not None:
+            if f is not None and not f.closed:
                 f.flush()
 
     def close(self) -> None:
