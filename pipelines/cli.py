@@ -1,7 +1,7 @@
 """The one pipeline CLI: ``python -m pipelines <app> --compile OUT.yaml | --host URL | --local``.
 
     python -m pipelines --list
-    python -m pipelines cyclegan_mr_ct --compile cyclegan_mr_ct.yaml
+    python -m pipelines cyclegan_mr_ct --compile medgan_local/cyclegan_mr_ct.yaml
     python -m pipelines cyclegan_mr_ct --host https://kfp.example.org --experiment sct
     python -m pipelines kspace_recon --local --workdir medgan_kspace --param preset=tiny \\
         --param 'overrides={"task.acceleration": 8, "task.center_fraction": 0.04}'
@@ -75,6 +75,7 @@ def compile_app(name: str, out: str | Path, params: Mapping[str, Any] | None = N
     from kfp import compiler
 
     out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.stem}.{os.getpid()}.tmp{out.suffix}")
     try:
         compiler.Compiler().compile(build_app(name, params), package_path=str(tmp))

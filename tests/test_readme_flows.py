@@ -1,8 +1,9 @@
 """The README's command sequences, as written (relative paths), run as a user would: a fresh
 ``python -m gan_core.cli`` process per command, from a temporary working directory.
 
-Sizes are cut to seconds (``--preset tiny``, ``--steps 2``, a few small subjects); the paths and
-the order of the commands are the README's.
+The engine block is read from README.md itself; sizes are cut to seconds by appending options
+(``CUTS``: ``--preset tiny``, ``--steps 2``, a few small subjects); the paths and the order of
+the commands are the README's.
 """
 
 from __future__ import annotations
@@ -34,35 +35,61 @@ def _evaluated_all(eval_dir: Path, test_ids: list[str], stderr: str) -> None:
     assert "failed" not in stderr
 
 
-def test_quickstart_with_relative_paths(tmp_path: Path) -> None:
+#: What each README command gets appended to run in seconds (argparse: a later option wins).
+CUTS = {"phantom": ["--subjects", "5", "--shape", "40,40,16", "--spacing", "6,6,9"],
+        "train": ["--preset", "tiny", "--steps", "2", "--device", "cpu", "--quiet"],
+        "demo": ["--subjects", "4", "--steps", "2", "--device", "cpu"]}
+
+
+def readme_engine_commands() -> list[list[str]]:
+    """The ``.venv/bin/medgan`` lines of the README's "The engine alone" block, as written
+    (comments dropped), each as its argument list."""
+    import shlex
+
+    text = (REPO / "README.md").read_text()
+    block = text.split("## The engine alone", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
+    return [shlex.split(line.split("#", 1)[0])[1:] for line in block.splitlines()
+            if line.startswith(".venv/bin/medgan ")]
+
+
+def test_the_readme_engine_block_as_written(tmp_path: Path) -> None:
+    """Every command of the block, in order, from a fresh working directory: all outputs land
+    under the git-ignored ``medgan_local/``, and the translated MR is a held-out test subject."""
     cwd = tmp_path / "work"
     cwd.mkdir()
-    medgan(cwd, "phantom", "--out", "cohort", "--subjects", "5", "--seed", "0",
-           "--shape", "40,40,16", "--spacing", "6,6,9")
-    packed = json.loads(medgan(cwd, "pack", "--cohort", "cohort", "--out", "shards").stdout)
-    assert packed == {"train": 3, "val": 1, "test": 1}
+    commands = readme_engine_commands()
+    assert [c[0] for c in commands] == ["phantom", "pack", "train", "evaluate", "translate", "demo"]
+    for args in commands:
+        proc = medgan(cwd, *args, *CUTS.get(args[0], []), timeout=600)
+        if args[0] == "evaluate":
+            out = Path(cwd / args[args.index("--out") + 1])
+            test_ids = json.loads((cwd / "medgan_local/shards/splits.json").read_text())["test"]
+            _evaluated_all(out, test_ids, proc.stderr)
+            assert list((out / "figures").glob("*.png"))
+        if args[0] == "translate":
+            src, dst = (cwd / args[args.index(k) + 1] for k in ("--input", "--output"))
+            assert src.parent.name in test_ids, f"{src} is not a held-out test subject {test_ids}"
+            assert nib.load(dst).shape == nib.load(src).shape
+        if args[0] == "demo":
+            engine = cwd / "medgan_local/engine"  # `medgan demo`'s default workdir
+            _evaluated_all(engine / "eval", json.loads(
+                (engine / "shards/splits.json").read_text())["test"], proc.stderr)
+            assert (engine / "sct_pix2pix.nii.gz").is_file() and "demo wall time" in proc.stdout
+    assert [p.name for p in cwd.iterdir()] == ["medgan_local"]  # nothing else in the checkout
+    assert "medgan_local/" in (REPO / ".gitignore").read_text().splitlines()
+
+
+def test_relative_paths_from_another_folder(tmp_path: Path) -> None:
+    """The same pack evaluated from another folder, through relative paths."""
+    cwd = tmp_path / "work"
+    cwd.mkdir()
+    medgan(cwd, "phantom", "--out", "cohort", *CUTS["phantom"], "--seed", "0")
+    medgan(cwd, "pack", "--cohort", "cohort", "--out", "shards")
+    medgan(cwd, "train", "--framework", "pix2pix", "--data", "shards", "--out", "runs/pix2pix",
+           *CUTS["train"])
     test_ids = json.loads((cwd / "shards/splits.json").read_text())["test"]
-    medgan(cwd, "train", "--framework", "pix2pix", "--preset", "tiny", "--steps", "2",
-           "--data", "shards", "--out", "runs/pix2pix", "--device", "cpu", "--quiet")
-    assert (cwd / "runs/pix2pix/model.pt").is_file()
-    ev = medgan(cwd, "evaluate", "--model", "runs/pix2pix", "--data", "shards", "--out", "eval")
-    _evaluated_all(cwd / "eval", test_ids, ev.stderr)
-    medgan(cwd, "translate", "--model", "runs/pix2pix", "--input", "cohort/phantom_000/mr.nii.gz",
-           "--output", "sct.nii.gz")
-    assert nib.load(cwd / "sct.nii.gz").shape == nib.load(cwd / "cohort/phantom_000/mr.nii.gz").shape
-    # the same pack evaluated from another folder, still through relative paths
     other = tmp_path / "other"
     other.mkdir()
     ev = medgan(other, "evaluate", "--model", "../work/runs/pix2pix", "--data", "../work/shards",
                 "--out", "eval", "--no-baseline")
     _evaluated_all(other / "eval", test_ids, ev.stderr)
-
-
-def test_demo_with_a_relative_workdir(tmp_path: Path) -> None:
-    proc = medgan(tmp_path, "demo", "--workdir", "demo_out", "--subjects", "4", "--steps", "2",
-                  "--device", "cpu", timeout=600)
-    out = tmp_path / "demo_out"
-    assert (out / "sct_pix2pix.nii.gz").is_file() and (out / "eval/metrics.json").is_file()
-    test_ids = json.loads((out / "shards/splits.json").read_text())["test"]
-    _evaluated_all(out / "eval", test_ids, proc.stderr)
-    assert "demo wall time" in proc.stdout
