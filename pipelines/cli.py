@@ -136,6 +136,9 @@ def _run_here(pipeline: Any, workdir: str, params: dict[str, Any], *, verbose: b
         with quiet_console(log_dir) as con:
             res = run_local(pipeline, workdir, **params)
     except RuntimeError as exc:  # kfp.local: a task finished with status FAILURE
+        failed = [r for r in con.results if r.status != "SUCCESS"]
+        for line in con.log_tail(failed[-1]) if failed else []:
+            print(f"    {line}", file=sys.stderr)
         reason = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
         print(f"pipeline failed: {reason}; logs: {log_dir}", file=sys.stderr)
         return 1

@@ -14,7 +14,9 @@ its wall time and what it produced (read from the step's ``manifest.json``)::
     evaluate     25s  test MAE 128.7 HU (baseline 190.9), SSIM 0.80 (0.68); audit failed; 2 figures
     register      3s  medgan-sct version 1, promoted to champion
 
-A failed task prints its status and the last lines of its log. Everything is restored on exit.
+A failed task prints its status and its last error line (kfp.local may retry it); the caller
+prints the end of its log (:meth:`StepConsole.log_tail`) when the run fails. Everything is
+restored on exit.
 
 >>> import io
 >>> out, logs = io.StringIO(), Path(tempfile.mkdtemp())
@@ -147,11 +149,19 @@ class StepConsole(io.TextIOBase):
         self.results.append(cur)
         if cur.status == "SUCCESS":
             self.console.write(f"{cur.step:<11}{cur.seconds:5.0f}s  {step_summary(cur)}\n")
-        else:
-            tail = cur.log.read_text(encoding="utf-8").splitlines()[-FAILED_TAIL:] if cur.log else []
-            self.console.write(f"{cur.step:<11}{cur.seconds:5.0f}s  {cur.status}; log: {cur.log}\n"
-                               + "".join(f"    {t}\n" for t in tail))
+        else:  # kfp.local retries a task that has retries left: one line now, the tail at the end
+            reason = next((t.strip() for t in reversed(self.log_tail(cur, FAILED_TAIL))
+                           if t.strip() and "finished with status" not in t and not _RULE.match(t)), "")
+            self.console.write(f"{cur.step:<11}{cur.seconds:5.0f}s  {cur.status}: {reason[:160]}; "
+                               f"log: {cur.log}\n")
         self.console.flush()
+
+    @staticmethod
+    def log_tail(res: StepResult, n: int = FAILED_TAIL) -> list[str]:
+        """The last ``n`` lines of a task's log file."""
+        if res.log is None or not res.log.is_file():
+            return []
+        return res.log.read_text(encoding="utf-8").splitlines()[-n:]
 
 
 # --------------------------------------------------------------------------- what a step did

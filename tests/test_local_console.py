@@ -72,9 +72,10 @@ def test_a_failed_step_shows_its_status_and_log_tail(
             toy_failing()
     text = capsys.readouterr().out
     assert [r.status for r in con.results] == ["SUCCESS", "FAILURE"]
-    assert "failing    " in text and "FAILURE" in text
-    assert "the toy step failed on purpose" in text  # the tail of its log
-    assert str(con.results[1].log) in text
+    (line,) = [t for t in text.splitlines() if t.startswith("failing")]
+    assert "FAILURE: ValueError: the toy step failed on purpose" in line  # its last error line
+    assert str(con.results[1].log) in line
+    assert any("raise ValueError" in t for t in con.log_tail(con.results[1]))  # for the caller
 
 
 def test_the_summary_names_model_metrics_figures_and_a_working_mlflow_command(tmp_path: Path) -> None:
