@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 DEMO_DIR ?= medgan_local
 
-.PHONY: demo engine-demo test install bench clean
+.PHONY: demo engine-demo test install bench bench-e2e clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -34,6 +34,10 @@ test: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) bench/train_throughput.py
+
+# The end-to-end learning check at the demo's size (minutes; the test suite runs a smaller one).
+bench-e2e: $(VENV)/.installed
+	$(PY) bench/e2e_learning.py --workdir $(DEMO_DIR)/bench_e2e
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache

@@ -324,7 +324,8 @@ def run_preprocess(input_uri: str, output_uri: str, **params: Any) -> dict[str, 
                     "registration_accepted": len(reg_ok),
                     "registration_rejected": sum(not r["registration"]["accepted"]
                                                  for r in records),
-                    "computed_masks": sum(r["mask_source"] != "ingest" for r in records)}))
+                    "computed_masks": sum(r["mask_source"] != "ingest" for r in records),
+                    "outside_fov_voxels": sum(r["outside_fov_voxels"] for r in records)}))
         write_manifest(out, manifest)
     log.info("preprocess %s -> %s: %s", p.input_uri, p.output_uri, manifest["counts"])
     return manifest

@@ -40,8 +40,8 @@ from components.step import StepInputError
 from gan_core.data.masks import body_mask
 from gan_core.data.nifti import NiftiError, load_volume, save_volume
 from gan_core.data.normalize import CT_MAX, CT_MIN
-from gan_core.data.register import (RegistrationError, nifti_affine, register_mr_to_ct, resample,
-                                    sitk_image, target_grid, to_xyz)
+from gan_core.data.register import (RegistrationError, field_of_view, nifti_affine,
+                                    register_mr_to_ct, resample, sitk_image, target_grid, to_xyz)
 
 __all__ = ["HU_CLIP", "MASK_THRESHOLD_HU", "DTYPES", "LABEL_FILES", "read_image",
            "preprocess_subject", "ingest_files", "preprocess_remote_subject"]
@@ -75,8 +75,10 @@ def preprocess_subject(sid: str, files: dict[str, Path], out_dir: Path, *,
     """Resample, register, mask and clip one subject; write its NIfTI files into ``out_dir``.
 
     ``files`` maps ``mr``, ``ct`` (required) and ``mask``, ``lesion``, ``labels`` (optional) to
-    local paths. Returns ``{id, shape, spacing, affine, mask_source, registration, written}``
-    where ``written`` maps each key to the file written.
+    local paths. Returns ``{id, shape, spacing, affine, mask_source, outside_fov_voxels,
+    registration, written}`` where ``written`` maps each key to the file written and
+    ``outside_fov_voxels`` counts the body voxels the registered MR does not cover
+    (:func:`~gan_core.data.register.field_of_view`), removed from the written mask.
 
     >>> rec = preprocess_subject("s0", {"mr": mr, "ct": ct}, Path("out/s0"))   # doctest: +SKIP
     """
@@ -96,8 +98,11 @@ def preprocess_subject(sid: str, files: dict[str, Path], out_dir: Path, *,
     else:
         arrays["mask"] = body_mask(arrays["ct"], threshold=MASK_THRESHOLD_HU) > 0
         mask_source = f"computed: CT > {MASK_THRESHOLD_HU:g} HU, largest component, holes filled"
+    outside_fov = arrays["mask"] & ~field_of_view(mr0, ref, transform)
+    arrays["mask"] &= ~outside_fov  # no MR data there: neither trained on nor scored
     if not arrays["mask"].any():
-        raise StepInputError(f"{sid}: the body mask is empty after resampling ({mask_source})")
+        raise StepInputError(f"{sid}: the body mask is empty after resampling ({mask_source}) "
+                             "and removing the voxels outside the MR's field of view")
     for key in LABEL_FILES:
         if key in files:
             arrays[key] = np.rint(to_xyz(resample(read_image(files[key], f"{sid} {key}"), ref,
@@ -107,7 +112,8 @@ def preprocess_subject(sid: str, files: dict[str, Path], out_dir: Path, *,
                                 dtype=DTYPES[key]) for key, arr in arrays.items()}
     return {"id": sid, "shape": list(arrays["ct"].shape),
             "spacing": [float(s) for s in ref.GetSpacing()], "affine": affine.tolist(),
-            "mask_source": mask_source, "registration": reg, "written": written}
+            "mask_source": mask_source, "outside_fov_voxels": int(outside_fov.sum()),
+            "registration": reg, "written": written}
 
 
 def ingest_files(root: Path, rec: dict[str, Any]) -> dict[str, Path]:

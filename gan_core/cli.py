@@ -1,13 +1,17 @@
 """``medgan`` command line: phantom, pack, train, evaluate, translate, demo.
 
-    medgan phantom --out cohort --subjects 12 --seed 0
-    medgan pack --cohort cohort --out shards
-    medgan train --framework pix2pix --preset demo --data shards --out runs/pix2pix
-    medgan train --framework pix2pix --task kspace --set task.acceleration=8 --data shards --out runs/k8
-    medgan evaluate --model runs/pix2pix --data shards --out eval/
-    medgan translate --model runs/pix2pix --input cohort/phantom_000/mr.nii.gz --output sct.nii.gz
-    medgan translate --model runs/k8 --input cohort/phantom_000/mr.nii.gz --output recon.nii.gz
-    medgan demo --workdir demo_out
+Everything below writes under ``medgan_local/`` (git-ignored); ``phantom_001`` is a test subject
+of the seed-0 split (``medgan_local/shards/splits.json``), never seen in training:
+
+    medgan phantom --out medgan_local/cohort --subjects 12 --seed 0
+    medgan pack --cohort medgan_local/cohort --out medgan_local/shards
+    medgan train --framework pix2pix --preset demo --data medgan_local/shards --out medgan_local/runs/pix2pix
+    medgan train --framework pix2pix --task kspace --set task.acceleration=8 \
+        --data medgan_local/shards --out medgan_local/runs/k8
+    medgan evaluate --model medgan_local/runs/pix2pix --data medgan_local/shards --out medgan_local/eval
+    medgan translate --model medgan_local/runs/pix2pix --input medgan_local/cohort/phantom_001/mr.nii.gz \
+        --output medgan_local/sct.nii.gz
+    medgan demo                      # all of it, into medgan_local/engine
 """
 
 from __future__ import annotations
@@ -210,7 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_translate)
 
     sp = sub.add_parser("demo", help="the whole CPU demo: phantom, train pix2pix + CycleGAN, evaluate")
-    sp.add_argument("--workdir", default="demo_out")
+    sp.add_argument("--workdir", default="medgan_local/engine",
+                    help="where everything is written (default: medgan_local/engine, git-ignored)")
     sp.add_argument("--subjects", type=int, default=14)
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--steps", type=int, help="override the demo preset's iterations")

@@ -2,7 +2,7 @@
 
 The documented entry point, the same as ``python -m pipelines cyclegan_mr_ct ...``:
 
-    python pipelines/cyclegan_mr_ct.py --compile cyclegan_mr_ct.yaml
+    python pipelines/cyclegan_mr_ct.py --compile medgan_local/cyclegan_mr_ct.yaml
     python pipelines/cyclegan_mr_ct.py --host https://kfp.example.org --experiment sct
     python pipelines/cyclegan_mr_ct.py --local --workdir medgan_local
 

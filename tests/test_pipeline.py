@@ -10,7 +10,7 @@ from kfp import components
 
 from pipelines import ops as pipelines_ops, runtime
 from pipelines.apps import build_app
-from pipelines.builder import run_local
+from pipelines.cli import main as cli_main
 
 pipeline = build_app("cyclegan_mr_ct", gpus=1)
 
@@ -113,15 +113,29 @@ def test_ray_args_for_train_and_tune():
         "--set", "task.acceleration=8", "--set", 'model.norm="instance"']
 
 
-def test_local_run_end_to_end(tmp_path, monkeypatch):
+def test_local_run_end_to_end(tmp_path, monkeypatch, capsys):
+    """``python -m pipelines cyclegan_mr_ct --local``, as ``make demo`` runs it: quiet (one line
+    per step, no error-level line), a summary whose paths exist, then the DAG's real outputs."""
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("MEDGAN_GIT_COMMIT", "0123abcd" * 5)  # as the image sets it
-    res = run_local(pipeline, tmp_path, subjects=6, preset="tiny", framework="pix2pix",
-                    require_audit=False)
-    out = json.loads(res["output"])
-    assert out["model_name"] == "medgan-sct" and out["version"] == "1" and out["promoted"] is True
+    assert cli_main(["cyclegan_mr_ct", "--local", "--workdir", str(tmp_path), "--param", "subjects=6",
+                     "--param", "preset=tiny", "--param", "framework=pix2pix",
+                     "--param", "require_audit=false"]) == 0
+    printed = capsys.readouterr()
+    lines = printed.out.splitlines()
+    steps = [line.split()[0] for line in lines[1:6]]
+    assert steps == ["ingest", "preprocess", "train", "evaluate", "register"], printed.out
+    assert "ERROR" not in printed.out + printed.err and "executor_input" not in printed.out
+    summary = dict(line.strip().split(":", 1) for line in lines[6:] if ":" in line)
+    for key in ("model", "metrics", "figures", "logs"):
+        assert Path(summary[key].strip()).exists(), (key, summary[key])
+    assert "medgan-sct version 1, promoted to champion" in summary["registry"]
+    assert summary["browse"].split()[1:] == ["ui", "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
+    logs = sorted(p.name for p in Path(summary["logs"].strip()).glob("0[1-9]-*.log"))
+    assert logs == ["01-ingest.log", "02-preprocess.log", "03-train.log", "04-evaluate.log", "05-register.log"]
+    res = {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}
     runs = tmp_path / "runs"
     (job,) = [p for p in runs.iterdir() if p.is_dir() and p.name not in ("ingest", "preprocess")]
     for step in ("ingest", "preprocess"):  # content-keyed folders, shared by runs with these inputs

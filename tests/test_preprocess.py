@@ -160,11 +160,17 @@ def test_outputs_on_the_ct_grid_with_ingest_masks(raw: Path, rigid: tuple[Path, 
         hu = np.asarray(ct.dataobj)
         assert hu.min() >= -1024 and hu.max() <= 3000
         assert np.array_equal(hu, np.clip(src.array, -1024, 3000))  # same grid: values kept
-        for key in ("mask", "lesion", "labels"):
+        for key in ("lesion", "labels"):
             assert np.array_equal(load_volume(out / rec["files"][key]).array,
                                   load_volume(raw / f"subjects/{sid}/{key}.nii.gz").array)
+        # the ingest mask, less the body voxels the registered MR does not cover (counted)
+        mask = load_volume(out / rec["files"]["mask"]).array > 0
+        ingest = load_volume(raw / f"subjects/{sid}/mask.nii.gz").array > 0
+        assert not (mask & ~ingest).any()
+        assert (ingest & ~mask).sum() == rec["outside_fov_voxels"]
         assert rec["mask_source"] == "ingest"
     assert m["counts"]["computed_masks"] == 0
+    assert m["counts"]["outside_fov_voxels"] == sum(r["outside_fov_voxels"] for r in m["subjects"])
 
 
 def test_resampling_to_a_new_spacing(raw: Path, rigid: tuple[Path, dict]) -> None:

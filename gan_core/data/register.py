@@ -18,6 +18,12 @@ kept, ``accepted: false`` and a ``flag``). ``transform.matrix_ras`` maps a CT wo
 mm) to the MR world point showing the same anatomy. MR and CT whose fields of view do not
 overlap raise :class:`RegistrationError` with both extents (not ITK's raw exception).
 
+Field of view. Resampling the registered MR onto the CT grid leaves the grid voxels that map
+outside the MR's voxel box without MR data (filled with the resample default, e.g. a diagonal
+wedge after a rotation). :func:`field_of_view` marks the voxels that DO map inside it; the
+preprocess step removes the others from the body mask, so they are neither trained on nor
+scored, and counts them.
+
 Example:
     >>> ct = sitk_image(np.zeros((8, 8, 4)), np.diag([2.0, 2.0, 3.0, 1.0]))
     >>> ref = target_grid(ct, (4.0, 4.0, 6.0))
@@ -38,7 +44,7 @@ import SimpleITK as sitk
 __all__ = [
     "REGISTER_MODES", "RegistrationError", "registration_settings", "nifti_affine", "to_xyz",
     "sitk_image", "target_grid", "resample", "mattes_metric", "register_mr_to_ct",
-    "transform_matrix_ras", "world_extent",
+    "transform_matrix_ras", "world_extent", "field_of_view",
 ]
 
 REGISTER_MODES = ("none", "rigid", "affine")
@@ -164,6 +170,24 @@ def resample(img: sitk.Image, ref: sitk.Image, *, transform: sitk.Transform | No
     return sitk.Resample(img, ref, transform or sitk.Euler3DTransform(),
                          sitk.sitkNearestNeighbor if label else sitk.sitkLinear, float(default),
                          sitk.sitkFloat32)
+
+
+def field_of_view(moving: sitk.Image, ref: sitk.Image,
+                  transform: sitk.Transform | None = None) -> np.ndarray:
+    """Boolean ``(X, Y, Z)`` array on ``ref``'s grid: True where a voxel, mapped by ``transform``
+    (ref point -> moving point, as in :func:`resample`), falls inside ``moving``'s voxel box —
+    exactly the voxels :func:`resample` fills from ``moving`` rather than with its default.
+
+    >>> mr = sitk_image(np.ones((4, 4, 2)), np.diag([2.0, 2.0, 3.0, 1.0]))
+    >>> shift = sitk.TranslationTransform(3, (4.0, 0.0, 0.0))  # 2 voxels along LPS x
+    >>> int((~field_of_view(mr, mr, shift)).sum())            # 2 columns x 4 rows x 2 slices
+    16
+    """
+    ones = sitk.Image(moving.GetSize(), sitk.sitkUInt8) + 1
+    ones.CopyInformation(moving)
+    inside = sitk.Resample(ones, ref, transform or sitk.Euler3DTransform(),
+                           sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    return to_xyz(inside) > 0
 
 
 def sitk_image(array: np.ndarray, affine: np.ndarray) -> sitk.Image:

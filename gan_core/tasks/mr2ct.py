@@ -95,13 +95,13 @@ class MRToCT(Task):
         return s
 
     def figure_panels(self, image, slab, preds, z) -> list:
-        """MR | CT | per method: synthetic CT and its |error| inside the body, in HU."""
-        body = np.asarray(slab["mask"][z]) > 0
-        ct = unit_to_ct(np.asarray(slab[self.target][z], np.float32))
-        win = dict(cmap="gray", vmin=-1000, vmax=1500)
-        panels = [("MR", np.asarray(slab[self.source][z]), dict(cmap="gray")), ("CT", ct, win)]
-        for name, p in preds.items():
-            hu = np.where(body, unit_to_ct(np.asarray(p[z], np.float32)), -1000.0)
-            panels += [(f"{name} sCT", hu, win),
-                       (f"{name} |err|", np.abs(hu - ct) * body, dict(cmap="inferno", vmin=0, vmax=500))]
-        return panels
+        """MR | CT | per method: synthetic CT and its |error|, in HU (:func:`hu_panels`): HU
+        window and colour bars, the slice's MAE, the lesion outlined, unscored voxels masked."""
+        from gan_core.eval.report import hu_panels
+
+        lesion = slab.get("lesion")
+        return hu_panels(np.asarray(slab[self.source][z]),
+                         unit_to_ct(np.asarray(slab[self.target][z], np.float32)),
+                         {name: unit_to_ct(np.asarray(p[z], np.float32)) for name, p in preds.items()},
+                         np.asarray(slab["mask"][z]) > 0,
+                         None if lesion is None else np.asarray(lesion[z]) > 0, z=z)
