@@ -360,7 +360,8 @@ def _stage_code(folder: Path) -> list[str]:
 
     src_core = Path(gan_core.__file__).parent
     dst_core = folder / "gan_core"
-    shutil.copytree(src_core, dst_core, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    # the viewer report's assets (the NiiVue bundle) are not needed to serve
+    shutil.copytree(src_core, dst_core, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "viewer_assets"))
     comp = folder / SERVING_PACKAGE
     comp.mkdir()
     (comp / "__init__.py").write_text('"""medgan\'s MLflow pyfunc model, as logged with a model."""\n')
