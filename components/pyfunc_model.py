@@ -238,12 +238,12 @@ class SyntheticCTModel(mlflow.pyfunc.PythonModel):
             model_input = pd.DataFrame([model_input] if all(np.isscalar(v) for v in model_input.values())
                                        else model_input)
         if not isinstance(model_input, pd.DataFrame):
-            raise ServingInputError("medgan pyfunc: expected a DataFrame with a 'path' column (NIfTI MR files) "
-                            f"or a 3D numpy array, got {type(model_input).__name__}")
+            raise ServingInputError("medgan pyfunc: expected a DataFrame with a 'path' column (NIfTI MR "
+                                    f"files) or a 3D numpy array, got {type(model_input).__name__}")
         if "path" not in model_input.columns and "mr_nifti_b64" not in model_input.columns:
             raise ServingInputError("medgan pyfunc: the input DataFrame has no 'path' column "
-                             f"(columns: {list(model_input.columns)}); expected NIfTI MR file paths "
-                             "(or 'mr_nifti_b64': base64 NIfTI bytes)")
+                                    f"(columns: {list(model_input.columns)}); expected NIfTI MR file "
+                                    "paths (or 'mr_nifti_b64': base64 NIfTI bytes)")
         return self._predict_files(model_input, str(params.get("output_dir") or ""), batch_size)
 
     def _predict_files(self, df: pd.DataFrame, output_dir: str, batch_size: int) -> pd.DataFrame:
@@ -254,16 +254,16 @@ class SyntheticCTModel(mlflow.pyfunc.PythonModel):
         for i, (_, row) in enumerate(df.iterrows()):
             src, b64 = _cell(row, "path"), _cell(row, "mr_nifti_b64")
             if (src is None) == (b64 is None):
-                raise ServingInputError(f"medgan pyfunc: row {i} needs exactly one of 'path' (a NIfTI MR "
-                                 "file) or 'mr_nifti_b64' (base64 NIfTI bytes)"
-                                 + (", got both" if src else ", got neither"))
+                raise ServingInputError(f"medgan pyfunc: row {i} needs exactly one of 'path' (a NIfTI "
+                                        "MR file) or 'mr_nifti_b64' (base64 NIfTI bytes)"
+                                        + (", got both" if src else ", got neither"))
             dst = _cell(row, "output_path")
             if dst is None and src is not None:
                 dst = str(output_path_for(src, output_dir or None))
             if dst is not None:
                 if dst in targets:
-                    raise ServingInputError(f"medgan pyfunc: rows {targets[dst]} and {i} would both write "
-                                     f"{dst}; give an 'output_path' column")
+                    raise ServingInputError(f"medgan pyfunc: rows {targets[dst]} and {i} would both "
+                                            f"write {dst}; give an 'output_path' column")
                 targets[dst] = str(i)
             plan.append((i, src, b64, _cell(row, "mask_path"), dst))
         for i, src, b64, mask_src, dst in plan:

@@ -52,18 +52,17 @@ def chromium() -> str:
 
 @pytest.fixture(scope="module")
 def report(tiny_shards: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real evaluation (tiny pix2pix, a few steps) of the cohort's train split: its report.html."""
-    from gan_core.engine import load_model, train
-    from gan_core.eval.evaluate import evaluate
+    """``medgan evaluate`` of a tiny pix2pix (a few real steps) on the cohort's train split
+    (its subjects): the report.html it writes."""
+    from gan_core.cli import main
+    from gan_core.engine import train
     from gan_core.presets import apply_overrides, preset
-    from gan_core.tasks import build_task
 
     root = tmp_path_factory.mktemp("viewer")
     cfg = apply_overrides(preset("tiny", "pix2pix"), {"optim.steps_constant": 2, "optim.steps_decay": 1})
     train(cfg, tiny_shards, root / "train", progress=False)
-    fw = load_model(root / "train" / "model.pt", "cpu")
-    evaluate({"pix2pix": fw}, build_task(fw.cfg.task), tiny_shards / "train", root / "eval",
-             train_shards=tiny_shards / "train", figures=3)
+    assert main(["evaluate", "--model", f"pix2pix={root / 'train' / 'model.pt'}", "--data", str(tiny_shards),
+                 "--split", "train", "--out", str(root / "eval"), "--figures", "3"]) == 0
     return root / "eval" / "report.html"
 
 

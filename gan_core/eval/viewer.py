@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from gan_core.tasks import Task
 
 __all__ = ["VIEWER_FILE", "NIIVUE_VERSION", "WINDOW_PRESETS", "AUDIT_CLASSES", "SubjectView",
-           "subject_view", "write_viewer", "nifti_b64"]
+           "subject_view", "write_viewer", "nifti_b64", "quantize"]
 
 #: The report's file name in an evaluation folder.
 VIEWER_FILE = "report.html"
@@ -75,9 +75,10 @@ class SubjectView:
     shape: tuple[int, int, int] = (0, 0, 0)
 
 
-def nifti_b64(array: np.ndarray, affine: np.ndarray) -> str:
-    """A 3D array as a gzip int16 NIfTI-1, base64 (integer-valued arrays that fit are stored
-    as they are; others are scaled by the header's ``scl_slope``/``scl_inter``).
+def nifti_b64(array: np.ndarray, affine: np.ndarray, *, slope: float = 1.0, inter: float = 0.0) -> str:
+    """A 3D array as a gzip NIfTI-1, base64: a uint8 array as uint8 with ``slope``/``inter`` in
+    the header (see :func:`quantize`), else int16 (integer-valued arrays that fit are stored as
+    they are; others are scaled by the header's ``scl_slope``/``scl_inter``).
 
     >>> import nibabel as nib
     >>> s = nifti_b64(np.arange(8, dtype=np.float32).reshape(2, 2, 2) * 0.5, np.eye(4))
@@ -93,14 +94,34 @@ def nifti_b64(array: np.ndarray, affine: np.ndarray) -> str:
     if not np.all(np.isfinite(arr)):
         raise ValueError("nifti_b64: the array holds NaN/Inf values")
     fits = arr.size == 0 or (arr.min() >= -32768 and arr.max() <= 32767)
-    if fits and np.array_equal(arr, np.round(arr)):
+    if arr.dtype == np.uint8:
+        img = nib.Nifti1Image(arr, np.asarray(affine, np.float64))
+        img.header.set_slope_inter(float(slope), float(inter))
+    elif fits and np.array_equal(arr, np.round(arr)):
         img = nib.Nifti1Image(arr.astype(np.int16), np.asarray(affine, np.float64))
         img.header.set_slope_inter(1.0, 0.0)
     else:  # nibabel picks the slope/intercept that maps the float range onto int16
         img = nib.Nifti1Image(arr.astype(np.float32), np.asarray(affine, np.float64))
         img.set_data_dtype(np.int16)
     img.header.set_xyzt_units("mm", "sec")
-    return base64.b64encode(gzip.compress(img.to_bytes(), compresslevel=6, mtime=0)).decode("ascii")
+    return base64.b64encode(gzip.compress(img.to_bytes(), compresslevel=9, mtime=0)).decode("ascii")
+
+
+def quantize(array: np.ndarray, lo: float, hi: float) -> tuple[np.ndarray, float, float]:
+    """``array`` clipped to ``[lo, hi]`` on 256 levels: ``(uint8 array, slope, inter)``, value =
+    ``slope * q + inter`` (display-only volumes: the MR, the |error|; a quarter of int16's
+    size after gzip).
+
+    >>> q, slope, inter = quantize(np.array([0.0, 5.0, 10.0, 99.0]), 0.0, 10.0)
+    >>> q.tolist(), round(slope * 255 + inter, 6)
+    ([0, 128, 255, 255], 10.0)
+    """
+    lo, hi = float(lo), float(hi)
+    if not hi > lo:
+        hi = lo + 1.0
+    slope = (hi - lo) / 255.0
+    q = np.clip(np.round((np.asarray(array, np.float32) - lo) / slope), 0, 255).astype(np.uint8)
+    return q, slope, lo
 
 
 def _volume(slab_array: np.ndarray) -> np.ndarray:
@@ -148,9 +169,10 @@ def subject_view(task: "Task", subject: str, image: np.ndarray, slab: dict[str, 
     pred = task.to_target_units(np.asarray(preds[method], np.float32), mask)
     error = np.where(mask, np.abs(pred - target), 0.0)
     as_int = task.target_unit == "HU"
-    vols = {"input": shown, "prediction": np.round(pred) if as_int else pred,
-            "target": np.round(target) if as_int else target,
-            "error": np.round(error) if as_int else error}
+    inside = shown[mask] if mask.any() else shown
+    display = {"input": quantize(shown, *np.percentile(inside, [0.5, 99.5])),
+               "error": quantize(error, 0.0, 2 * (ERROR_MAX_HU if as_int else ERROR_MAX_UNIT))}
+    vols = {"prediction": np.round(pred) if as_int else pred, "target": np.round(target) if as_int else target}
     overlays: dict[str, np.ndarray] = {}
     lesion = slab.get("lesion")
     if lesion is not None and np.any(lesion):
@@ -161,7 +183,8 @@ def subject_view(task: "Task", subject: str, image: np.ndarray, slab: dict[str, 
         overlays["audit"] = labels
     return SubjectView(
         subject=subject,
-        volumes={k: nifti_b64(_volume(v), affine) for k, v in vols.items()},
+        volumes={**{k: nifti_b64(_volume(q), affine, slope=sl, inter=it) for k, (q, sl, it) in display.items()},
+                 **{k: nifti_b64(_volume(v), affine) for k, v in vols.items()}},
         overlays={k: nifti_b64(_volume(v), affine) for k, v in overlays.items()},
         row=finite(row), shape=tuple(int(n) for n in _volume(mask).shape))  # type: ignore[arg-type]
 
