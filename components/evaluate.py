@@ -16,6 +16,8 @@ Output (published atomically through ``components.step.staged``)::
     <out>/metrics.json    per subject + aggregate per method (gan_core.eval.evaluate report)
     <out>/results.txt     the results table (mean ± sd; the audit verdict where the task audits)
     <out>/figures/*.png   the task's figure panels for the first ``figures`` subjects
+    <out>/report.html     the 3-D viewer report of those subjects (gan_core.eval.viewer: one
+                          self-contained page, no network needed to view it)
     <out>/manifest.json   step "evaluate": aggregate metrics, audit summary, audit_passed, and
                           ``summary``: the flat numeric metrics also logged to MLflow
 
@@ -25,8 +27,8 @@ before the task's post-processing, ``baseline_<metric>`` for the baseline (the t
 ``test_mae_hu``, ``test_psnr``, ``test_ssim``, ``baseline_mae_hu`` ... for MR -> CT;
 ``test_nmse`` ... for k-space), and, where the task audits, the ``audit_*`` counts. They are
 logged to the training run (``run_id`` argument, else the train manifest's ``mlflow_run_id``,
-else a new run ``evaluate`` in ``experiment``), with metrics.json, results.txt, the figures and
-the manifest as artifacts under ``evaluation/`` and the tags ``audit_passed`` (false, with the
+else a new run ``evaluate`` in ``experiment``), with metrics.json, results.txt, report.html, the
+figures and the manifest as artifacts under ``evaluation/`` and the tags ``audit_passed`` (false, with the
 reason in the manifest, when the task has no audit) and ``medgan.task``.
 
 >>> run_evaluate("work/processed", "work/train", "work/eval",               # doctest: +SKIP
@@ -50,6 +52,7 @@ from typing import Any
 from components import mlflow_utils as mlu
 from components import storage
 from components.eval_summary import METHOD, flat_metrics
+from gan_core.eval.viewer import VIEWER_FILE
 from components.step import (MANIFEST, Manifest, StepInputError, arg, finite_or_none, json_safe,
                              local_dir, local_file, params_from_args, params_parser,
                              read_manifest, run_cli, shard_uris, staged, step_manifest,
@@ -73,7 +76,8 @@ class EvaluateParams:
     experiment: str = arg("MLflow experiment when a new run is needed", default="medgan")
     run_id: str | None = arg("MLflow run to log to (default: the train manifest's)", default=None)
     split: str = arg("which split of the preprocess manifest", default="test")
-    figures: int = arg("PNG figures for the first N subjects", default=3)
+    figures: int = arg("PNG figures and the viewer report (report.html) for the first N subjects",
+                       default=3)
 
     def __post_init__(self) -> None:
         if self.figures < 0:
@@ -122,8 +126,9 @@ def _log_mlflow(tracking: str, experiment: str, run_id: str | None, metrics: dic
         c = mlu.client(tracking)
         mlu.log_metrics(tracking, rid, dict(sorted(metrics.items())), step=0)
         c.log_batch(rid, tags=[RunTag(k, v) for k, v in sorted(tags.items())])
-        for name in ("metrics.json", "results.txt"):
-            c.log_artifact(rid, str(out / name), artifact_path="evaluation")
+        for name in ("metrics.json", "results.txt", VIEWER_FILE):
+            if (out / name).is_file():
+                c.log_artifact(rid, str(out / name), artifact_path="evaluation")
         if (out / "figures").is_dir():
             c.log_artifacts(rid, str(out / "figures"), artifact_path="evaluation/figures")
 
@@ -221,6 +226,7 @@ def run_evaluate(data_uri: str, model_uri: str, output_uri: str, **params: Any) 
             params={"split": p.split, "figures": p.figures, "experiment": p.experiment,
                     "tracking_uri": mlu.redact_uri(tracking), "task": task.name},
             outputs={"metrics": "metrics.json", "results": "results.txt",
+                     "viewer": VIEWER_FILE if (out / VIEWER_FILE).is_file() else None,
                      "figures": [f"figures/{n}" for n in figs],
                      "aggregate": agg, "audit": audit, "audit_passed": audit["passed"],
                      "failed": report["failed"], "mlflow_run_id": logged_run,

@@ -25,10 +25,19 @@ Two ways in, one model:
 >>> m.unwrap_python_model().predict(None, mr_volume).shape                   # doctest: +SKIP
 (256, 256, 120)
 
+Over HTTP (``mlflow models serve -m models:/medgan-sct@champion --env-manager local``), POST
+``{"dataframe_split": {"columns": ["mr_nifti_b64"], "data": [["<base64 .nii/.nii.gz>"]]}}`` to
+``/invocations``; ``predictions[0]["sct_nifti_b64"]`` is the synthetic CT (int16 HU NIfTI, gzip,
+the MR's affine and header). A bad payload (not base64, not a NIfTI, not 3D, NaN/Inf voxels,
+more than :data:`MAX_VOXELS` voxels) raises :class:`ServingInputError`, which the scoring server
+answers with HTTP 400 and the message (it keeps serving).
+
 ``log_pyfunc_model`` logs it into the active MLflow run with its signature, an input example
 (a tiny phantom MR as base64, self-contained in the model: never patient data, never a path
-that dies with a temp dir; ``mlflow.pyfunc.load_model(uri).input_example`` predicts), explicit pip requirements and the code it needs
-(``gan_core`` and this module travel with the model, so it loads where medgan is not installed).
+that dies with a temp dir; ``mlflow.pyfunc.load_model(uri).input_example`` predicts), explicit
+pip requirements and the code it needs (``gan_core``, and this module as package
+``medgan_serving``: a name that cannot shadow the caller's own ``components`` when the model is
+loaded in-process, so it loads where medgan is not installed).
 """
 
 from __future__ import annotations
@@ -45,17 +54,37 @@ from typing import Any
 import mlflow
 import numpy as np
 import pandas as pd
+from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
-__all__ = ["SyntheticCTModel", "SIGNATURE", "MODEL_ARTIFACT", "FORMAT_TAGS", "log_pyfunc_model", "output_path_for",
-           "encode_nifti", "decode_nifti", "example_input"]
+__all__ = ["SyntheticCTModel", "SIGNATURE", "MODEL_ARTIFACT", "FORMAT_TAGS", "MAX_VOXELS", "SERVING_PACKAGE",
+           "ServingInputError", "log_pyfunc_model", "output_path_for", "encode_nifti", "decode_nifti",
+           "example_input"]
 
 #: Key of the model.pt file in the pyfunc ``artifacts`` dict.
 MODEL_ARTIFACT = "model"
 #: Tags every logged model of this format carries (a logged model without them, e.g. one whose
 #: input example pointed into a temp dir, is never reused by the register step).
-FORMAT_TAGS = {"medgan_pyfunc_format": "2"}
+FORMAT_TAGS = {"medgan_pyfunc_format": "3"}
+#: Largest input volume (voxels, read from the NIfTI header before any voxel is decoded):
+#: 512 x 512 x 512, beyond any sCT grid; a bigger (or gzip-bomb) payload is refused.
+MAX_VOXELS = 512 ** 3
+#: The package name this module travels under inside a logged model (``code_paths``).
+SERVING_PACKAGE = "medgan_serving"
+
+
+class ServingInputError(MlflowException, ValueError):
+    """A bad input row (payload or path): an ``MlflowException`` with ``INVALID_PARAMETER_VALUE``,
+    so ``mlflow models serve`` answers HTTP 400 with this message, and a ``ValueError`` in-process.
+
+    >>> ServingInputError("row 0: not a NIfTI").get_http_status_code()
+    400
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, error_code=INVALID_PARAMETER_VALUE)
 
 SIGNATURE = ModelSignature(
     inputs=Schema([
@@ -209,12 +238,12 @@ class SyntheticCTModel(mlflow.pyfunc.PythonModel):
             model_input = pd.DataFrame([model_input] if all(np.isscalar(v) for v in model_input.values())
                                        else model_input)
         if not isinstance(model_input, pd.DataFrame):
-            raise TypeError("medgan pyfunc: expected a DataFrame with a 'path' column (NIfTI MR files) "
-                            f"or a 3D numpy array, got {type(model_input).__name__}")
+            raise ServingInputError("medgan pyfunc: expected a DataFrame with a 'path' column (NIfTI MR "
+                                    f"files) or a 3D numpy array, got {type(model_input).__name__}")
         if "path" not in model_input.columns and "mr_nifti_b64" not in model_input.columns:
-            raise ValueError("medgan pyfunc: the input DataFrame has no 'path' column "
-                             f"(columns: {list(model_input.columns)}); expected NIfTI MR file paths "
-                             "(or 'mr_nifti_b64': base64 NIfTI bytes)")
+            raise ServingInputError("medgan pyfunc: the input DataFrame has no 'path' column "
+                                    f"(columns: {list(model_input.columns)}); expected NIfTI MR file "
+                                    "paths (or 'mr_nifti_b64': base64 NIfTI bytes)")
         return self._predict_files(model_input, str(params.get("output_dir") or ""), batch_size)
 
     def _predict_files(self, df: pd.DataFrame, output_dir: str, batch_size: int) -> pd.DataFrame:
@@ -225,16 +254,16 @@ class SyntheticCTModel(mlflow.pyfunc.PythonModel):
         for i, (_, row) in enumerate(df.iterrows()):
             src, b64 = _cell(row, "path"), _cell(row, "mr_nifti_b64")
             if (src is None) == (b64 is None):
-                raise ValueError(f"medgan pyfunc: row {i} needs exactly one of 'path' (a NIfTI MR "
-                                 "file) or 'mr_nifti_b64' (base64 NIfTI bytes)"
-                                 + (", got both" if src else ", got neither"))
+                raise ServingInputError(f"medgan pyfunc: row {i} needs exactly one of 'path' (a NIfTI "
+                                        "MR file) or 'mr_nifti_b64' (base64 NIfTI bytes)"
+                                        + (", got both" if src else ", got neither"))
             dst = _cell(row, "output_path")
             if dst is None and src is not None:
                 dst = str(output_path_for(src, output_dir or None))
             if dst is not None:
                 if dst in targets:
-                    raise ValueError(f"medgan pyfunc: rows {targets[dst]} and {i} would both write "
-                                     f"{dst}; give an 'output_path' column")
+                    raise ServingInputError(f"medgan pyfunc: rows {targets[dst]} and {i} would both "
+                                            f"write {dst}; give an 'output_path' column")
                 targets[dst] = str(i)
             plan.append((i, src, b64, _cell(row, "mask_path"), dst))
         for i, src, b64, mask_src, dst in plan:
@@ -247,7 +276,8 @@ class SyntheticCTModel(mlflow.pyfunc.PythonModel):
                     sct_b64 = encode_nifti(sct_file) if dst is None else ""
             except Exception as exc:
                 label = src if src is not None else "mr_nifti_b64"
-                raise ValueError(f"medgan pyfunc: row {i} ({label}): {type(exc).__name__}: {exc}") from exc
+                cause = str(exc) if isinstance(exc, ServingInputError) else f"{type(exc).__name__}: {exc}"
+                raise ServingInputError(f"medgan pyfunc: row {i} ({label}): {cause}") from exc
             rows.append({
                 "path": src or "", "output_path": dst or "", "shape": "x".join(str(n) for n in hu.shape),
                 "hu_min": float(hu.min()), "hu_max": float(hu.max()),
@@ -265,7 +295,8 @@ def _translate_one(fw: Any, mr_file: str | os.PathLike[str], mask_src: str | Non
     from gan_core.data.nifti import check_same_grid, load_volume, save_volume
     from gan_core.engine import translate_array
 
-    mr = load_volume(mr_file)
+    _check_size(mr_file)
+    mr = load_volume(mr_file, name="MR")
     mask = None
     if mask_src is not None:
         mvol = load_volume(mask_src)
@@ -276,6 +307,21 @@ def _translate_one(fw: Any, mr_file: str | os.PathLike[str], mask_src: str | Non
     Path(dst).parent.mkdir(parents=True, exist_ok=True)
     written = save_volume(dst, np.round(hu).astype(np.int16), like=mr, dtype=np.int16)
     return hu, mask > 0, Path(written)
+
+
+def _check_size(mr_file: str | os.PathLike[str]) -> None:
+    """Refuse a NIfTI whose header declares more than :data:`MAX_VOXELS` voxels (before reading
+    any voxel: a small gzip payload can declare a huge volume)."""
+    import nibabel as nib
+
+    try:
+        shape = tuple(int(n) for n in nib.load(str(mr_file)).shape)
+    except Exception:  # noqa: BLE001 - not a NIfTI: load_volume reports it, naming file and cause
+        return
+    n = int(np.prod(shape, dtype=np.int64))
+    if n > MAX_VOXELS:
+        raise ServingInputError(f"MR volume of shape {shape} has {n} voxels, more than the "
+                                f"{MAX_VOXELS} (512^3) this model accepts")
 
 
 def _requirements() -> list[str]:
@@ -309,24 +355,28 @@ def example_input() -> pd.DataFrame:
 
 
 def _stage_code(folder: Path) -> list[str]:
-    """Copy ``gan_core`` and this module (as package ``components``) for ``code_paths``."""
+    """Copy ``gan_core`` and this module (as package :data:`SERVING_PACKAGE`) for ``code_paths``."""
     import gan_core
 
     src_core = Path(gan_core.__file__).parent
     dst_core = folder / "gan_core"
-    shutil.copytree(src_core, dst_core, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    comp = folder / "components"
+    # the viewer report's assets (the NiiVue bundle) are not needed to serve
+    shutil.copytree(src_core, dst_core, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "viewer_assets"))
+    comp = folder / SERVING_PACKAGE
     comp.mkdir()
-    (comp / "__init__.py").write_text('"""medgan components (only the pyfunc model travels with a model)."""\n')
+    (comp / "__init__.py").write_text('"""medgan\'s MLflow pyfunc model, as logged with a model."""\n')
     shutil.copy2(__file__, comp / "pyfunc_model.py")
     return [str(dst_core), str(comp)]
 
 
 #: The "model from code" file MLflow stores and runs at load time (no pickled objects).
-_MODEL_CODE = '''"""medgan synthetic-CT pyfunc model (MLflow model from code)."""
+_MODEL_CODE = f'''"""medgan synthetic-CT pyfunc model (MLflow model from code)."""
 import mlflow
 
-from components.pyfunc_model import SyntheticCTModel
+try:  # as logged: code_paths puts {SERVING_PACKAGE} on sys.path
+    from {SERVING_PACKAGE}.pyfunc_model import SyntheticCTModel
+except ImportError:  # in the process that logs it (MLflow loads the code to validate it)
+    from components.pyfunc_model import SyntheticCTModel
 
 mlflow.models.set_model(SyntheticCTModel())
 '''

@@ -78,6 +78,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from gan_core.engine import load_model
     from gan_core.eval.evaluate import evaluate
     from gan_core.eval.report import results_table
+    from gan_core.eval.viewer import VIEWER_FILE
     from gan_core.tasks import build_task
 
     models = {}
@@ -94,6 +95,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                       train_shards=None if args.no_baseline else data / "train",
                       figures=args.figures, device=args.device)
     print(results_table(report))
+    viewer = Path(args.out) / VIEWER_FILE
+    if viewer.is_file():
+        print(f"viewer report: {viewer} (open it in a browser; works offline)")
     if report["failed"]:
         print(f"{len(report['failed'])} subject(s) failed: "
               + "; ".join(f"{f['subject']}: {f['error']}" for f in report["failed"]), file=sys.stderr)
@@ -189,9 +193,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="model.pt / run folder (repeatable)")
     sp.add_argument("--data", required=True, help="shard folder (baseline fitted on train/)")
     sp.add_argument("--split", default="test", choices=("train", "val", "test"))
-    sp.add_argument("--out", required=True, help="folder for metrics.json and figures/")
+    sp.add_argument("--out", required=True, help="folder for metrics.json, figures/ and report.html")
     sp.add_argument("--no-baseline", action="store_true")
-    sp.add_argument("--figures", type=int, default=2, help="PNG figures of the first N subjects")
+    sp.add_argument("--figures", type=int, default=2,
+                    help="PNG figures and the 3-D viewer report (report.html) of the first N subjects")
     sp.add_argument("--device", default="cpu")
     sp.set_defaults(func=cmd_evaluate)
 

@@ -52,6 +52,7 @@ def test_evaluate_writes_report_and_logs_to_the_training_run(data, trained, serv
     assert report["methods"] == ["model", "baseline"]
     assert sorted(p.name for p in (out / "figures").iterdir()) == [f"{ids[0]}.png"]  # figures=1
     assert (out / "figures" / f"{ids[0]}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert m["outputs"]["viewer"] == "report.html" and f'"id":"{ids[0]}"' in (out / "report.html").read_text()
     results = (out / "results.txt").read_text()
     assert "| method | mae | psnr | ssim | audit |" in results and "| model |" in results
     assert f"audit of model: {m['outputs']['audit']['reason']}" in results
@@ -88,7 +89,7 @@ def test_evaluate_writes_report_and_logs_to_the_training_run(data, trained, serv
     assert run.data.tags["audit_passed"] == str(m["outputs"]["audit_passed"]).lower()
     listed = {a.path for a in client.list_artifacts(run_id, "evaluation")}
     assert {"evaluation/metrics.json", "evaluation/results.txt", "evaluation/manifest.json",
-            "evaluation/figures"} <= listed
+            "evaluation/report.html", "evaluation/figures"} <= listed
     assert [a.path for a in client.list_artifacts(run_id, "evaluation/figures")] == [f"evaluation/figures/{ids[0]}.png"]
     got = Path(client.download_artifacts(run_id, "evaluation/metrics.json", str(tmp_path)))
     assert got.read_bytes() == (out / "metrics.json").read_bytes()
@@ -134,6 +135,7 @@ def test_without_tracking_nothing_is_logged(data, trained, tmp_path, monkeypatch
     m = run_evaluate(str(data), str(trained[0]), str(tmp_path / "e"), figures=0)
     assert m["outputs"]["mlflow_run_id"] is None and m["params"]["tracking_uri"] is None
     assert not (tmp_path / "e" / "figures").exists() and m["counts"]["figures"] == 0
+    assert not (tmp_path / "e" / "report.html").exists() and m["outputs"]["viewer"] is None
 
 
 def test_bad_inputs_name_the_file_and_field(data, trained, tmp_path, capsys):

@@ -30,6 +30,7 @@ from gan_core.data.shards import Shards
 from gan_core.engine.infer import predict_volume
 from gan_core.eval.metrics import aggregate
 from gan_core.eval.report import pick_slices, save_panels, write_report
+from gan_core.eval.viewer import VIEWER_FILE, SubjectView, subject_view, write_viewer
 
 if TYPE_CHECKING:
     from gan_core.frameworks import GANFramework
@@ -74,7 +75,7 @@ def _indices(sh: Shards, subjects: Sequence[int | str] | None) -> list[tuple[int
 
 def _score_subjects(models: dict[str, "GANFramework"], task: "Task", sh: Shards, out_dir: Path, *,
                     seed: int, figures: int, figure_slices: int,
-                    subjects: Sequence[int | str] | None) -> dict[str, Any]:
+                    subjects: Sequence[int | str] | None, views: list[SubjectView] | None) -> dict[str, Any]:
     per_subject: list[dict[str, Any]] = []
     failed: list[dict[str, str]] = []
     methods: list[str] = []
@@ -110,6 +111,9 @@ def _score_subjects(models: dict[str, "GANFramework"], task: "Task", sh: Shards,
                 rows = [task.figure_panels(deg.image, slab, preds, int(z))
                         for z in pick_slices(slab["mask"], figure_slices)]
                 save_panels(out_dir / "figures" / f"{sid}.png", rows)
+                if views is not None:  # the viewer report shows the same subjects
+                    views.append(subject_view(task, sid, deg.image, slab, preds, row, spacing,
+                                              method=next(iter(models))))
         except Exception as exc:  # noqa: BLE001 - one bad subject does not kill the cohort
             failed.append({"subject": sid, "error": f"{type(exc).__name__}: {exc}"})
     scores = lambda r: {k: v for k, v in r.items() if k != "audit"}  # noqa: E731
@@ -127,9 +131,11 @@ def _score_subjects(models: dict[str, "GANFramework"], task: "Task", sh: Shards,
 def evaluate(models: dict[str, "GANFramework"], task: "Task", shards: str | Path, out: str | Path, *,
              train_shards: str | Path | None = None, figures: int = 2, figure_slices: int = 3,
              subjects: Sequence[int | str] | None = None, seed: int = 0,
-             device: str = "cpu") -> dict[str, Any]:
+             device: str = "cpu", viewer: bool = True) -> dict[str, Any]:
     """Score every model (and the task's baseline) on the subjects of ``shards``; writes
-    ``<out>/metrics.json`` atomically and PNG figures of the first ``figures`` subjects.
+    ``<out>/metrics.json`` atomically, PNG figures of the first ``figures`` subjects and, with
+    ``viewer``, the 3-D viewer report of those subjects, ``<out>/report.html``
+    (:mod:`gan_core.eval.viewer`; the first model's volumes).
 
     ``train_shards``: the training split; the task's baseline is fitted on it (no baseline when
     None) and the synthesis report trains its feature extractor on it. ``subjects``: subject ids
@@ -157,8 +163,11 @@ def evaluate(models: dict[str, "GANFramework"], task: "Task", shards: str | Path
             task.fit_baseline(tr.subject_slab(i) for i in range(len(tr.subjects)))
         sh = Shards(shards)
         task.check_slab(sh.arrays, str(sh.dir))
+        views: list[SubjectView] | None = [] if viewer and figures else None
         report = _score_subjects(models, task, sh, out, seed=seed, figures=figures,
-                                 figure_slices=figure_slices, subjects=subjects)
+                                 figure_slices=figure_slices, subjects=subjects, views=views)
+        if views:
+            write_viewer(out / VIEWER_FILE, report, views, task=task, method=next(iter(models)))
     write_report(report, out)
     if "per_subject" in report and not report["per_subject"]:
         raise EvaluationFailed(str(shards), report["failed"])
