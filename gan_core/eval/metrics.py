@@ -302,7 +302,7 @@ def _components(mask: np.ndarray, min_voxels: int) -> tuple[np.ndarray, list[int
 _AUDIT_DEFAULTS: dict[str, Any] = {
     "lesion_radius_mm": 5.0, "background_mm": 15.0, "detect_sigmas": 5.0,
     "evaluable_sigmas": 3.0, "min_contrast_hu": 10.0, "keep_fraction": 0.5, "shell_mm": 6.0,
-    "min_invented_voxels": 2, "soft_tissue_hu": (-50.0, 100.0),
+    "min_invented_voxels": 3, "soft_tissue_hu": (-50.0, 100.0),
 }
 
 
@@ -387,10 +387,10 @@ def lesion_audit(
     min_contrast_hu)`` with ``||k||`` the smoothing kernel's L2 norm (the sd of smoothed unit
     white noise) and ``detect_sigmas`` = 5. Suspicious voxels: ``|f| > T`` where
     ``|f_true| < T / 2`` (the truth shows nothing focal there). An *invented lesion* is a
-    component of suspicious voxels with at least ``min_invented_voxels`` (2) voxels whose voxels
+    component of suspicious voxels with at least ``min_invented_voxels`` (3) voxels whose voxels
     lie at least ``border_margin_mm`` from the tissue border (``dist >= margin``). The margin
     is learned from the non-learned baseline's errors (:func:`learn_border_margin`: the
-    smallest margin at which the baseline invents nothing on the training subjects); None:
+    distance from which the baseline's focal residual no longer depends on the border); None:
     :data:`DEFAULT_MARGIN_VOXELS` x the largest spacing.
 
     ``passed`` = every evaluable lesion kept and nothing invented.
@@ -491,23 +491,26 @@ def lesion_audit(
     }
 
 
-def learn_border_margin(cases: Iterable[tuple[Any, ...]], *, max_margin_mm: float | None = None,
-                        **params: Any) -> dict[str, Any]:
+def learn_border_margin(cases: Iterable[tuple[Any, ...]], *, interior_mm: float | None = None,
+                        tolerance: float = 0.1, **params: Any) -> dict[str, Any]:
     """The tissue-border margin of :func:`lesion_audit`, learned from a baseline's errors.
 
     ``cases``: ``(true_hu, baseline_hu, lesion_mask or None, body_mask, labels or None,
-    spacing)`` per subject (training subjects; the baseline is a non-learned prediction that
-    invents no lesion, so whatever (b) finds in it is border error). Candidate margins are the
-    distances (mm) a voxel can have from the tissue border, up to ``max_margin_mm`` (default 4
-    x the largest spacing); the margin is the smallest candidate at which no case has an
-    invented component. ``params``: :func:`lesion_audit`'s keyword parameters.
+    spacing)`` per subject (training subjects, the non-learned baseline's predictions). For
+    every voxel of the search support (parenchyma away from true lesions) the audit's focal
+    residual ``|f|``, in units of that subject's threshold ``T``, is pooled by the voxel's
+    distance to the tissue border. The *interior level* is the mean over voxels at least
+    ``interior_mm`` (default 2 x the largest spacing) from the border. The margin is the
+    smallest distance ``d`` such that every layer from ``d`` inwards (voxels whose distance lies
+    in ``[d', d' + min spacing)``, ``d' >= d``) has a mean within ``1 + tolerance`` (default
+    10 %) of the interior level: where the baseline's error stops depending on the border.
+    ``params``: :func:`lesion_audit`'s keyword parameters.
 
-    Returns ``{"margin_mm", "false_alarms": {margin: components over all cases}, "cases",
-    "reached_zero"}`` (``reached_zero`` False: even the largest candidate left some, and the
-    largest is returned).
+    Returns ``{"margin_mm", "interior_level", "layers": {distance: [mean |f|/T, voxels,
+    suspicious fraction]}, "cases"}``.
     """
-    maps = []
-    top = 0.0
+    fs, ds, ss = [], [], []
+    spacings = []
     for i, case in enumerate(cases):
         if len(case) != 6:
             raise ValueError(f"learn_border_margin: case {i} must be (true, baseline, lesion, body, "
@@ -515,21 +518,31 @@ def learn_border_margin(cases: Iterable[tuple[Any, ...]], *, max_margin_mm: floa
         true, pred, lesion, body, labels = _audit_inputs(*case[:5])
         spacing, p = _audit_params(case[5], true.ndim, params)
         dev = _deviation(true, pred, lesion, body, labels, spacing, p)
-        sus = dev["suspicious"] & dev["support"]
-        maps.append((sus, dev["dist"], p["min_invented_voxels"]))
-        top = max(top, 4.0 * max(spacing) if max_margin_mm is None else float(max_margin_mm))
-    if not maps:
+        sup = dev["support"]
+        fs.append(np.abs(dev["focal"][sup]) / dev["threshold"])
+        ds.append(dev["dist"][sup])
+        ss.append(dev["suspicious"][sup])
+        spacings.append(spacing)
+    if not fs:
         raise ValueError("learn_border_margin: no case given")
-    cands = sorted({0.0, *(float(d) for sus, dist, _ in maps for d in np.unique(np.round(dist[sus], 3))
-                           if d <= top + 1e-6)})
-    counts: dict[float, int] = {}
-    for m in cands:
-        counts[m] = sum(len(_components(sus & (dist >= m - 1e-6), mv)[1]) for sus, dist, mv in maps)
-        if counts[m] == 0:
+    f, d, sus = np.concatenate(fs), np.concatenate(ds), np.concatenate(ss)
+    step = min(min(sp) for sp in spacings)
+    deep = 2.0 * max(max(sp) for sp in spacings) if interior_mm is None else float(interior_mm)
+    if not (f.size and (d >= deep).any()):
+        return {"margin_mm": deep, "interior_level": None, "layers": {}, "cases": len(fs),
+                "note": f"no support voxel {deep:g} mm from a border: margin set to that distance"}
+    level = float(f[d >= deep].mean())
+    starts = sorted({float(x) for x in np.round(np.unique(d), 3) if x < deep})
+    layers: dict[str, list[float]] = {}
+    for a in starts:
+        sel = (d >= a - 1e-6) & (d < a + step - 1e-6)
+        layers[f"{a:g}"] = [float(f[sel].mean()), int(sel.sum()), float(sus[sel].mean())]
+    margin = deep
+    for a in reversed(starts):  # inwards-out: stop at the first layer that exceeds the level
+        if layers[f"{a:g}"][0] > (1.0 + tolerance) * level:
             break
-    chosen = next((m for m, c in counts.items() if c == 0), None)
-    return {"margin_mm": float(cands[-1] if chosen is None else chosen), "reached_zero": chosen is not None,
-            "false_alarms": {f"{m:g}": c for m, c in counts.items()}, "cases": len(maps)}
+        margin = a
+    return {"margin_mm": float(margin), "interior_level": level, "layers": layers, "cases": len(fs)}
 
 
 # ----------------------------------------------------------------------------- fastMRI metrics
