@@ -32,6 +32,7 @@ def test_true_ct_passes_and_reports_per_tissue_error(head):
     r = tissue_report(head.ct, head.ct, head.labels, head.mask)
     assert r["flagged"] is False and r["swaps"] == []
     assert {"fat", "cortical_bone", "marrow", "csf", "grey_matter", "white_matter"} <= set(r["tissues"])
+    assert not r["tissues"]["eye"]["judged"]  # reported, not judged
     assert all(t["error_hu"] == 0.0 and t["nearest"] == name
                for name, t in r["tissues"].items() if t["judged"]
                and name not in ("air", "sinus_air"))  # air and sinus air share a reference

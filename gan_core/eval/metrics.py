@@ -188,8 +188,8 @@ def aggregate(scores: Sequence[Mapping[str, float]]) -> dict[str, Any]:
 #: (``gan_core.data.phantom.TISSUES``): where lesions live and where invented ones are searched.
 PARENCHYMA_LABELS: tuple[int, ...] = (6, 7)
 #: Border margin (in voxels of the largest spacing) when none was learned from a baseline: the
-#: margin learned on the demo cohort (3 x 3 x 5 mm phantoms) was 11.7 mm, 2.3 x 5 mm.
-DEFAULT_MARGIN_VOXELS = 2.5
+#: margin ``bench/audit_calibration.py`` learned at the demo geometry (3 x 3 x 5 mm) was 5.8 mm.
+DEFAULT_MARGIN_VOXELS = 1.2
 
 
 def _ellipsoid(radius_mm: float, spacing: Sequence[float]) -> np.ndarray:
@@ -500,7 +500,7 @@ def learn_border_margin(cases: Iterable[tuple[Any, ...]], *, interior_mm: float 
     every voxel of the search support (parenchyma away from true lesions) the audit's focal
     residual ``|f|``, in units of that subject's threshold ``T``, is pooled by the voxel's
     distance to the tissue border. The *interior level* is the mean over voxels at least
-    ``interior_mm`` (default 2 x the largest spacing) from the border. The margin is the
+    ``interior_mm`` (default 10 mm or 2 x the largest spacing if more) from the border. The margin is the
     smallest distance ``d`` such that every layer from ``d`` inwards (voxels whose distance lies
     in ``[d', d' + min spacing)``, ``d' >= d``) has a mean within ``1 + tolerance`` (default
     10 %) of the interior level: where the baseline's error stops depending on the border.
@@ -527,7 +527,8 @@ def learn_border_margin(cases: Iterable[tuple[Any, ...]], *, interior_mm: float 
         raise ValueError("learn_border_margin: no case given")
     f, d, sus = np.concatenate(fs), np.concatenate(ds), np.concatenate(ss)
     step = min(min(sp) for sp in spacings)
-    deep = 2.0 * max(max(sp) for sp in spacings) if interior_mm is None else float(interior_mm)
+    deep = (max(10.0, 2.0 * max(max(sp) for sp in spacings)) if interior_mm is None
+            else float(interior_mm))
     if not (f.size and (d >= deep).any()):
         return {"margin_mm": deep, "interior_level": None, "layers": {}, "cases": len(fs),
                 "note": f"no support voxel {deep:g} mm from a border: margin set to that distance"}

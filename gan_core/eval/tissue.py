@@ -11,8 +11,11 @@ Definitions (``labels``: the label map of the true CT, ids of
 * per tissue ``t`` with ``n_t`` voxels: reference ``r_t`` = mean true HU, prediction ``p_t`` =
   mean synthetic HU over the same voxels, error ``p_t - r_t``; ``nearest`` = the tissue whose
   reference is nearest to ``p_t`` (information only, see below).
-* a tissue is *judged* when ``n_t >= min_voxels`` (default 100: a mean over fewer voxels is
-  dominated by partial volume at 3 mm).
+* a tissue is *judged* when it is one of :data:`GATED_TISSUES` (air, soft tissue, fat, cortical
+  bone, marrow, CSF, grey and white matter, sinus air; the vitreous of the eye is reported but
+  not judged: a few hundred voxels at 3 mm, mostly partial volume with orbital fat and bone)
+  and ``n_t >= min_voxels`` (default 100: a mean over fewer voxels is dominated by partial
+  volume).
 * a pair ``(a, b)`` of judged tissues is *separated* when ``|r_a - r_b| >= min_separation_hu``
   (default 100 HU: grey/white matter, CSF, soft tissue and eye lie within ~50 HU of each other
   and are never compared; fat, marrow, bone and air are each >= 100 HU from the rest).
@@ -52,23 +55,27 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["TISSUE_LABELS", "tissue_report", "tissue_verdict"]
+__all__ = ["TISSUE_LABELS", "GATED_TISSUES", "tissue_report", "tissue_verdict"]
 
 #: Tissue name -> label id of the phantom's label map (``gan_core.data.phantom.TISSUES``).
 TISSUE_LABELS: dict[str, int] = {
     "air": 0, "soft_tissue": 1, "fat": 2, "cortical_bone": 3, "marrow": 4, "csf": 5,
     "grey_matter": 6, "white_matter": 7, "sinus_air": 8, "eye": 9,
 }
+#: The tissues whose pairs the gate judges (the others are reported only).
+GATED_TISSUES: tuple[str, ...] = ("air", "soft_tissue", "fat", "cortical_bone", "marrow", "csf",
+                                  "grey_matter", "white_matter", "sinus_air")
 
 
 def tissue_report(true_hu: np.ndarray, pred_hu: np.ndarray, labels: np.ndarray,
                   mask: np.ndarray | None = None, *, min_voxels: int = 100,
                   min_separation_hu: float = 100.0, swap_fraction: float = 0.5,
-                  tissues: Mapping[str, int] | None = None) -> dict[str, Any]:
+                  tissues: Mapping[str, int] | None = None,
+                  gated: Sequence[str] = GATED_TISSUES) -> dict[str, Any]:
     """Per-tissue mean HU error and tissue-swap flag of one subject (definitions: module doc).
 
     ``mask``: body mask (default: everything); ``tissues``: name -> label id (default
-    :data:`TISSUE_LABELS`). Returns ``{"tissues": {name: {"n", "ref_hu", "pred_hu", "error_hu",
+    :data:`TISSUE_LABELS`); ``gated``: the names that can be judged. Returns ``{"tissues": {name: {"n", "ref_hu", "pred_hu", "error_hu",
     "judged", "nearest"}}, "swaps": [{"tissues", "ref_hu", "pred_hu", "reversed_fraction"}],
     "flagged", "params"}`` (JSON-ready).
     """
@@ -95,7 +102,7 @@ def tissue_report(true_hu: np.ndarray, pred_hu: np.ndarray, labels: np.ndarray,
             continue
         r, p = float(true[sel].mean()), float(pred[sel].mean())
         stats[name] = {"n": n, "ref_hu": r, "pred_hu": p, "error_hu": p - r,
-                       "judged": n >= int(min_voxels), "nearest": name}
+                       "judged": n >= int(min_voxels) and name in gated, "nearest": name}
     judged = [t for t, s in stats.items() if s["judged"]]
     for t in judged:
         p = stats[t]["pred_hu"]
