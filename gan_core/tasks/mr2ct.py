@@ -129,7 +129,7 @@ class MRToCT(Task):
                        f"({s['lesions_removed']} removed) in {len(lesion_rows)} lesion subjects, "
                        f"{s['lesions_invented']} invented")
         if not audited:
-            s["lesion_passed"], lesion_reason = False, "no subject could be audited"
+            s["lesion_passed"], lesion_reason = False, "no subject could be audited: audit not performed"
         elif s["failing_subjects"]:
             s["lesion_passed"] = False
             lesion_reason = (f"lesion audit failed in {len(s['failing_subjects'])}/{len(audited)} "
