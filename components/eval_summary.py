@@ -5,7 +5,9 @@ register step and the pipelines read them by name. Names: ``<prefix>_<metric>`` 
 ``<prefix>_<metric>_sd`` with the task's metric aliases (``mae`` -> ``mae_hu`` for MR -> CT),
 the prefix ``test`` / ``test_raw`` / ``baseline`` for the test split (``eval_<split>`` /
 ``eval_<split>_raw`` / ``baseline_<split>`` otherwise, so evaluating ``val`` never overwrites
-training's ``val_mae``), the audit's numeric fields as ``audit_*`` and the subject counts.
+training's ``val_mae``), the audit's numeric fields as ``audit_*``, the tissue-swap gate's
+per-tissue mean HU error as ``tissue_<tissue>_error_hu`` (and ``_abs_error_hu``) and the subject
+counts.
 
 >>> report = {"aggregate": {"model": {"n": 2, "mae": {"mean": 90.0, "sd": 5.0}},
 ...                         "baseline": {"mae": {"mean": 120.0, "sd": float("nan")}}},
@@ -41,8 +43,14 @@ def metric_prefixes(split: str) -> tuple[str, str]:
 def flat_metrics(report: dict[str, Any], audit: dict[str, Any] | None, split: str,
                  aliases: dict[str, str]) -> dict[str, float]:
     """Mean and sd of each of the task's metrics (named through ``aliases``) for the model, its
-    raw output and the baseline; the numeric fields of ``audit`` as ``audit_*``; subject
-    counts. Non-finite values are left out."""
+    raw output and the baseline; the numeric fields of ``audit`` as ``audit_*``; the per-tissue
+    mean HU errors of its ``tissue_swap`` verdict as ``tissue_<name>_error_hu`` /
+    ``tissue_<name>_abs_error_hu``; subject counts. Non-finite values are left out.
+
+    >>> flat_metrics({"aggregate": {}}, {"tissue_swap": {"tissues": {"fat": {"error_hu": 790.0,
+    ...     "abs_error_hu": 790.0}}}, "tissue_swap_flagged": True}, "test", {})
+    {'audit_tissue_swap_flagged': 1.0, 'tissue_fat_error_hu': 790.0, 'tissue_fat_abs_error_hu': 790.0}
+    """
     model_p, base_p = metric_prefixes(split)
     out: dict[str, float] = {}
     for name, prefix in ((METHOD, model_p), (f"{METHOD}-raw", f"{model_p}_raw"), (BASELINE, base_p)):
@@ -58,6 +66,11 @@ def flat_metrics(report: dict[str, Any], audit: dict[str, Any] | None, split: st
                 out[f"audit_{key}"] = 1.0 if v else 0.0
             elif isinstance(v, (int, float)):
                 out[f"audit_{key}"] = float(v)
+        for name, st in ((audit.get("tissue_swap") or {}).get("tissues") or {}).items():
+            for stat in ("error_hu", "abs_error_hu"):
+                x = finite_or_none(st.get(stat))
+                if x is not None:
+                    out[f"tissue_{name}_{stat}"] = x
     if "per_subject" in report:
         out[f"{model_p}_subjects"] = float(len(report["per_subject"]))
         out[f"{model_p}_subjects_failed"] = float(len(report["failed"]))

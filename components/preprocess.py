@@ -61,7 +61,7 @@ from components.step import (Manifest, StepInputError, arg, json_safe, params_fr
                              write_manifest)
 from components.subject_prep import (HU_CLIP, MASK_THRESHOLD_HU, ingest_files,
                                      preprocess_remote_subject, preprocess_subject)
-from gan_core.data.pack import SPLITS, pack_splits
+from gan_core.data.pack import SPLITS, lesion_strata, pack_splits
 from gan_core.data.register import REGISTER_MODES, registration_settings
 from gan_core.data.shards import SubjectFiles, split_subjects
 
@@ -288,7 +288,9 @@ def run_preprocess(input_uri: str, output_uri: str, **params: Any) -> dict[str, 
             raise StepInputError(f"preprocess {p.input_uri}: no subject could be processed "
                                  f"({len(failed)} failed): {detail}")
         try:
-            splits = split_subjects([r["id"] for r in records], list(p.split), p.seed)
+            strata = lesion_strata({r["id"]: out / r["files"]["lesion"] if "lesion" in r["files"]
+                                    else None for r in records})
+            splits = split_subjects([r["id"] for r in records], list(p.split), p.seed, strata=strata)
         except ValueError as exc:
             raise StepInputError(f"preprocess {p.input_uri}: cannot split {len(records)} "
                                  f"subject(s): {exc}") from None

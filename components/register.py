@@ -10,7 +10,8 @@ output (``manifest.json``: aggregate MAE, ``audit_passed``, the evaluated model'
    out; signature + input example) is logged into the training run and registered as a new
    version whose tags are the model card: data manifest sha256, code version and git commit,
    test MAE/PSNR/SSIM and the baseline's, audit verdict, framework, ``intended_use``.
-3. The alias (default ``champion``) goes to the best *eligible* version: audit passed (or the
+3. The alias (default ``champion``) goes to the best *eligible* version: not flagged by the
+   tissue-swap gate (never, whatever its MAE or ``require_audit``), audit passed (or the
    version registered with ``require_audit=False``), a finite test MAE, measured on the same test
    set as the champion's (data manifest sha256 + split; a model evaluated elsewhere is registered
    but not promoted, and the reason says so), strictly lower MAE than the champion's.
@@ -47,7 +48,8 @@ from components import storage
 from components.mlflow_utils import redact_uri, resolve_tracking_uri
 from components.model_registry import (champion, champion_mae, existing_version, fluent_target,
                                        logged_model_uri, settle_alias)
-from components.registry_policy import (DECISION_TAG, INTENDED_USE, SHA_TAG, VersionFacts,
+from components.registry_policy import (AUDIT_REQUIRED_TAG, DECISION_TAG, INTENDED_USE, SHA_TAG,
+                                        TISSUE_TAG, VersionFacts,
                                         decide_promotion, model_card, model_description,
                                         test_set_id)
 from components.step import (MANIFEST, Manifest, StepInputError, arg, finite_or_none,
@@ -174,7 +176,7 @@ def run_register(model_uri: str, eval_uri: str, **params: Any) -> dict[str, Any]
             card = model_card(model_sha=sha, data_sha=data_sha, eval_manifest=eval_manifest,
                               eval_sha=eval_m.sha256, model_cfg=model_cfg,
                               model_uri=str(redact_uri(p.model_uri)), eval_uri=str(redact_uri(p.eval_uri)))
-            card["audit_required"] = str(p.require_audit).lower()
+            card[AUDIT_REQUIRED_TAG] = str(p.require_audit).lower()
 
             mv = existing_version(client, p.model_name, run_id, sha, eval_m.sha256)
             created = mv is None
@@ -201,8 +203,11 @@ def run_register(model_uri: str, eval_uri: str, **params: Any) -> dict[str, Any]
             rm = client.get_registered_model(p.model_name)
             if not rm.description:
                 client.update_registered_model(p.model_name, description=(
-                    f"medgan synthetic CT generators; alias '{p.alias}' = best test MAE with a passed "
-                    f"lesion audit. {INTENDED_USE}."))
+                    f"medgan synthetic CT generators; alias '{p.alias}' = best test MAE on the "
+                    "champion's test set among eligible versions: never one the tissue-swap gate "
+                    "flagged; the lesion audit passed unless the version was registered with "
+                    "require_audit=false (its tags audit_required, audit_summary and "
+                    f"alias_decision say which). {INTENDED_USE}."))
 
         test_set = test_set_id(data_sha, card.get("eval_split"))
         champ = champion(client, p.model_name, p.alias)
@@ -215,7 +220,9 @@ def run_register(model_uri: str, eval_uri: str, **params: Any) -> dict[str, Any]
             decided, verdict = True, f"version {mv.version} already holds alias '{p.alias}'"
         else:
             decided, verdict = decide_promotion(candidate_mae, audit_passed, previous,
-                                                require_audit=p.require_audit, test_set=test_set)
+                                                require_audit=p.require_audit, test_set=test_set,
+                                                tissue_swap=card[TISSUE_TAG],
+                                                tissue_reason=card["tissue_swap_summary"])
         settled = settle_alias(client, p.model_name, p.alias, test_set=test_set)
         final = settled.champion
         promoted = final is not None and final.version == str(mv.version)
@@ -237,6 +244,7 @@ def run_register(model_uri: str, eval_uri: str, **params: Any) -> dict[str, Any]
                  "alias_uri": f"models:/{p.model_name}@{p.alias}", "mlflow_run_id": run_id,
                  "created": created, "promoted": promoted, "alias_moved": moved, "reason": reason,
                  "test_mae_hu": finite_or_none(candidate_mae), "audit_passed": audit_passed,
+                 "tissue_swap": card[TISSUE_TAG],
                  "previous_champion": previous, "test_set": test_set,
                  "champion": None if final is None else {"version": final.version, "mae": final.mae},
                  "model_card": card},

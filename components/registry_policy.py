@@ -2,7 +2,8 @@
 
 Pure functions (no MLflow): :func:`model_card` (the version's tags: provenance, metrics, audit,
 intended use), :func:`model_description`, :func:`decide_promotion` (the verdict for one candidate:
-strictly lower test MAE on the same test set and a passed audit take the alias) and
+strictly lower test MAE on the same test set and a passed audit take the alias; a model the
+tissue-swap gate flagged never does, whatever its MAE and ``require_audit``) and
 :func:`alias_target` (which version should hold the alias, given every version's tags: what
 :func:`components.model_registry.settle_alias` converges to). :mod:`components.register` applies
 them.
@@ -27,7 +28,7 @@ from typing import Any
 from components.step import code_info, finite_or_none
 
 __all__ = ["INTENDED_USE", "SHA_TAG", "MAE_TAG", "EVAL_TAG", "DATA_TAG", "SPLIT_TAG", "AUDIT_REQUIRED_TAG",
-           "DECISION_TAG", "VersionFacts", "alias_target", "decide_promotion", "model_card",
+           "DECISION_TAG", "TISSUE_TAG", "VersionFacts", "alias_target", "decide_promotion", "model_card",
            "model_description", "test_set_id"]
 
 #: What every registered model is for (a tag and part of the description).
@@ -46,6 +47,9 @@ SPLIT_TAG = "eval_split"
 AUDIT_REQUIRED_TAG = "audit_required"
 #: Version tag: the register step's alias verdict for this version (why it was or was not promoted).
 DECISION_TAG = "alias_decision"
+#: Version tag: the tissue-swap gate's status ("passed", "flagged", "not evaluable" without tissue
+#: labels, "not run" when the evaluation had no gate); a "flagged" version is never eligible.
+TISSUE_TAG = "tissue_swap"
 
 _UNKNOWN = ("", "unknown", "none", "nan")
 
@@ -75,7 +79,8 @@ def _short(test_set: str | None) -> str:
 class VersionFacts:
     """What the alias rule needs to know about one model version (read from its tags).
 
-    ``eligible``: the audit passed, or the version was registered with ``require_audit=False``.
+    ``eligible``: the tissue-swap gate did not flag it, and the audit passed or the version was
+    registered with ``require_audit=False``.
     """
 
     version: str
@@ -91,8 +96,11 @@ class VersionFacts:
         ...                              "eval_split": "test", "audit_passed": "false",
         ...                              "audit_required": "false"})
         VersionFacts(version='3', mae=88.5, test_set='ab:test', eligible=True)
+        >>> VersionFacts.from_tags("4", {"audit_passed": "true", "tissue_swap": "flagged"}).eligible
+        False
         """
-        audit_ok = tags.get("audit_passed") == "true" or tags.get(AUDIT_REQUIRED_TAG) == "false"
+        audit_ok = ((tags.get("audit_passed") == "true" or tags.get(AUDIT_REQUIRED_TAG) == "false")
+                    and tags.get(TISSUE_TAG) != "flagged")
         try:
             mae = finite_or_none(float(tags[MAE_TAG])) if MAE_TAG in tags else None
         except ValueError:
@@ -142,14 +150,17 @@ def alias_target(champion: VersionFacts | None, versions: Sequence[VersionFacts]
 
 
 def decide_promotion(candidate_mae: float | None, audit_passed: bool, champion: dict[str, Any] | None,
-                     *, require_audit: bool = True, test_set: str | None = None) -> tuple[bool, str]:
+                     *, require_audit: bool = True, test_set: str | None = None,
+                     tissue_swap: str | None = None, tissue_reason: str = "") -> tuple[bool, str]:
     """Should the candidate take the alias? Returns ``(promote, reason)``.
 
     ``champion``: ``{"version": str, "mae": float | None}`` or None when there is none; with a
     ``"test_set"`` key (:func:`test_set_id`) the candidate's ``test_set`` must be the same, else
     the MAEs are not compared and the candidate is not promoted.
     Lower MAE wins, strictly; a failed audit blocks promotion (unless ``require_audit=False``);
-    a champion without a recorded MAE is never replaced automatically.
+    ``tissue_swap="flagged"`` (the tissue-swap gate's status, :data:`TISSUE_TAG`) blocks it
+    always, whatever the MAE and ``require_audit`` (``tissue_reason`` says which tissues); a
+    champion without a recorded MAE is never replaced automatically.
 
     >>> decide_promotion(90.0, True, {"version": "1", "mae": 100.0})
     (True, 'test MAE 90.00 HU beats champion v1 (100.00 HU) and the audit passed')
@@ -158,7 +169,12 @@ def decide_promotion(candidate_mae: float | None, audit_passed: bool, champion: 
     >>> decide_promotion(90.0, True, {"version": "1", "mae": 100.0, "test_set": "ab:test"},
     ...                  test_set="cd:test")[1]
     'not compared with champion v1: its test MAE is on the test split of data manifest ab… and this one on the test split of data manifest cd… (a different test set): registered, not promoted'
+    >>> decide_promotion(1.0, True, None, require_audit=False, tissue_swap="flagged")[0]
+    False
     """
+    if tissue_swap == "flagged":
+        return False, ("tissue-swap gate flagged the model" + (f" ({tissue_reason})" if tissue_reason else "")
+                       + ": never promoted, whatever its test MAE")
     mae = finite_or_none(candidate_mae)
     audit_note = "the audit passed" if audit_passed else "the audit failed (not required)"
     if require_audit and not audit_passed:
@@ -199,8 +215,8 @@ def model_card(*, model_sha: str, data_sha: str | None, eval_manifest: dict[str,
     ...                   "audit_passed": False, "audit": {"reason": "x"}}}
     >>> card = model_card(model_sha="ab", data_sha="cd", eval_manifest=ev, eval_sha="ef",
     ...                   model_cfg={"framework": "pix2pix"}, model_uri="m", eval_uri="e")
-    >>> card["test_mae_hu"], card["audit_passed"], card["intended_use"]
-    ('90.0', 'false', 'research use only — not for clinical use')
+    >>> card["test_mae_hu"], card["audit_passed"], card["tissue_swap"], card["intended_use"]
+    ('90.0', 'false', 'not run', 'research use only — not for clinical use')
     """
     out = eval_manifest.get("outputs", {})
     agg = out.get("aggregate", {})
@@ -225,6 +241,9 @@ def model_card(*, model_sha: str, data_sha: str | None, eval_manifest: dict[str,
         "baseline_ssim": _fmt(base_m.get("ssim")),
         "audit_passed": str(bool(out.get("audit_passed"))).lower(),
         "audit_summary": str(audit.get("reason", ""))[:1000],
+        TISSUE_TAG: str(audit.get("tissue_swap_status", "not run")),
+        "tissue_swap_summary": str((audit.get("tissue_swap") or {}).get(
+            "reason", "the evaluation ran no tissue-swap gate"))[:1000],
         SPLIT_TAG: str((eval_manifest.get("params") or {}).get("split", "unknown")),
         "eval_subjects": str((eval_manifest.get("counts") or {}).get("evaluated", "unknown")),
         "model_uri": model_uri,
@@ -235,7 +254,18 @@ def model_card(*, model_sha: str, data_sha: str | None, eval_manifest: dict[str,
 
 
 def model_description(card: dict[str, str]) -> str:
-    """The model version's description (markdown) from its :func:`model_card`."""
+    """The model version's description (markdown) from its :func:`model_card`: what the audit
+    found (lesions and tissue swaps) and whether promotion required the lesion audit.
+
+    >>> d = model_description({"framework": "pix2pix", "generator": "unet", "spatial_dims": "2",
+    ...     "code_version": "1", "git_commit": "ab", "data_manifest_sha256": "cd", "eval_split": "test",
+    ...     "eval_subjects": "2", "test_mae_hu": "60.0", "test_psnr": "25", "test_ssim": "0.8",
+    ...     "baseline_mae_hu": "110", "audit_passed": "false", "audit_summary": "1/2 lesions kept",
+    ...     "tissue_swap": "passed", "tissue_swap_summary": "no tissue swap", "audit_required": "false"})
+    >>> "FAILED (1/2 lesions kept)" in d, "not required for promotion" in d
+    (True, True)
+    """
+    required = card.get(AUDIT_REQUIRED_TAG, "true") != "false"
     return (
         "medgan MR -> synthetic CT generator (MLflow pyfunc: NIfTI MR paths in, synthetic CT NIfTI "
         "in HU out).\n\n"
@@ -246,6 +276,9 @@ def model_description(card: dict[str, str]) -> str:
         f"Data manifest sha256: {card['data_manifest_sha256']}.\n"
         f"Test ({card['eval_split']}, {card['eval_subjects']} subjects): MAE {card[MAE_TAG]} HU, "
         f"PSNR {card['test_psnr']} dB, SSIM {card['test_ssim']}; baseline MAE {card['baseline_mae_hu']} HU.\n"
-        f"Lesion hallucination audit: {'passed' if card['audit_passed'] == 'true' else 'FAILED'} "
-        f"({card['audit_summary']})."
+        f"Audit: {'passed' if card['audit_passed'] == 'true' else 'FAILED'} ({card['audit_summary']}); "
+        f"{'required' if required else 'not required'} for promotion"
+        f"{'' if required else ' (registered with require_audit=false)'}.\n"
+        f"Tissue-swap gate: {card.get(TISSUE_TAG, 'not run')} "
+        f"({card.get('tissue_swap_summary', '')}); a flagged model is never promoted."
     )

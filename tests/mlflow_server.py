@@ -139,9 +139,11 @@ def preprocess_output(cohort: Path, shards: Path, dst: Path) -> Path:
 
 
 def train_output(shards: Path, dst: Path, tracking_uri: str, *, experiment: str = "medgan",
-                 steps: int = 8, seed: int = 0, framework: str = "pix2pix") -> tuple[Path, str]:
+                 steps: int = 8, seed: int = 0, framework: str = "pix2pix",
+                 overrides: dict | None = None) -> tuple[Path, str]:
     """Train a real tiny model into ``dst`` and write a train-step manifest whose
-    ``mlflow_run_id`` is a new, finished run on ``tracking_uri``; returns ``(dst, run_id)``."""
+    ``mlflow_run_id`` is a new, finished run on ``tracking_uri``; returns ``(dst, run_id)``.
+    ``overrides``: dotted config keys over the tiny preset (``{"model.residual": True}``)."""
     from mlflow import MlflowClient
 
     from gan_core.engine import train
@@ -149,7 +151,7 @@ def train_output(shards: Path, dst: Path, tracking_uri: str, *, experiment: str 
 
     half = steps // 2
     cfg = apply_overrides(preset("tiny", framework), {"seed": seed, "optim.steps_constant": steps - half,
-                                                       "optim.steps_decay": half})
+                                                       "optim.steps_decay": half, **(overrides or {})})
     res = train(cfg, shards, dst, progress=False)
     client = MlflowClient(tracking_uri=tracking_uri)
     exp = client.get_experiment_by_name(experiment)

@@ -68,7 +68,9 @@ def test_evaluate_writes_report_and_logs_to_the_training_run(data, trained, serv
     assert agg["baseline"]["mae"] == pytest.approx(report["aggregate"]["baseline"]["mae"]["mean"])
     assert agg["model"]["mae"] > 0 and 0 < agg["baseline"]["ssim"] <= 1
     audits = [r["model"]["audit"] for r in report["per_subject"]]
-    assert m["outputs"]["audit_passed"] is all(a["passed"] for a in audits)
+    assert m["outputs"]["audit_passed"] is (all(a["passed"] for a in audits)
+                                            and m["outputs"]["audit"]["lesions_evaluable"] > 0
+                                            and not m["outputs"]["audit"]["tissue_swap_flagged"])
     assert m["outputs"]["audit"]["lesions_true"] == sum(a["n_true"] for a in audits)
     assert m["outputs"]["audit"] == report["audit"]["model"] and m["outputs"]["task"] == "mr2ct"
     assert m["outputs"]["mlflow_run_id"] == run_id

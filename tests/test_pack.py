@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from gan_core.cli import main
-from gan_core.data.pack import pack_cohort, pack_splits
+from gan_core.data.pack import lesion_strata, pack_cohort, pack_splits
 from gan_core.data.shards import Shards, cohort_subjects, split_subjects
 
 SPLIT = (0.5, 0.25, 0.25)
@@ -34,7 +34,9 @@ def cohort(tiny_cohort: Path, tmp_path: Path) -> Path:
 
 
 def _break_test_subject(cohort: Path, seed: int) -> str:
-    sid = split_subjects([s.id for s in cohort_subjects(cohort)], SPLIT, seed)["test"][0]
+    subs = cohort_subjects(cohort)
+    sid = split_subjects([s.id for s in subs], SPLIT, seed,
+                         strata=lesion_strata({s.id: s.lesion for s in subs}))["test"][0]
     ct = cohort / sid / "ct.nii.gz"
     ct.write_bytes(ct.read_bytes()[:400])  # truncated gzip
     return sid

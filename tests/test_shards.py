@@ -91,3 +91,21 @@ def test_patch_dataset(tiny_shards):
 def test_shard_index_records_sources(tiny_shards):
     index = json.loads((tiny_shards / "test" / "index.json").read_text())
     assert all(s["source"]["mr"].endswith("mr.nii.gz") for s in index["subjects"])
+
+
+def test_split_is_stratified_by_lesion_presence():
+    """Every test split gets >= 2 lesion subjects when there are >= 2 (the demo's 12 subjects:
+    2 test subjects, both with lesions), whatever the seed; strata must cover every id."""
+    ids = [f"s{i:02d}" for i in range(12)]
+    for seed in range(20):
+        strata = {s: bool(np.random.default_rng(seed + 100).random() < 0.4) or s in ("s03", "s07")
+                  for s in ids}
+        split = split_subjects(ids, seed=seed, strata=strata)
+        assert sorted(sum(split.values(), [])) == ids
+        assert [len(split[k]) for k in ("train", "val", "test")] == [8, 2, 2]
+        assert sum(strata[s] for s in split["test"]) == 2
+        assert split == split_subjects(ids, seed=seed, strata=strata)  # deterministic
+    one = {s: s == "s05" for s in ids}
+    assert split_subjects(ids, seed=0, strata=one)["test"].count("s05") == 1
+    with pytest.raises(ValueError, match="no lesion flag"):
+        split_subjects(ids, strata={"s00": True})

@@ -183,7 +183,8 @@ def test_mr2ct_evaluation_audits_lesions_in_hu_as_the_nifti_audit(tiny_shards, t
         from gan_core.data.normalize import unit_to_ct
 
         direct = lesion_audit(ct.array, unit_to_ct(base_hu), lesion.array, load_volume(files.mask).array,
-                              spacing=ct.spacing)
+                              spacing=ct.spacing, labels=load_volume(files.labels).array,
+                              border_margin_mm=task.border_margin["margin_mm"])
         got = row["baseline"]["audit"]
         for k in ("n_true", "n_evaluable", "n_preserved", "n_invented", "passed"):
             assert got[k] == direct[k], k

@@ -17,6 +17,9 @@ import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
+
+from gan_core.data.nifti import load_volume
 from gan_core.data.shards import SubjectFiles, cohort_subjects, pack_shards, split_subjects
 from gan_core.data.staging import remove_leftovers, staging_dir, swap_in
 
@@ -78,6 +81,13 @@ def pack_splits(splits: Mapping[str, Sequence[SubjectFiles]], out: str | Path, *
     return indexes
 
 
+def lesion_strata(lesion_files: Mapping[str, str | os.PathLike | None]) -> dict[str, bool]:
+    """Subject id -> True when its lesion mask file (``lesion.nii.gz``; None: the subject has
+    none) marks a voxel: the strata of :func:`~gan_core.data.shards.split_subjects`."""
+    return {sid: bool(f and np.any(load_volume(f, dtype=np.uint8).array))
+            for sid, f in lesion_files.items()}
+
+
 def pack_cohort(cohort: str | Path, out: str | Path, *,
                 split: tuple[float, float, float] = (0.6, 0.2, 0.2), seed: int = 0) -> dict[str, list[str]]:
     """Split a SynthRAD-layout cohort by subject and publish ``<out>/{train,val,test}`` shards.
@@ -93,6 +103,6 @@ def pack_cohort(cohort: str | Path, out: str | Path, *,
     ([1, 1, 1], ['splits.json', 'test', 'train', 'val'])
     """
     subs = {s.id: s for s in cohort_subjects(cohort)}
-    ids = split_subjects(list(subs), split, seed)
+    ids = split_subjects(list(subs), split, seed, strata=lesion_strata({i: s.lesion for i, s in subs.items()}))
     pack_splits({name: [subs[i] for i in members] for name, members in ids.items()}, out)
     return ids

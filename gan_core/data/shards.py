@@ -76,10 +76,21 @@ def cohort_subjects(root: str | Path) -> list[SubjectFiles]:
 
 
 def split_subjects(ids: Sequence[str], fractions: Sequence[float] = (0.6, 0.2, 0.2),
-                   seed: int = 0) -> dict[str, list[str]]:
+                   seed: int = 0, *, strata: dict[str, bool] | None = None,
+                   min_test_positive: int = 2) -> dict[str, list[str]]:
     """Split subject ids (never slices) into train/val/test with a seeded shuffle.
 
     Every split with a positive fraction gets at least one subject when there are enough.
+    ``strata``: subject id -> True for a subject with lesions (every id must be there); the
+    split is then stratified by lesion presence: each stratum is shuffled on its own, the test
+    split receives ``min(min_test_positive, test size, lesion subjects)`` lesion subjects or its
+    proportional share if larger, the validation split its proportional share (rounded) of the
+    lesion subjects left, and train the rest, so a held-out audit always has lesions to keep.
+
+    >>> ids = [f"s{i:02d}" for i in range(12)]
+    >>> split = split_subjects(ids, seed=0, strata={s: s in ("s00", "s01", "s02") for s in ids})
+    >>> sum(s in ("s00", "s01", "s02") for s in split["test"]), len(split["test"])
+    (2, 2)
     """
     if len(fractions) != 3 or any(f < 0 for f in fractions) or sum(fractions) <= 0:
         raise ValueError(f"split fractions must be 3 non-negative numbers, got {fractions}")
@@ -93,8 +104,24 @@ def split_subjects(ids: Sequence[str], fractions: Sequence[float] = (0.6, 0.2, 0
     if n_train < 1:
         raise ValueError(f"{n} subjects are too few for splits {fractions}")
     shuffled = [ids[i] for i in order]
-    return {"train": sorted(shuffled[:n_train]), "val": sorted(shuffled[n_train:n_train + n_val]),
-            "test": sorted(shuffled[n_train + n_val:])}
+    if strata is None:
+        return {"train": sorted(shuffled[:n_train]), "val": sorted(shuffled[n_train:n_train + n_val]),
+                "test": sorted(shuffled[n_train + n_val:])}
+    missing = [i for i in ids if i not in strata]
+    if missing:
+        raise ValueError(f"split strata: no lesion flag for subject(s) {missing[:5]} "
+                         f"({len(missing)} of {n})")
+    pos = [i for i in shuffled if strata[i]]
+    neg = [i for i in shuffled if not strata[i]]
+    t_pos = min(len(pos), n_test, max(int(min_test_positive), round(n_test * len(pos) / n)))
+    t_pos = max(t_pos, n_test - len(neg))
+    v_pos = min(len(pos) - t_pos, n_val, round(n_val * len(pos) / n))
+    v_pos = max(v_pos, n_val - (len(neg) - (n_test - t_pos)))
+    test = pos[:t_pos] + neg[:n_test - t_pos]
+    val = pos[t_pos:t_pos + v_pos] + neg[n_test - t_pos:n_test - t_pos + n_val - v_pos]
+    taken = set(test) | set(val)
+    return {"train": sorted(i for i in ids if i not in taken), "val": sorted(val),
+            "test": sorted(test)}
 
 
 def _fit_inplane(a: np.ndarray, size: tuple[int, int], fill: float) -> tuple[np.ndarray, list[int]]:

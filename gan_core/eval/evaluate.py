@@ -161,6 +161,7 @@ def evaluate(models: dict[str, "GANFramework"], task: "Task", shards: str | Path
         if train_shards is not None:
             tr = Shards(train_shards)
             task.fit_baseline(tr.subject_slab(i) for i in range(len(tr.subjects)))
+            task.fit_audit((tr.subject_slab(i), _slab_spacing(s)) for i, s in enumerate(tr.subjects))
         sh = Shards(shards)
         task.check_slab(sh.arrays, str(sh.dir))
         views: list[SubjectView] | None = [] if viewer and figures else None

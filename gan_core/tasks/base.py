@@ -106,6 +106,11 @@ class Task:
         """Extra per-subject fields of an evaluation report (default: none)."""
         return {}
 
+    def fit_audit(self, train_cases) -> None:
+        """Calibrate :meth:`audit` on ``(slab, spacing)`` pairs of the training split, after
+        :meth:`fit_baseline` (default: nothing; MR -> CT learns the lesion audit's tissue-border
+        margin from the baseline's errors)."""
+
     def audit(self, pred: np.ndarray, slab: dict[str, np.ndarray],
               spacing: tuple[float, float, float] | None) -> dict[str, Any] | None:
         """A per-subject audit of a prediction beyond the metrics (``spacing``: mm per slab
