@@ -35,6 +35,7 @@ from gan_core.data.unpaired import pack_unpaired  # noqa: E402
 from gan_core.engine import train  # noqa: E402
 from gan_core.engine.infer import predict_volume  # noqa: E402
 from gan_core.eval.metrics import score  # noqa: E402
+from gan_core.config import parse_set  # noqa: E402
 from gan_core.presets import apply_overrides, preset, with_total_steps  # noqa: E402
 from gan_core.tasks import build_task  # noqa: E402
 
@@ -42,17 +43,46 @@ from gan_core.tasks import build_task  # noqa: E402
 REPORT_TISSUES = ("air", "fat", "soft_tissue", "grey_matter", "white_matter", "csf",
                   "cortical_bone", "marrow", "sinus_air")
 
-#: name -> (framework, preset, overrides, benchmark): one change at a time from the plain recipe
+#: the cumulative ladder, each step one change on top of the previous one (plain = the demo
+#: recipe as it was, with the discriminator-norm defect)
+LADDER: list[tuple[str, dict[str, Any]]] = [
+    ("plain", {"model.d_norm": "none"}),
+    ("+d_norm", {"model.d_norm": "instance"}),
+    ("+cycle_a0", {"fw.cycle_a": 0.0}),
+    ("+identity0", {"fw.identity": 0.0}),
+    ("+mind", {"loss.mind": 10.0}),
+    ("+shape_c", {"loss.shape_consistency": 2.0}),
+    ("+gradient_c", {"loss.gradient_consistency": 2.0}),
+    ("+whole", {"data.image_size": 64, "data.batch_size": 4}),
+]
+
+
+def _ladder() -> dict[str, tuple[str, str, dict[str, Any], str]]:
+    out, acc = {}, {}
+    for name, change in LADDER:
+        acc = {**acc, **change}
+        out[name] = ("cyclegan", "demo", dict(acc), "unpaired")
+    return out
+
+
+#: name -> (framework, preset, overrides, benchmark)
 VARIANTS: dict[str, tuple[str, str, dict[str, Any], str]] = {
-    # the demo recipe as it was (discriminator without normalisation: the defect)
-    "plain": ("cyclegan", "demo", {"model.d_norm": "none"}, "unpaired"),
-    "d_norm": ("cyclegan", "demo", {}, "unpaired"),
-    "whole": ("cyclegan", "demo", {"data.image_size": 64, "data.batch_size": 4}, "unpaired"),
-    "cycle_a0": ("cyclegan", "demo", {"fw.cycle_a": 0.0}, "unpaired"),
-    "idt0": ("cyclegan", "demo", {"fw.identity": 0.0}, "unpaired"),
-    "mind": ("cyclegan", "demo", {"loss.mind": 10.0}, "unpaired"),
-    "gradc": ("cyclegan", "demo", {"loss.gradient_consistency": 2.0}, "unpaired"),
-    "shapec": ("cyclegan", "demo", {"loss.shape_consistency": 2.0}, "unpaired"),
+    **_ladder(),
+    # single changes from the fixed demo recipe (d_norm instance)
+    "mind_only": ("cyclegan", "demo", {"loss.mind": 10.0}, "unpaired"),
+    "shape_c_only": ("cyclegan", "demo", {"loss.shape_consistency": 2.0}, "unpaired"),
+    "published+terms": ("cyclegan", "demo", {"loss.mind": 2.0, "loss.shape_consistency": 1.0},
+                        "unpaired"),
+    "no_cycle_a+terms": ("cyclegan", "demo", {"fw.cycle_a": 0.0, "fw.identity": 0.0,
+                                              "loss.mind": 2.0, "loss.shape_consistency": 1.0},
+                         "unpaired"),
+    "published+terms+whole": ("cyclegan", "demo", {"loss.mind": 2.0, "loss.shape_consistency": 1.0,
+                                                   "data.image_size": 64, "data.batch_size": 2},
+                              "unpaired"),
+    "no_cycle_a+terms+whole": ("cyclegan", "demo", {"fw.cycle_a": 0.0, "fw.identity": 0.0,
+                                                    "loss.mind": 2.0, "loss.shape_consistency": 1.0,
+                                                    "data.image_size": 64, "data.batch_size": 2},
+                               "unpaired"),
     "structure": ("cyclegan", "structure", {}, "unpaired"),
     "unit": ("unit", "demo", {}, "unpaired"),
     "unit_structure": ("unit", "structure", {}, "unpaired"),
@@ -98,6 +128,8 @@ def score_model(predict, test: Path, task) -> list[dict[str, Any]]:
         gt = unit_to_ct(np.asarray(slab["ct"], np.float32))
         row = {"subject": s["id"], **score(gt, pred, slab["mask"] > 0)}
         row["tissue"] = tissue_errors(gt, pred, slab["labels"])
+        row["tissue_hu"] = {t: float(pred[slab["labels"] == TISSUES[t]].mean())
+                            for t in REPORT_TISSUES if (slab["labels"] == TISSUES[t]).any()}
         rows.append(row)
     return rows
 
@@ -107,6 +139,8 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     out = {k: float(np.mean([r[k] for r in rows])) for k in ("mae", "psnr", "ssim")}
     out["tissue"] = {t: float(np.mean([r["tissue"][t] for r in rows if t in r["tissue"]]))
                      for t in REPORT_TISSUES if any(t in r["tissue"] for r in rows)}
+    out["tissue_hu"] = {t: float(np.mean([r["tissue_hu"][t] for r in rows if t in r["tissue_hu"]]))
+                        for t in out["tissue"]}
     return out
 
 
@@ -119,15 +153,18 @@ def baseline_scores(bench: dict[str, Path]) -> dict[str, Any]:
 
 
 def run_variant(name: str, seed: int, bench: dict[str, Path], work: Path, steps: int | None,
-                threads: int) -> dict[str, Any]:
+                threads: int, common: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train variant ``name`` (with the ``common`` overrides first) and score it."""
     framework, preset_name, overrides, which = VARIANTS[name]
+    overrides = {**(common or {}), **overrides}
     cfg = apply_overrides(preset(preset_name, framework), {**overrides, "seed": seed,
                                                            "val_every": 0})
     if steps:
         cfg = with_total_steps(cfg, steps)
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
-    res = train(cfg, bench[which], work / "runs" / f"{name}-s{seed}", device="cpu", progress=False)
+    res = train(cfg, bench[which], work / "runs" / f"{name}-s{seed}-{steps}", device="cpu",
+                progress=False)
     train_s = time.perf_counter() - t0
     from gan_core.engine import load_model
 
@@ -140,6 +177,37 @@ def run_variant(name: str, seed: int, bench: dict[str, Path], work: Path, steps:
             "train_s": round(train_s, 1), "threads": threads, **summarise(rows), "per_subject": rows}
 
 
+def _ms(values: list[float], digits: int = 0) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}"
+
+
+TISSUE_SHORT = {"air": "air", "fat": "fat", "soft_tissue": "soft", "grey_matter": "GM",
+                "white_matter": "WM", "csf": "CSF", "cortical_bone": "bone", "marrow": "marrow",
+                "sinus_air": "sinus"}
+
+
+def table(rows: list[dict[str, Any]], base: dict[str, Any], order: list[str] | None = None) -> str:
+    """Markdown: per variant (rows grouped, in ``order``), MAE / SSIM and per-tissue mean-HU
+    error, mean ± sd over seeds (each seed's value is the mean over the test subjects)."""
+    names = order or list(dict.fromkeys(r["variant"] for r in rows))
+    head = ["method", "seeds", "steps", "train s", "MAE (HU)", "SSIM"] + [TISSUE_SHORT[t] for t in REPORT_TISSUES]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name in names:
+        rs = [r for r in rows if r["variant"] == name]
+        if not rs:
+            continue
+        cells = [name, str(len(rs)), str(rs[0]["steps"]), _ms([r["train_s"] for r in rs]),
+                 _ms([r["mae"] for r in rs], 1), _ms([r["ssim"] for r in rs], 3)]
+        cells += [_ms([r["tissue"][t] for r in rs if t in r["tissue"]]) for t in REPORT_TISSUES]
+        lines.append("| " + " | ".join(cells) + " |")
+    cells = ["baseline (paired fit)", "-", "-", "-", f"{base['mae']:.1f}", f"{base['ssim']:.3f}"]
+    cells += [f"{base['tissue'].get(t, float('nan')):.0f}" for t in REPORT_TISSUES]
+    lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--workdir", default="unpaired_run")
@@ -150,6 +218,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0, help="cohort seed")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default="", help="JSON lines file (default <workdir>/results.jsonl)")
+    p.add_argument("--table", action="store_true", help="only print the table of --out")
+    p.add_argument("--set", action="append", default=[],
+                   help="key=value override for every variant (e.g. model.g_filters=16)")
     a = p.parse_args(argv)
     work = Path(a.workdir)
     bench = build_benchmarks(work, a.subjects, a.seed, (64, 64, 32), (3.0, 3.0, 5.0))
@@ -158,10 +229,14 @@ def main(argv: list[str] | None = None) -> int:
     if not base_file.exists():
         base_file.write_text(json.dumps(baseline_scores(bench), indent=2))
     base = json.loads(base_file.read_text())
+    if a.table:
+        rows = [json.loads(x) for x in out.read_text().splitlines() if x.strip()]
+        print(table(rows, base, a.variants.split(",") if a.variants != "plain,d_norm" else None))
+        return 0
     print(f"baseline: MAE {base['mae']:.1f} HU  tissue {json.dumps({k: round(v) for k, v in base['tissue'].items()})}", flush=True)
     for name in a.variants.split(","):
         for seed in (int(s) for s in a.seeds.split(",")):
-            r = run_variant(name, seed, bench, work, a.steps, a.threads)
+            r = run_variant(name, seed, bench, work, a.steps, a.threads, parse_set(a.set))
             with out.open("a") as fh:
                 fh.write(json.dumps(r) + "\n")
             print(f"{name} s{seed}: {r['steps']} steps {r['train_s']:.0f}s  MAE {r['mae']:.1f}  "

@@ -52,6 +52,11 @@ class CycleGAN(GANFramework):
             m.d_norm = "instance"
             m.n_blocks = 9
             cfg.data.batch_size = 1
+        elif preset == "structure":  # unpaired MR -> CT that learns (docs/results.md, "Unpaired")
+            # the MR -> CT -> MR cycle cannot be met by the right map (T1 contrast is lost), and
+            # the identity term pulls G_A towards the MR's tissue order: both off; the structure
+            # terms (gan_core.presets.STRUCTURE_LOSS) tie each translation to its input instead
+            cfg.fw.cycle_a, cfg.fw.identity = 0.0, 0.0
 
     def build_networks(self) -> dict[str, nn.Module]:
         m = self.cfg.model
