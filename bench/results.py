@@ -7,8 +7,9 @@ One cohort (the built-in phantom: ``--subjects`` subjects, ``--seed``, 64 x 64 x
 framework (``--steps`` overrides its iterations); every model is scored on the held-out test
 subjects beside the task's non-learned baseline. One failed experiment is reported, not fatal.
 ``--only unpaired`` runs the unpaired MR -> CT study instead (``bench/unpaired.py``: the unpaired
-benchmark, the ladder of changes from the plain CycleGAN recipe to the ``structure`` preset,
-UNIT, and pix2pix vs CycleGAN on the paired benchmark; ``--seeds``), mean ± sd over seeds.
+benchmark, the changes from the plain CycleGAN recipe to the ``structure`` preset; UNIT and
+pix2pix vs CycleGAN on the paired benchmark with ``--variants``; ``--seeds``), mean ± sd over
+seeds: ``python bench/results.py --only unpaired --steps 400 --seeds 0``.
 Needs only gan_core + torch (+ scikit-image/scipy), so it also runs on a bare GPU machine.
 """
 
@@ -181,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--seeds", default="0,1,2", help="unpaired study: training seeds")
     p.add_argument("--variants", default="", help="unpaired study: bench/unpaired.py VARIANTS "
-                   "(default: the ladder, structure, unit, unit_structure and the paired pair)")
+                   "(default: the measured rows of docs/results.md)")
     p.add_argument("--set", action="append", default=[],
                    help="unpaired study: key=value override for every variant")
     p.add_argument("--json", default="results.json")
@@ -203,9 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
         import unpaired as study
 
-        variants = a.variants.split(",") if a.variants else (
-            [n for n, _ in study.LADDER] + ["structure", "unit", "unit_structure",
-                                             "pix2pix_paired", "cyclegan_paired"])
+        variants = a.variants.split(",") if a.variants else study.MEASURED
         sec = run_unpaired_study(work, a.steps, [int(x) for x in a.seeds.split(",")], variants,
                                  parse_set(a.set))
         res = {"date": time.strftime("%Y-%m-%d"), "torch": torch.__version__,
