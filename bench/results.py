@@ -6,6 +6,10 @@ One cohort (the built-in phantom: ``--subjects`` subjects, ``--seed``, 64 x 64 x
 3 x 3 x 5 mm, split by subject 60/20/20) and, per experiment, the ``demo`` preset of each
 framework (``--steps`` overrides its iterations); every model is scored on the held-out test
 subjects beside the task's non-learned baseline. One failed experiment is reported, not fatal.
+``--only unpaired`` runs the unpaired MR -> CT study instead (``bench/unpaired.py``: the unpaired
+benchmark, the changes from the plain CycleGAN recipe to the ``structure`` preset; UNIT and
+pix2pix vs CycleGAN on the paired benchmark with ``--variants``; ``--seeds``), mean ± sd over
+seeds: ``python bench/results.py --only unpaired --steps 400 --seeds 0``.
 Needs only gan_core + torch (+ scikit-image/scipy), so it also runs on a bare GPU machine.
 """
 
@@ -124,10 +128,32 @@ def run_augmentation(shards: Path, work: Path, steps: int | None, device: str, n
     return sec
 
 
+def run_unpaired_study(work: Path, steps: int | None, seeds: list[int], variants: list[str],
+                       common: dict) -> dict:
+    """The unpaired study of ``bench/unpaired.py`` (its own cohort packs under ``work``)."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import unpaired as study  # bench/unpaired.py
+
+    bench = study.build_benchmarks(work, 14, 0, (64, 64, 32), (3.0, 3.0, 5.0))
+    base = study.baseline_scores(bench)
+    rows = []
+    for name in variants:
+        for seed in seeds:
+            try:
+                rows.append(study.run_variant(name, seed, bench, work, steps, 1, common))
+            except Exception as exc:  # noqa: BLE001 - reported, the others still run
+                traceback.print_exc()
+                rows.append({"variant": name, "seed": seed, "error": f"{type(exc).__name__}: {exc}"})
+    ok = [r for r in rows if "error" not in r]
+    return {"title": "Unpaired MR -> CT (disjoint MR and CT training subjects)", "baseline": base,
+            "rows": rows, "table": study.table(ok, base, variants),
+            "errors": [r for r in rows if "error" in r]}
+
+
 def markdown(res: dict) -> str:
     lines = [f"Measured {res['date']} on {res['machine']} (torch {res['torch']}), "
              f"{res['minutes']:.0f} min in all. Cohort: {res['cohort']}. Preset: {res['preset']}.", ""]
-    for sec in res["translation"] + [res.get("synthesis", {}), res.get("augmentation", {})]:
+    for sec in res["translation"] + [res.get(k, {}) for k in ("synthesis", "augmentation", "unpaired")]:
         if not sec:
             continue
         lines += [f"### {sec['title']}", ""]
@@ -154,6 +180,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="run only these parts (task names, synth, augment); repeatable")
     p.add_argument("--augment-real-subjects", type=int, default=2)
     p.add_argument("--device", default="auto")
+    p.add_argument("--seeds", default="0,1,2", help="unpaired study: training seeds")
+    p.add_argument("--variants", default="", help="unpaired study: bench/unpaired.py VARIANTS "
+                   "(default: the measured rows of docs/results.md)")
+    p.add_argument("--set", action="append", default=[],
+                   help="unpaired study: key=value override for every variant")
     p.add_argument("--json", default="results.json")
     p.add_argument("--markdown", default="results.md")
     a = p.parse_args(argv)
@@ -167,6 +198,24 @@ def main(argv: list[str] | None = None) -> int:
         pack_cohort(cohort, shards, seed=a.seed)
     splits = json.loads((shards / "splits.json").read_text())
     only = set(a.only)
+    if only == {"unpaired"}:
+        from gan_core.config import parse_set
+
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        import unpaired as study
+
+        variants = a.variants.split(",") if a.variants else study.MEASURED
+        sec = run_unpaired_study(work, a.steps, [int(x) for x in a.seeds.split(",")], variants,
+                                 parse_set(a.set))
+        res = {"date": time.strftime("%Y-%m-%d"), "torch": torch.__version__,
+               "machine": f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores",
+               "cohort": "phantom, 14 subjects, seed 0, 64x64x32 at 3x3x5 mm",
+               "preset": f"see the table ({a.steps or 'preset'} steps)", "translation": [],
+               "unpaired": sec, "minutes": (time.perf_counter() - t0) / 60}
+        Path(a.json).write_text(json.dumps(res, indent=2, default=str))
+        Path(a.markdown).write_text(markdown(res))
+        print(sec["table"])
+        return 0
     res = {"date": time.strftime("%Y-%m-%d"),
            "machine": (torch.cuda.get_device_name(0) if device.startswith("cuda")
                        else f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores"),

@@ -46,6 +46,10 @@ class LossWeights:
     self_reg: float = 0.0     # L10: generated image stays close to its source (same modality)
     frequency: float = 0.0    # L11: L1 between orthonormal k-space spectra
     regulation: float = 0.0   # L12: row/column mean and std profiles
+    # unpaired, source-referenced (a translation vs its OWN input; gan_core.losses.consistency)
+    mind: float = 0.0         # L8: L1 between MIND descriptors of G(x) and x
+    gradient_consistency: float = 0.0  # L4: 1 - local NCC^2 of the gradients of G(x) and x
+    shape_consistency: float = 0.0     # L6: 1 - correlation ratio of G(x) over x's tissue labels
 
 
 @dataclass
@@ -64,7 +68,8 @@ class ModelConfig:
     g_layers: int = 6        # ConvNet generator: full-resolution conv layers
     num_downs: int = 8       # U-Net generator (input size divisible by 2**num_downs)
     d_layers: int = 3        # PatchGAN n_layers
-    norm: str = "instance"
+    norm: str = "instance"   # the generator's normalisation
+    d_norm: str = "instance"  # the discriminator's own (instance: Zhu et al.'s PatchGAN)
     dropout: bool = False
     residual: bool = False   # G(x) = clamp(x + net(x)), net starts at 0 (same-modality tasks)
     init_type: str = "normal"  # normal (N(0, gain), the GAN papers) | kaiming | xavier | orthogonal

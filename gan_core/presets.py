@@ -26,10 +26,14 @@ from gan_core.config import DataConfig, TrainConfig, dotted, nest, update
 from gan_core.frameworks import get_framework
 from gan_core.tasks import build_task, task_config
 
-__all__ = ["PRESETS", "base_config", "preset", "set_task_defaults", "from_dict", "load_config",
+__all__ = ["PRESETS", "STRUCTURE_LOSS", "base_config", "preset", "set_task_defaults", "from_dict", "load_config",
            "apply_overrides", "with_total_steps", "config_from_yaml"]
 
-PRESETS = ("demo", "full", "tiny")
+PRESETS = ("demo", "full", "tiny", "structure")
+
+#: the ``structure`` preset's Table-5 terms (``gan_core.losses.consistency``): a translation vs
+#: its own input
+STRUCTURE_LOSS: dict[str, float] = {"mind": 2.0, "shape_consistency": 1.0}
 
 
 def _name(value: Any, field: str) -> str:
@@ -57,12 +61,19 @@ def preset(name: str, framework: str, task: str | None = None) -> TrainConfig:
     - ``demo``: CPU minutes: a full-resolution ConvNet generator (Kaiming init, lr 1e-3),
       PatchGAN, 32 px crops, batch 8, 1500 iterations; the framework's objective unchanged.
     - ``tiny``: seconds, for tests.
+    - ``structure``: unpaired frameworks only (CycleGAN, UNIT): ``demo`` plus what makes them
+      learn MR -> CT from unpaired data (measured in ``docs/results.md``): the structure-
+      consistency terms between each translation and its own input (:data:`STRUCTURE_LOSS`) and
+      the framework's own changes (its ``configure(cfg, "structure")``).
     """
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; expected one of {PRESETS}")
     fw_cls = get_framework(framework)
     cfg = base_config(framework, task if task is not None else "mr2ct")
-    if name in ("demo", "tiny"):
+    if name == "structure" and fw_cls.paired:
+        raise ValueError(f"preset 'structure' is for unpaired frameworks (cyclegan, unit); "
+                         f"{framework!r} trains on pairs")
+    if name in ("demo", "tiny", "structure"):
         # small and fast on a CPU: a full-resolution ConvNet generator (Kaiming init) learns the
         # MR -> CT intensity translation in minutes, where the published U-Net / ResNet with
         # N(0, 0.02) init needs hours (measured on the phantom: docs/benchmarks.md)
@@ -70,10 +81,15 @@ def preset(name: str, framework: str, task: str | None = None) -> TrainConfig:
         m.generator, m.g_filters, m.g_layers, m.norm, m.init_type = "convnet", 32, 6, "none", "kaiming"
         m.d_filters, m.d_layers = 32, 3
         cfg.optim.lr = 1e-3
-    if name == "demo":
+    if name in ("demo", "structure"):
         cfg.data = DataConfig(image_size=32, batch_size=8, min_body_fraction=0.1)
         cfg.optim.steps_constant, cfg.optim.steps_decay = 750, 750
         cfg.log_every, cfg.checkpoint_every = 100, 500
+    if name == "structure":  # half-width nets on 64 px whole slices (the phantom benchmark's
+        # size: the discriminator sees the whole head), batch 2, 400 iterations (CPU minutes)
+        cfg.model.g_filters, cfg.model.d_filters = 16, 16
+        cfg.data.image_size, cfg.data.batch_size = 64, 2
+        cfg.optim.steps_constant, cfg.optim.steps_decay = 200, 200
     elif name == "tiny":
         cfg.data = DataConfig(image_size=32, batch_size=2)
         cfg.model.g_filters, cfg.model.g_layers, cfg.model.d_filters = 8, 3, 8
@@ -82,6 +98,8 @@ def preset(name: str, framework: str, task: str | None = None) -> TrainConfig:
     fw_cls.configure(cfg, name)
     update(cfg.loss, dict(fw_cls.loss_defaults), "loss.")
     set_task_defaults(cfg)
+    if name == "structure":
+        update(cfg.loss, dict(STRUCTURE_LOSS), "loss.")
     return cfg
 
 

@@ -120,7 +120,8 @@ def test_bf16_autocast_path_runs():
 
 @pytest.mark.parametrize("name", ["pix2pix", "cyclegan", "unit"])
 @pytest.mark.parametrize("term", ["gradient", "sharpness", "structure", "frequency", "regulation",
-                                  "shape", "perceptual", "style", "self_reg"])
+                                  "shape", "perceptual", "style", "self_reg", "mind",
+                                  "gradient_consistency", "shape_consistency"])
 def test_table5_terms_are_weighted_into_the_generator_loss(name, term):
     torch.manual_seed(0)
     off = build_framework(preset("tiny", name)).train_step(_batch())
@@ -181,3 +182,43 @@ def test_unconditional_frameworks_sample_through_the_protocol(name):
     assert isinstance(fw, Framework)
     a = fw.sample(2, generator=torch.Generator().manual_seed(3))
     assert a.shape[:2] == (2, 1) and torch.equal(a, fw.sample(2, generator=torch.Generator().manual_seed(3)))
+
+
+@pytest.mark.parametrize("name", ["pix2pix", "cyclegan", "unit"])
+def test_discriminator_norm_is_its_own_setting(name):
+    """model.d_norm, not the generator's model.norm, normalises the discriminators (the demo
+    presets' norm 'none' once stripped CycleGAN's discriminator of its instance norm)."""
+    from torch import nn
+
+    def norms(net):
+        return [m for m in net.modules() if isinstance(m, (nn.InstanceNorm2d, nn.BatchNorm2d))]
+
+    cfg = apply_overrides(preset("tiny", name), {"model.norm": "none"})
+    assert cfg.model.d_norm == "instance"
+    fw = build_framework(cfg)
+    discs = [v for k, v in fw.networks().items() if k.startswith("D")]
+    assert discs and all(norms(d) for d in discs)
+    fw = build_framework(apply_overrides(cfg, {"model.d_norm": "none"}))
+    assert not any(norms(v) for k, v in fw.networks().items() if k.startswith("D"))
+    assert preset("full", "pix2pix").model.d_norm == "batch"
+
+
+def test_cyclegan_asymmetric_cycle_weights():
+    torch.manual_seed(0)
+    fw = build_framework(apply_overrides(preset("tiny", "cyclegan"), {"fw.cycle_a": 0.0}))
+    out = fw.train_step(_batch())
+    assert float(out["cycle_A"]) == 0.0 and float(out["cycle_B"]) > 0
+
+
+def test_structure_preset_is_for_unpaired_frameworks():
+    from gan_core.presets import STRUCTURE_LOSS
+
+    for name in ("cyclegan", "unit"):
+        cfg = preset("structure", name)
+        assert all(getattr(cfg.loss, k) == v for k, v in STRUCTURE_LOSS.items())
+        out = build_framework(apply_overrides(cfg, {"data.image_size": 32})).train_step(_batch())
+        assert all(math.isfinite(float(v)) for v in out.values())
+        assert any(k.endswith(tuple(STRUCTURE_LOSS)) for k in out)
+    assert preset("demo", "cyclegan").loss.mind == 0.0   # the published objective unchanged
+    with pytest.raises(ValueError, match="unpaired"):
+        preset("structure", "pix2pix")

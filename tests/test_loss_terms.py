@@ -76,7 +76,7 @@ def test_term_zero_positive_and_grad(name: str, dim: str) -> None:
 
 def test_terms_table_matches_weights() -> None:
     assert set(lt.TERMS) == {f.name for f in dataclasses.fields(LossWeights)}
-    assert [t.row for t in lt.TERMS.values()] == [f"L{i}" for i in range(1, 13)]
+    assert [t.row for t in lt.TERMS.values()] == [f"L{i}" for i in range(1, 13)] + ["L8", "L4", "L6"]
     assert all(name == t.name for name, t in lt.TERMS.items())
     assert lt.TERMS["gan"].factory is adversarial.GANLoss          # re-export, not a copy
     assert lt.gradient_penalty is adversarial.gradient_penalty
@@ -111,8 +111,10 @@ def test_generator_terms_add_each_optional_term_by_its_kind(name: str) -> None:
         expect = lt.ShapeLoss("mean")(p, t, _labels(shape))
     elif kind == "feature":
         expect = lt.TERMS[name].factory(enc, freeze=False)(p, t)
+    elif kind == "source_label":  # the output against its input's tissue labels
+        expect = lt.TERMS[name].factory()(p, _labels(shape))
     else:  # source: the output against its own input
-        expect = lt.SelfRegLoss()(p, t)
+        expect = lt.TERMS[name].factory()(p, t)
     assert torch.allclose(out[f"G_{name}"], 2.0 * expect)
     assert not terms(p, t, source=t, labels=_labels(shape), features=enc, skip=(name,)) \
         or kind in ("pair", "feature")  # skip applies to the label and source terms
@@ -363,3 +365,65 @@ def test_regulation_sees_row_banding() -> None:
     assert math.isclose(full, expected + float((mpc - mtc).abs().mean()) / 2, rel_tol=1e-5)
     with pytest.raises(ValueError, match="stats"):
         lt.RegulationLoss(stats=("median",))
+
+
+# ------------------------------------------------------------- unpaired structure consistency
+def _anatomy(shape: tuple[int, ...], seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """A smooth random label map (4 tissues) and a 'T1' image painted from it."""
+    g = torch.Generator().manual_seed(seed)
+    field = torch.randn(shape, generator=g)
+    for _ in range(3):
+        field = lt.consistency._box_mean(field, 3)
+    q = torch.quantile(field.flatten(), torch.tensor([0.25, 0.5, 0.75]))
+    lab = torch.bucketize(field, q)                                    # (N, 1, *sp) in 0..3
+    t1 = torch.tensor([-1.0, 0.6, -0.2, 0.9])[lab]                   # T1-like contrast
+    return lab, t1
+
+
+@pytest.mark.parametrize("dim", ["2d", "3d"])
+@pytest.mark.parametrize("name", ["mind", "gradient_consistency", "shape_consistency"])
+def test_structure_terms_zero_for_same_structure_positive_for_other(name: str, dim: str) -> None:
+    """Each source-referenced term is finite and differentiable, ~0 for the same structure (an
+    inverted, rescaled source; shape: any flat distinct value per tissue), smaller for a CT
+    contrast of the same anatomy than for another anatomy, and clearly > 0 for the latter."""
+    shape = SHAPES[dim]
+    lab, t1 = _anatomy(shape, 0)
+    ct = torch.tensor([-1.0, -0.1, 0.9, 0.0])[lab]                   # CT contrast, same anatomy
+    lab2, _ = _anatomy(shape, 1)
+    other = torch.tensor([-1.0, -0.1, 0.9, 0.0])[lab2]                # CT of another anatomy
+    term = lt.TERMS[name].factory()
+
+    def run(gen: torch.Tensor) -> torch.Tensor:
+        return term(gen, lab) if name == "shape_consistency" else term(gen, t1)
+
+    same = run(0.5 - 1.5 * t1)
+    pred = other.clone().requires_grad_(True)
+    diff = run(pred)
+    assert torch.isfinite(same) and float(same) < 1e-4
+    assert float(diff.detach()) > 0.05 and float(diff.detach()) > 2 * float(run(ct))
+    _check_scalar_grad(diff, pred)
+    if name != "shape_consistency":  # no gradient to the source (a constant)
+        src = t1.clone().requires_grad_(True)
+        term(other.clone().requires_grad_(True), src).backward()
+        assert src.grad is None
+
+
+def test_structure_terms_ignore_contrast_but_see_a_shift() -> None:
+    """Contrast inversion costs nothing (T1 bone dark, CT bright); a 3-voxel shift does."""
+    lab, t1 = _anatomy((1, 1, 32, 32), 3)
+    for term in (lt.MINDLoss(), lt.GradientConsistencyLoss()):
+        assert float(term(-t1, t1)) < 1e-4
+        assert float(term(torch.roll(t1, 3, dims=-1), t1)) > 0.05
+    assert float(lt.ShapeConsistencyLoss()(torch.full_like(t1, 0.3), lab)) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_structure_terms_bad_input() -> None:
+    with pytest.raises(ValueError, match="source shapes differ"):
+        lt.MINDLoss()(torch.zeros(1, 1, 8, 8), torch.zeros(1, 1, 8, 9))
+    with pytest.raises(ValueError, match="window"):
+        lt.GradientConsistencyLoss(window=4)
+    with pytest.raises(TypeError, match="labels"):
+        lt.ShapeConsistencyLoss()(torch.zeros(1, 1, 8, 8), torch.zeros(1, 1, 8, 8))
+    with pytest.raises(ValueError, match="tissue labels"):
+        GeneratorTerms(LossWeights(shape_consistency=1.0))(torch.zeros(1, 1, 8, 8),
+                                                           torch.zeros(1, 1, 8, 8))

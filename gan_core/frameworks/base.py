@@ -80,8 +80,10 @@ class GeneratorTerms:
     - ``feature`` (perceptual, style): on the features of a local ConvEncoder file
       (``model.feature_encoder``) or, by default, of the framework's own discriminator (the
       ``features`` callable each call passes); nothing is downloaded;
-    - ``source`` (self_reg): L1 between the output and its source (same-modality tasks:
-      denoising, reconstruction, super-resolution).
+    - ``source`` (self_reg, mind, gradient_consistency): the output (``generated``) against its
+      own input (``source``): self_reg is L1 (same-modality tasks: denoising, reconstruction,
+      super-resolution); mind and gradient_consistency compare structure across modalities;
+    - ``source_label`` (shape_consistency): the output against its input's tissue labels.
 
     >>> from gan_core.config import LossWeights
     >>> terms = GeneratorTerms(LossWeights(gradient=1.0))
@@ -96,10 +98,11 @@ class GeneratorTerms:
         #: name -> (weight, term), per kind, each in table order
         self.by_kind: dict[str, dict[str, tuple[float, Any]]] = {
             kind: {k: (weight[k], TERMS[k].factory) for k in optional_terms(kind) if k in weight}
-            for kind in ("pair", "label", "feature", "source")}
-        self.pair = {k: (w, f()) for k, (w, f) in self.by_kind["pair"].items()}
-        self.shape = TERMS["shape"].factory("mean")
-        self.self_reg = TERMS["self_reg"].factory()
+            for kind in ("pair", "label", "feature", "source", "source_label")}
+        #: name -> (weight, built term) of every kind but ``feature`` (built per call)
+        self.built = {k: (w, f("mean") if k == "shape" else f())
+                      for kind, terms in self.by_kind.items() if kind != "feature"
+                      for k, (w, f) in terms.items()}
         self.encoder: nn.Module | None = None
         if feature_encoder and self.by_kind["feature"]:
             enc = ConvEncoder()
@@ -114,32 +117,38 @@ class GeneratorTerms:
                  features: Callable[[Tensor], list[Tensor]] | None = None,
                  generated: Tensor | None = None, skip: tuple[str, ...] = (),
                  prefix: str = "") -> dict[str, Tensor]:
-        """Weighted terms keyed ``<prefix><name>``. ``self_reg`` compares ``generated`` (default
-        ``pred``) with ``source``; ``skip`` leaves out named terms for this call."""
+        """Weighted terms keyed ``<prefix><name>``. ``source``/``source_label`` terms compare
+        ``generated`` (default ``pred``) with ``source`` / ``labels``; ``skip`` leaves out named
+        terms for this call."""
         p, t = pred.float(), target.float()
-        out = {f"{prefix}{name}": w * fn(p, t) for name, (w, fn) in self.pair.items()}
-        for name, (w, _) in self.by_kind["label"].items():
+        out = {f"{prefix}{name}": self.built[name][0] * self.built[name][1](p, t)
+               for name in self.by_kind["pair"]}
+        for name in (*self.by_kind["label"], *self.by_kind["source_label"]):
             if name in skip:
                 continue
             if labels is None:
                 raise ValueError(f"loss.{name} > 0 needs tissue labels in the batch: pack shards "
                                  "from subjects with a labels.nii.gz")
-            out[f"{prefix}{name}"] = w * self.shape(p, t, labels.long())
+            w, fn = self.built[name]
+            out[f"{prefix}{name}"] = w * (fn(p, t, labels.long()) if name in self.by_kind["label"]
+                                          else fn((pred if generated is None else generated).float(),
+                                                  labels.long()))
         extractor = self.encoder if self.encoder is not None else features
         for name, (w, factory) in self.by_kind["feature"].items():
             if extractor is None:
                 raise ValueError(f"loss.{name} > 0: this framework passes no feature extractor; "
                                  "set model.feature_encoder to a local ConvEncoder weights file")
             out[f"{prefix}{name}"] = w * factory(extractor, freeze=False)(p, t)
-        for name, (w, _) in self.by_kind["source"].items():
+        for name in self.by_kind["source"]:
             if name in skip:
                 continue
             g = pred if generated is None else generated
             if source is None or source.shape != g.shape:
                 raise ValueError(f"loss.{name} > 0 needs a source with the output's shape "
-                                 f"(same-modality tasks); got {None if source is None else tuple(source.shape)}"
+                                 f"(one channel in, one out); got {None if source is None else tuple(source.shape)}"
                                  f" vs {tuple(g.shape)}")
-            out[f"{prefix}{name}"] = w * self.self_reg(g.float(), source.float())
+            w, fn = self.built[name]
+            out[f"{prefix}{name}"] = w * fn(g.float(), source.float())
         return out
 
 

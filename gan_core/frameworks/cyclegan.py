@@ -7,7 +7,9 @@ Update order as the authors' code: both generators first (discriminators frozen)
 D_B on images drawn from a pool of 50 past fakes. D_A judges domain B (the output of G_A).
 
 Weights: ``loss.gan``, ``loss.cycle`` (lambda_cycle 10) and ``fw.identity`` (lambda_identity, a
-fraction of lambda_cycle: 0.5); ``fw.pool_size`` past fakes per pool.
+fraction of lambda_cycle: 0.5); ``fw.pool_size`` past fakes per pool; ``fw.cycle_a`` /
+``fw.cycle_b`` scale each direction's cycle term (1: the published symmetric objective; an
+MR->CT->MR cycle cannot be met by a correct MR->CT map, which loses T1 contrast).
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ class CycleGAN(GANFramework):
 
         identity: float = 0.5   # lambda_identity, as a fraction of lambda_cycle
         pool_size: int = 50     # image pool of past fakes per discriminator (0: none)
+        cycle_a: float = 1.0    # A->B->A (MR->CT->MR) cycle weight, a fraction of loss.cycle
+        cycle_b: float = 1.0    # B->A->B (CT->MR->CT) cycle weight, a fraction of loss.cycle
 
     paired = False
     loss_defaults = {"gan": 1.0, "cycle": 10.0}
@@ -45,8 +49,14 @@ class CycleGAN(GANFramework):
         cfg.fw.pool_size = 50
         if preset == "full":  # ResNet-9 + 70x70 PatchGAN, instance norm, batch 1
             m.generator, m.discriminator, m.norm, m.dropout = "resnet", "patchgan", "instance", False
+            m.d_norm = "instance"
             m.n_blocks = 9
             cfg.data.batch_size = 1
+        elif preset == "structure":  # unpaired MR -> CT that learns (docs/results.md, "Unpaired")
+            # the MR -> CT -> MR cycle cannot be met by the right map (T1 contrast is lost), and
+            # the identity term pulls G_A towards the MR's tissue order: both off; the structure
+            # terms (gan_core.presets.STRUCTURE_LOSS) tie each translation to its input instead
+            cfg.fw.cycle_a, cfg.fw.identity = 0.0, 0.0
 
     def build_networks(self) -> dict[str, nn.Module]:
         m = self.cfg.model
@@ -56,7 +66,7 @@ class CycleGAN(GANFramework):
 
         def disc(cin: int) -> nn.Module:
             return build_discriminator(m.discriminator, in_channels=cin, spatial_dims=m.spatial_dims,
-                                       base_filters=m.d_filters, n_layers=m.d_layers, norm=m.norm)
+                                       base_filters=m.d_filters, n_layers=m.d_layers, norm=m.d_norm)
 
         return {"G_A": gen(m.in_channels, m.out_channels), "G_B": gen(m.out_channels, m.in_channels),
                 "D_A": disc(m.out_channels), "D_B": disc(m.in_channels)}
@@ -74,7 +84,8 @@ class CycleGAN(GANFramework):
     def train_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         b = self.to_device(batch)
         real_A, real_B = b["A"], b["B"]
-        w, idt = self.cfg.loss, self.cfg.fw.identity
+        w, fw = self.cfg.loss, self.cfg.fw
+        idt = fw.identity
         G_A, G_B = self.fwd["G_A"], self.fwd["G_B"]
         D_nets = [self.nets["D_A"], self.nets["D_B"]]
 
@@ -88,18 +99,20 @@ class CycleGAN(GANFramework):
             rec_B = G_A(fake_A)
             loss_G_A = self.crit(self.frozen["D_A"](fake_B), True, for_discriminator=False) * w.gan
             loss_G_B = self.crit(self.frozen["D_B"](fake_A), True, for_discriminator=False) * w.gan
-            loss_cyc_A = F.l1_loss(rec_A.float(), real_A.float()) * w.cycle
-            loss_cyc_B = F.l1_loss(rec_B.float(), real_B.float()) * w.cycle
+            loss_cyc_A = F.l1_loss(rec_A.float(), real_A.float()) * w.cycle * fw.cycle_a
+            loss_cyc_B = F.l1_loss(rec_B.float(), real_B.float()) * w.cycle * fw.cycle_b
             loss_idt_A = loss_idt_B = rec_A.new_zeros((), dtype=real_A.dtype).float()
             if idt > 0:
                 loss_idt_A = F.l1_loss(G_A(real_B).float(), real_B.float()) * w.cycle * idt
                 loss_idt_B = F.l1_loss(G_B(real_A).float(), real_A.float()) * w.cycle * idt
         # the extra terms compare each cycle reconstruction with its real image (shape: with the
-        # A slice's labels; self-reg keeps each translation close to its source)
+        # A slice's labels); the source terms each translation with its own input (self_reg,
+        # mind, gradient_consistency; shape_consistency with the A slice's labels)
         extra = {**self.extra_terms(rec_A, real_A, source=real_A, generated=fake_B,
                                     labels=b.get("labels"), prefix="cycle_A_",
                                     features=getattr(self.nets["D_B"], "features", None)),
-                 **self.extra_terms(rec_B, real_B, source=real_B, generated=fake_A, skip=("shape",),
+                 **self.extra_terms(rec_B, real_B, source=real_B, generated=fake_A,
+                                    skip=("shape", "shape_consistency"),
                                     prefix="cycle_B_", features=getattr(self.nets["D_A"], "features", None))
                  } if self.extra_terms else {}
         loss_G = (loss_G_A + loss_G_B + loss_cyc_A + loss_cyc_B + loss_idt_A + loss_idt_B

@@ -30,6 +30,7 @@ class Pix2Pix(GANFramework):
         cfg.gan_mode = "vanilla"
         if preset == "full":  # U-Net-256 + 70x70 PatchGAN, batch norm, dropout, batch 1
             m.generator, m.discriminator, m.norm, m.dropout = "unet", "patchgan", "batch", True
+            m.d_norm = "batch"
             m.num_downs = 8
             cfg.data.batch_size = 1
 
@@ -39,7 +40,7 @@ class Pix2Pix(GANFramework):
             "G": build_gen(m, m.in_channels, m.out_channels),
             "D": build_discriminator(m.discriminator, in_channels=m.in_channels + m.out_channels,
                                      spatial_dims=m.spatial_dims, base_filters=m.d_filters,
-                                     n_layers=m.d_layers, norm=m.norm),
+                                     n_layers=m.d_layers, norm=m.d_norm),
         }
 
     def optimizer_groups(self) -> dict[str, list[str]]:

@@ -148,7 +148,7 @@ class UNIT(GANFramework):
         else:
             m.norm, m.n_downsampling, m.d_layers = "instance", 2, 2
             m.n_blocks = 2 if preset == "tiny" else 4
-            if preset == "demo":
+            if preset in ("demo", "structure"):
                 m.g_filters = 16
 
     # -- networks ----------------------------------------------------------------------------
@@ -177,7 +177,7 @@ class UNIT(GANFramework):
 
         def disc(cin: int) -> nn.Module:
             kw: dict[str, Any] = dict(in_channels=cin, spatial_dims=m.spatial_dims,
-                                      base_filters=m.d_filters, n_layers=m.d_layers, norm=m.norm)
+                                      base_filters=m.d_filters, n_layers=m.d_layers, norm=m.d_norm)
             if m.discriminator == "multiscale":
                 kw["num_scales"] = self.num_scales()
             return build_discriminator(m.discriminator, **kw)
@@ -258,7 +258,7 @@ class UNIT(GANFramework):
                                           labels=b.get("labels"), prefix="cycle_A_",
                                           features=self.nets["D_A"].features))
             terms.update(self.extra_terms(out["x_bab"], x_b, source=x_b, generated=out["x_ba"],
-                                          skip=("shape",), prefix="cycle_B_",
+                                          skip=("shape", "shape_consistency"), prefix="cycle_B_",
                                           features=self.nets["D_B"].features))
         loss_G = sum(terms.values())
         loss_G.backward()

@@ -20,6 +20,9 @@ L9     style         ``features``        :class:`StyleContentLoss`, :func:`gram_
 L10    self_reg      ``image``           :class:`SelfRegLoss`
 L11    frequency     ``frequency``       :class:`FrequencyLoss`
 L12    regulation    ``image``           :class:`RegulationLoss`
+L8     mind          ``consistency``     :class:`MINDLoss` (translation vs its own source)
+L4     gradient_c.   ``consistency``     :class:`GradientConsistencyLoss` (vs its source)
+L6     shape_c.      ``consistency``     :class:`ShapeConsistencyLoss` (vs source labels)
 =====  ============  ==================  ==================================================
 
 ``TERMS`` (``gan_core.losses.table``) is the one table of them, keyed exactly like the weights in
@@ -33,6 +36,8 @@ L12    regulation    ``image``           :class:`RegulationLoss`
 from __future__ import annotations
 
 from gan_core.losses.adversarial import GAN_MODES, GANLoss, gradient_penalty
+from gan_core.losses.consistency import (GradientConsistencyLoss, MINDLoss, ShapeConsistencyLoss,
+                                         mind_descriptor)
 from gan_core.losses.features import (ConvEncoder, FeatureExtractor, PerceptualLoss,
                                       StyleContentLoss, gram_matrix)
 from gan_core.losses.frequency import FrequencyLoss
@@ -47,5 +52,6 @@ __all__ = [
     "GradientLoss", "SharpnessLoss", "ShapeLoss", "ConvEncoder", "FeatureExtractor",
     "PerceptualLoss", "ssim", "ms_ssim", "MS_SSIM_WEIGHTS", "StructureLoss", "gram_matrix",
     "StyleContentLoss", "SelfRegLoss", "FrequencyLoss", "RegulationLoss", "KINDS", "LossTerm",
-    "TERMS", "optional_terms",
+    "TERMS", "optional_terms", "mind_descriptor", "MINDLoss", "GradientConsistencyLoss",
+    "ShapeConsistencyLoss",
 ]

@@ -8,7 +8,12 @@ image, cycle) or :class:`~gan_core.frameworks.base.GeneratorTerms` adds it when 
 
 Kinds: ``adversarial`` (a discriminator's output), ``pair`` (a generated image and its target),
 ``cycle`` (a reconstruction and the real image), ``label`` (plus the tissue label map),
-``feature`` (plus a feature extractor), ``source`` (a generated image and its own input).
+``feature`` (plus a feature extractor), ``source`` (a generated image and its own input),
+``source_label`` (a generated image and its input's tissue label map).
+
+The three ``*consistency``/``mind`` terms are the unpaired (source-referenced) forms of rows L4,
+L6 and L8 (:mod:`gan_core.losses.consistency`): cross-modality, they constrain structure, not
+intensity.
 
 >>> TERMS["structure"].row, TERMS["structure"].kind, TERMS["structure"].search
 ('L8', 'pair', ('uniform', 0.0, 20.0))
@@ -23,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gan_core.losses.adversarial import GANLoss
+from gan_core.losses.consistency import GradientConsistencyLoss, MINDLoss, ShapeConsistencyLoss
 from gan_core.losses.features import PerceptualLoss, StyleContentLoss
 from gan_core.losses.frequency import FrequencyLoss
 from gan_core.losses.image import (CycleLoss, GradientLoss, ImageLoss, RegulationLoss,
@@ -33,7 +39,7 @@ from gan_core.losses.structure import StructureLoss
 __all__ = ["KINDS", "LossTerm", "TERMS", "optional_terms"]
 
 #: what a term compares (see the module docstring)
-KINDS = ("adversarial", "pair", "cycle", "label", "feature", "source")
+KINDS = ("adversarial", "pair", "cycle", "label", "feature", "source", "source_label")
 
 #: a Ray Tune range: ``(kind, low, high)`` with kind ``uniform`` or ``loguniform``
 Range = tuple[str, float, float]
@@ -68,8 +74,14 @@ TERMS: dict[str, LossTerm] = {t.name: t for t in (
     LossTerm("self_reg", "L10", "source", SelfRegLoss, ("uniform", 0.0, 10.0)),
     LossTerm("frequency", "L11", "pair", FrequencyLoss, ("loguniform", 1.0, 100.0)),
     LossTerm("regulation", "L12", "pair", RegulationLoss, ("uniform", 0.0, 20.0)),
+    LossTerm("mind", "L8", "source", MINDLoss, ("loguniform", 0.5, 50.0)),
+    LossTerm("gradient_consistency", "L4", "source", GradientConsistencyLoss,
+             ("loguniform", 0.1, 10.0)),
+    LossTerm("shape_consistency", "L6", "source_label", ShapeConsistencyLoss,
+             ("loguniform", 0.1, 10.0)),
 )}
-"""Term name (a ``LossWeights`` field) -> :class:`LossTerm`, in Table-5 order."""
+"""Term name (a ``LossWeights`` field) -> :class:`LossTerm`, in Table-5 order, then the unpaired
+source-referenced forms."""
 
 
 def optional_terms(kind: str | None = None) -> list[str]:

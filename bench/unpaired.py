@@ -1,0 +1,240 @@
+"""The unpaired MR -> CT study behind ``docs/results.md``: what makes CycleGAN / UNIT learn.
+
+    python bench/unpaired.py --workdir unpaired_run --variants plain,structure --steps 400
+    python bench/unpaired.py --workdir unpaired_run --table          # the markdown table
+
+One phantom cohort packed twice (``gan_core.data.unpaired``): the UNPAIRED benchmark (training MR
+and CT from disjoint subjects, cross subjects ``<mr>+<ct>``) and the PAIRED one (``pack_cohort``,
+the same subject split); val/test are the same truly paired subjects in both. Each variant is a
+preset plus dotted overrides (:data:`VARIANTS`), trained per seed and scored on the test subjects:
+SynthRAD MAE/PSNR/SSIM in HU inside the body and, per tissue of the phantom's label map, the
+absolute error of the tissue's mean HU (a tissue swap shows as hundreds of HU on fat and bone).
+The non-learned baseline (binned intensity regression) is fitted on the PAIRED training subjects
+(it needs pairs; on the unpaired benchmark it is a stronger reference than anything unpaired).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from gan_core.data.normalize import unit_to_ct  # noqa: E402
+from gan_core.data.pack import pack_cohort  # noqa: E402
+from gan_core.data.phantom import TISSUES, write_cohort  # noqa: E402
+from gan_core.data.shards import Shards  # noqa: E402
+from gan_core.data.unpaired import pack_unpaired  # noqa: E402
+from gan_core.engine import train  # noqa: E402
+from gan_core.engine.infer import predict_volume  # noqa: E402
+from gan_core.eval.metrics import score  # noqa: E402
+from gan_core.config import parse_set  # noqa: E402
+from gan_core.presets import apply_overrides, preset, with_total_steps  # noqa: E402
+from gan_core.tasks import build_task  # noqa: E402
+
+#: tissues reported (label-map names; eye is left out: a few voxels per slab)
+REPORT_TISSUES = ("air", "fat", "soft_tissue", "grey_matter", "white_matter", "csf",
+                  "cortical_bone", "marrow", "sinus_air")
+
+#: every screened CycleGAN variant runs at half the demo's width (CPU budget); ``structure`` has it
+SCREEN: dict[str, Any] = {"model.g_filters": 16, "model.d_filters": 16, "data.batch_size": 4}
+#: CycleGAN without the MR -> CT -> MR cycle and the identity term
+NO_CYCLE_A: dict[str, Any] = {"fw.cycle_a": 0.0, "fw.identity": 0.0}
+WHOLE: dict[str, Any] = {"data.image_size": 64, "data.batch_size": 2}
+
+
+def _cg(**changes: Any) -> tuple[str, str, dict[str, Any], str]:
+    return ("cyclegan", "demo", {**SCREEN, **changes}, "unpaired")
+
+
+#: name -> (framework, preset, overrides, benchmark); the rows of docs/results.md (400 steps)
+VARIANTS: dict[str, tuple[str, str, dict[str, Any], str]] = {
+    # the demo objective as it was: the discriminator without normalisation (the defect)
+    "plain": _cg(**{"model.d_norm": "none"}),
+    "+shape_c": _cg(**NO_CYCLE_A, **{"loss.mind": 10.0, "loss.shape_consistency": 2.0}),
+    "published+terms": _cg(**{"loss.mind": 2.0, "loss.shape_consistency": 1.0}),
+    "no_cycle_a+terms": _cg(**NO_CYCLE_A, **{"loss.mind": 2.0, "loss.shape_consistency": 1.0}),
+    "published+terms+whole": _cg(**WHOLE, **{"loss.mind": 2.0, "loss.shape_consistency": 1.0}),
+    "no_cycle_a+terms+whole": _cg(**NO_CYCLE_A, **WHOLE,
+                                  **{"loss.mind": 2.0, "loss.shape_consistency": 1.0}),
+    # the same as no_cycle_a+terms+whole, from the named preset (400 steps by default)
+    "structure": ("cyclegan", "structure", {}, "unpaired"),
+    # single changes not yet measured (for a GPU run)
+    "d_norm": _cg(),
+    "gradient_c": _cg(**NO_CYCLE_A, **WHOLE, **{"loss.mind": 2.0, "loss.shape_consistency": 1.0,
+                                               "loss.gradient_consistency": 1.0}),
+    "unit": ("unit", "demo", {}, "unpaired"),
+    "unit_structure": ("unit", "structure", {}, "unpaired"),
+    # the survey's paired claim: the same recipes on the paired benchmark
+    "pix2pix_paired": ("pix2pix", "demo", {}, "paired"),
+    "cyclegan_paired": ("cyclegan", "demo", {}, "paired"),
+}
+
+#: the rows of docs/results.md, in order
+MEASURED = ["plain", "+shape_c", "published+terms", "no_cycle_a+terms", "published+terms+whole",
+            "no_cycle_a+terms+whole", "structure"]
+
+
+def build_benchmarks(work: Path, subjects: int, seed: int, shape: tuple[int, int, int],
+                     spacing: tuple[float, float, float]) -> dict[str, Path]:
+    """Write the phantom cohort once and pack it unpaired and paired (same subject split)."""
+    cohort = work / "cohort"
+    out = {"unpaired": work / "unpaired", "paired": work / "paired"}
+    if not (cohort / "cohort.json").exists():
+        write_cohort(cohort, subjects=subjects, seed=seed, shape=shape, spacing=spacing,
+                     lesion_prevalence=0.4)
+    if not (out["unpaired"] / "test" / "index.json").exists():
+        pack_unpaired(cohort, out["unpaired"], seed=seed)
+    if not (out["paired"] / "test" / "index.json").exists():
+        pack_cohort(cohort, out["paired"], seed=seed)
+    return out
+
+
+def tissue_errors(gt_hu: np.ndarray, pred_hu: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """``|mean(pred) - mean(gt)|`` in HU per tissue of the label map (tissues present only)."""
+    out = {}
+    for name in REPORT_TISSUES:
+        sel = labels == TISSUES[name]
+        if sel.any():
+            out[name] = float(abs(pred_hu[sel].mean() - gt_hu[sel].mean()))
+    return out
+
+
+def score_model(predict, test: Path, task) -> list[dict[str, Any]]:
+    """Per test subject: mae/psnr/ssim (HU, body mask) and the per-tissue mean-HU errors."""
+    sh = Shards(test)
+    rows = []
+    for i, s in enumerate(sh.subjects):
+        slab = sh.subject_slab(i)
+        deg = task.degrade(slab, np.random.default_rng([0, i]))
+        pred = unit_to_ct(np.asarray(predict(deg, slab), np.float32))
+        gt = unit_to_ct(np.asarray(slab["ct"], np.float32))
+        row = {"subject": s["id"], **score(gt, pred, slab["mask"] > 0)}
+        row["tissue"] = tissue_errors(gt, pred, slab["labels"])
+        row["tissue_hu"] = {t: float(pred[slab["labels"] == TISSUES[t]].mean())
+                            for t in REPORT_TISSUES if (slab["labels"] == TISSUES[t]).any()}
+        rows.append(row)
+    return rows
+
+
+def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean over subjects of each metric and tissue error."""
+    out = {k: float(np.mean([r[k] for r in rows])) for k in ("mae", "psnr", "ssim")}
+    out["tissue"] = {t: float(np.mean([r["tissue"][t] for r in rows if t in r["tissue"]]))
+                     for t in REPORT_TISSUES if any(t in r["tissue"] for r in rows)}
+    out["tissue_hu"] = {t: float(np.mean([r["tissue_hu"][t] for r in rows if t in r["tissue_hu"]]))
+                        for t in out["tissue"]}
+    return out
+
+
+def baseline_scores(bench: dict[str, Path]) -> dict[str, Any]:
+    task = build_task(preset("demo", "cyclegan").task)
+    train_sh = Shards(bench["paired"] / "train")
+    task.fit_baseline(train_sh.subject_slab(i) for i in range(len(train_sh.subjects)))
+    return summarise(score_model(lambda deg, slab: task.baseline(deg, slab),
+                                 bench["paired"] / "test", task))
+
+
+def run_variant(name: str, seed: int, bench: dict[str, Path], work: Path, steps: int | None,
+                threads: int, common: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train variant ``name`` (with the ``common`` overrides first) and score it."""
+    framework, preset_name, overrides, which = VARIANTS[name]
+    overrides = {**(common or {}), **overrides}
+    cfg = apply_overrides(preset(preset_name, framework), {**overrides, "seed": seed,
+                                                           "val_every": 0})
+    if steps:
+        cfg = with_total_steps(cfg, steps)
+    torch.set_num_threads(threads)
+    t0 = time.perf_counter()
+    res = train(cfg, bench[which], work / "runs" / f"{name}-s{seed}-{steps}", device="cpu",
+                progress=False)
+    train_s = time.perf_counter() - t0
+    from gan_core.engine import load_model
+
+    fw = load_model(res.model_path, "cpu")
+    task = build_task(fw.cfg.task)
+    rows = score_model(lambda deg, slab: predict_volume(fw, deg.image), bench[which] / "test", task)
+    return {"variant": name, "seed": seed, "framework": framework, "preset": preset_name,
+            "overrides": overrides, "benchmark": which, "steps": res.steps,
+            "image_size": cfg.data.image_size, "batch_size": cfg.data.batch_size,
+            "train_s": round(train_s, 1), "threads": threads, **summarise(rows), "per_subject": rows}
+
+
+def _ms(values: list[float], digits: int = 0) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}"
+
+
+TISSUE_SHORT = {"air": "air", "fat": "fat", "soft_tissue": "soft", "grey_matter": "GM",
+                "white_matter": "WM", "csf": "CSF", "cortical_bone": "bone", "marrow": "marrow",
+                "sinus_air": "sinus"}
+
+
+def table(rows: list[dict[str, Any]], base: dict[str, Any], order: list[str] | None = None) -> str:
+    """Markdown: per variant (rows grouped, in ``order``), MAE / SSIM and per-tissue mean-HU
+    error, mean ± sd over seeds (each seed's value is the mean over the test subjects)."""
+    names = order or list(dict.fromkeys(r["variant"] for r in rows))
+    head = ["method", "seeds", "steps", "train s", "MAE (HU)", "SSIM"] + [TISSUE_SHORT[t] for t in REPORT_TISSUES]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name in names:
+        rs = [r for r in rows if r["variant"] == name]
+        if not rs:
+            continue
+        cells = [name, str(len(rs)), str(rs[0]["steps"]), _ms([r["train_s"] for r in rs]),
+                 _ms([r["mae"] for r in rs], 1), _ms([r["ssim"] for r in rs], 3)]
+        cells += [_ms([r["tissue"][t] for r in rs if t in r["tissue"]]) for t in REPORT_TISSUES]
+        lines.append("| " + " | ".join(cells) + " |")
+    cells = ["baseline (paired fit)", "-", "-", "-", f"{base['mae']:.1f}", f"{base['ssim']:.3f}"]
+    cells += [f"{base['tissue'].get(t, float('nan')):.0f}" for t in REPORT_TISSUES]
+    lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--workdir", default="unpaired_run")
+    p.add_argument("--variants", default=",".join(MEASURED))
+    p.add_argument("--seeds", default="0")
+    p.add_argument("--steps", type=int, help="iterations (default: the preset's)")
+    p.add_argument("--subjects", type=int, default=14)
+    p.add_argument("--seed", type=int, default=0, help="cohort seed")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", default="", help="JSON lines file (default <workdir>/results.jsonl)")
+    p.add_argument("--table", action="store_true", help="only print the table of --out")
+    p.add_argument("--set", action="append", default=[],
+                   help="key=value override for every variant (e.g. model.g_filters=16)")
+    a = p.parse_args(argv)
+    work = Path(a.workdir)
+    bench = build_benchmarks(work, a.subjects, a.seed, (64, 64, 32), (3.0, 3.0, 5.0))
+    out = Path(a.out or work / "results.jsonl")
+    base_file = work / "baseline.json"
+    if not base_file.exists():
+        base_file.write_text(json.dumps(baseline_scores(bench), indent=2))
+    base = json.loads(base_file.read_text())
+    if a.table:
+        rows = [json.loads(x) for x in out.read_text().splitlines() if x.strip()]
+        print(table(rows, base, a.variants.split(",")))
+        return 0
+    print(f"baseline: MAE {base['mae']:.1f} HU  tissue {json.dumps({k: round(v) for k, v in base['tissue'].items()})}", flush=True)
+    for name in a.variants.split(","):
+        for seed in (int(s) for s in a.seeds.split(",")):
+            r = run_variant(name, seed, bench, work, a.steps, a.threads, parse_set(a.set))
+            with out.open("a") as fh:
+                fh.write(json.dumps(r) + "\n")
+            print(f"{name} s{seed}: {r['steps']} steps {r['train_s']:.0f}s  MAE {r['mae']:.1f}  "
+                  f"SSIM {r['ssim']:.3f}  tissue {json.dumps({k: round(v) for k, v in r['tissue'].items()})}",
+                  flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""The unpaired benchmark (gan_core.data.unpaired): training MR and CT from disjoint subjects,
+val/test truly paired; real phantom NIfTI files, real shards, the real unpaired sampler."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from gan_core.data.normalize import ct_to_unit
+from gan_core.data.nifti import load_volume
+from gan_core.data.pack import pack_cohort
+from gan_core.data.phantom import write_cohort
+from gan_core.data.shards import InfiniteSampler, Shards, SliceDataset, cohort_subjects
+from gan_core.data.unpaired import cross_subjects, main, pack_unpaired
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    d = tmp_path_factory.mktemp("unpaired")
+    write_cohort(d / "cohort", subjects=7, seed=0, shape=(32, 32, 16), spacing=(6.0, 6.0, 9.0))
+    return d
+
+
+def test_training_domains_come_from_disjoint_subjects(cohort):
+    ids = pack_unpaired(cohort / "cohort", cohort / "unpaired", seed=0)
+    paired = pack_cohort(cohort / "cohort", cohort / "paired", seed=0)
+    # the same held-out subjects as the paired benchmark; every training subject in one domain
+    assert ids["val"] == paired["val"] and ids["test"] == paired["test"]
+    assert not set(ids["train_mr"]) & set(ids["train_ct"])
+    assert sorted(ids["train_mr"] + ids["train_ct"]) == paired["train"]
+    assert json.loads((cohort / "unpaired" / "unpaired.json").read_text())["train_ct"] == ids["train_ct"]
+    sh = Shards(cohort / "unpaired" / "train")
+    subs = {s.id: s for s in cohort_subjects(cohort / "cohort")}
+    for i, entry in enumerate(sh.subjects):
+        mr_id, ct_id = entry["id"].split("+")
+        assert mr_id in ids["train_mr"] and ct_id in ids["train_ct"]
+        slab = sh.subject_slab(i)
+        ct = ct_to_unit(load_volume(subs[ct_id].ct).array)
+        assert np.allclose(slab["ct"], np.moveaxis(ct, 2, 0), atol=1e-6)      # the CT subject's CT
+        labels = load_volume(subs[mr_id].labels).array.astype(np.uint8)
+        assert np.array_equal(slab["labels"], np.moveaxis(labels, 2, 0))     # the MR subject's labels
+        own_ct = ct_to_unit(load_volume(subs[mr_id].ct).array)
+        assert not np.allclose(slab["ct"], np.moveaxis(own_ct, 2, 0), atol=0.05)
+    # val/test stay paired: their CT is their own
+    test = Shards(cohort / "unpaired" / "test")
+    own = ct_to_unit(load_volume(subs[test.subjects[0]["id"]].ct).array)
+    assert np.allclose(test.subject_slab(0)["ct"], np.moveaxis(own, 2, 0), atol=1e-6)
+    # the unpaired sampler draws from both domains of the cross subjects
+    ds = SliceDataset(sh, image_size=16, flip=True)
+    batch = [ds[k] for _, k in zip(range(4), InfiniteSampler(len(ds), paired=False, seed=0))]
+    assert all(b["A"].shape == b["B"].shape == (1, 16, 16) for b in batch)
+
+
+def test_errors_and_cli(cohort, capsys):
+    subs = cohort_subjects(cohort / "cohort")
+    with pytest.raises(ValueError, match="both the MR and the CT"):
+        cross_subjects(subs[:2], subs[1:3])
+    with pytest.raises(ValueError, match="at least one MR and one CT"):
+        cross_subjects(subs[:2], [])
+    with pytest.raises(ValueError, match="need >= 2"):
+        pack_unpaired(cohort / "cohort", cohort / "bad", split=(0.2, 0.4, 0.4))
+    assert main(["--cohort", str(cohort / "cohort"), "--out", str(cohort / "cli"), "--seed", "1"]) == 0
+    assert "train_mr" in json.loads(capsys.readouterr().out)
+    with pytest.raises(SystemExit):
+        main(["--cohort", str(cohort / "cohort"), "--out", str(cohort / "cli"), "--split", "1,2"])
