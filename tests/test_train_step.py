@@ -49,7 +49,7 @@ def test_pix2pix_batched_d_equals_two_passes(norm, gan_mode):
 
 
 def test_batch_norm_or_dropout_keeps_two_passes():
-    fw = build_framework(apply_overrides(preset("tiny", "pix2pix"), {"model.norm": "batch"}))
+    fw = build_framework(apply_overrides(preset("tiny", "pix2pix"), {"model.d_norm": "batch"}))  # the D's own norm
     assert not fw.batch_d
     assert not per_sample_net(torch.nn.Sequential(torch.nn.Conv2d(1, 1, 1), torch.nn.Dropout(0.5)))
 

@@ -88,6 +88,14 @@ def lesion_strata(lesion_files: Mapping[str, str | os.PathLike | None]) -> dict[
             for sid, f in lesion_files.items()}
 
 
+def split_cohort(subs: Mapping[str, SubjectFiles], split: tuple[float, float, float] = (0.6, 0.2, 0.2),
+                 seed: int = 0) -> dict[str, list[str]]:
+    """The subject split of a cohort (id -> files), stratified by lesion presence: the one split
+    that the paired (:func:`pack_cohort`) and unpaired (``gan_core.data.unpaired``) benchmarks share."""
+    return split_subjects(list(subs), split, seed,
+                          strata=lesion_strata({i: s.lesion for i, s in subs.items()}))
+
+
 def pack_cohort(cohort: str | Path, out: str | Path, *,
                 split: tuple[float, float, float] = (0.6, 0.2, 0.2), seed: int = 0) -> dict[str, list[str]]:
     """Split a SynthRAD-layout cohort by subject and publish ``<out>/{train,val,test}`` shards.
@@ -103,6 +111,6 @@ def pack_cohort(cohort: str | Path, out: str | Path, *,
     ([1, 1, 1], ['splits.json', 'test', 'train', 'val'])
     """
     subs = {s.id: s for s in cohort_subjects(cohort)}
-    ids = split_subjects(list(subs), split, seed, strata=lesion_strata({i: s.lesion for i, s in subs.items()}))
+    ids = split_cohort(subs, split, seed)
     pack_splits({name: [subs[i] for i in members] for name, members in ids.items()}, out)
     return ids

@@ -29,8 +29,8 @@ from typing import Sequence
 
 import numpy as np
 
-from gan_core.data.pack import pack_splits
-from gan_core.data.shards import SubjectFiles, cohort_subjects, split_subjects
+from gan_core.data.pack import pack_splits, split_cohort
+from gan_core.data.shards import SubjectFiles, cohort_subjects
 
 __all__ = ["UNPAIRED_FILE", "cross_subjects", "pack_unpaired", "main"]
 
@@ -56,12 +56,12 @@ def pack_unpaired(cohort: str | Path, out: str | Path, *,
                   split: tuple[float, float, float] = (0.6, 0.2, 0.2),
                   seed: int = 0) -> dict[str, list[str]]:
     """Pack ``cohort`` as an unpaired benchmark into ``<out>/{train,val,test}`` (see the module
-    docstring). The subject split is :func:`~gan_core.data.shards.split_subjects` (the same as
+    docstring). The subject split is :func:`~gan_core.data.pack.split_cohort` (the same as
     ``pack_cohort`` with this seed), so val/test are those of the paired benchmark; the training
     subjects are shuffled (``seed``) and halved, MR domain first. Returns the split ids with
     ``train_mr`` / ``train_ct`` (also written to ``<out>/unpaired.json``)."""
     subs = {s.id: s for s in cohort_subjects(cohort)}
-    ids = split_subjects(list(subs), split, seed)
+    ids = split_cohort(subs, split, seed)
     train = list(ids["train"])
     if len(train) < 2:
         raise ValueError(f"unpaired: {len(train)} training subject(s) under {cohort}; need >= 2 "
