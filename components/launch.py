@@ -7,8 +7,8 @@ The steps take two params, ``ray_address`` and ``launcher`` (:data:`LAUNCHERS`):
             ``local``
 ``local``   in-process Ray, as before: ``ray.init(ray_address or $RAY_ADDRESS or None)`` (a GCS
             address ``host:port``, or none: a Ray started in this process; laptop, kfp.local, CI)
-``jobs``    the step submits ITSELF (``python -m components.<step> <same params> --launcher
-            local``, without ``--ray-address``: the job's ``ray.init()`` joins its own cluster) to
+``jobs``    the step submits ITSELF (``python -m components.<step> <same params> --ray-address
+            auto --launcher local``: the job's ``ray.init("auto")`` joins its own cluster) to
             ``ray_address`` through ``ray.job_submission.JobSubmissionClient``; the job's logs are
             streamed to this process's stdout; the step waits, fails with the job's error, and
             returns the manifest the job wrote at ``output_uri`` (shared storage: S3). SIGTERM /
@@ -31,7 +31,7 @@ Example (what a KFP train step does when the pipeline's ``ray_address`` is set):
     >>> resolve_launcher(p.launcher, p.ray_address)
     'jobs'
     >>> entrypoint("components.train", p)  # doctest: +ELLIPSIS
-    'python -m components.train --data-uri s3://b/prep --output-uri s3://b/train ... --launcher local'
+    'python -m components.train --data-uri s3://b/prep --output-uri s3://b/train ... --ray-address auto --launcher local'
     >>> manifest = launch("components.train", "train", p)  # doctest: +SKIP
 """
 
@@ -58,7 +58,7 @@ from urllib.parse import urlsplit
 from components import rayjob, storage
 from components.step import StepInputError, read_manifest
 
-__all__ = ["LAUNCHERS", "PASS_ENV", "PASS_PREFIXES", "SECRET_ENV", "JobFailed", "resolve_launcher",
+__all__ = ["LAUNCHERS", "JOB_RAY_ADDRESS", "PASS_ENV", "PASS_PREFIXES", "SECRET_ENV", "JobFailed", "resolve_launcher",
            "check_launcher", "is_remote", "job_env", "job_params", "step_argv", "entrypoint",
            "submission_id", "launch", "run_job", "manifest_of", "on_stop_signal", "plain_env",
            "run_rayjob"]
@@ -76,8 +76,8 @@ PASS_PREFIXES = ("MEDGAN_",)
 SECRET_ENV = frozenset({"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
                         "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
                         "MLFLOW_TRACKING_TOKEN"})
-#: Params the launcher rewrites in the job's command line.
-_DROPPED = ("ray_address",)
+#: What the job's command line says for ``ray_address``: the job joins the cluster it runs on.
+JOB_RAY_ADDRESS = "auto"
 
 
 class JobFailed(RuntimeError):
@@ -198,24 +198,31 @@ def _absolute(name: str, value: Any) -> Any:
 
 def step_argv(params: Any) -> list[str]:
     """The CLI arguments that rebuild the params dataclass ``params`` in the job, with
-    ``--launcher local`` and without ``--ray-address`` (the job joins the cluster it runs on).
+    ``--ray-address auto --launcher local`` (the job joins the cluster it runs on, in-process).
     Every set value is written out (the RayJob entrypoint shows workers and GPUs); local
-    ``*_uri`` paths become absolute.
+    ``*_uri`` paths become absolute; tuples are comma-separated; ``None`` for a field whose
+    default is not ``None`` is written ``none`` (its ``parse`` must read that back).
 
     >>> from components.train import TrainParams
     >>> a = step_argv(TrainParams("d", "s3://b/o", num_workers=2, use_gpu=True,
     ...                           overrides={"loss.image": 50}, ray_address="http://h:8265"))
-    >>> a[a.index("--num-workers") + 1], "--use-gpu" in a, a[a.index("--set") + 1], a[-2:]
-    ('2', True, 'loss.image=50', ['--launcher', 'local'])
+    >>> a[a.index("--num-workers") + 1], "--use-gpu" in a, a[a.index("--set") + 1], a[-4:]
+    ('2', True, 'loss.image=50', ['--ray-address', 'auto', '--launcher', 'local'])
     """
     hints = typing.get_type_hints(type(params))
     out: list[str] = []
     for f in dataclasses.fields(params):
-        if f.name in _DROPPED or f.name == "launcher":
+        if f.name in ("ray_address", "launcher"):
             continue
         value = _absolute(f.name, getattr(params, f.name))
         flag = _flag(f)
         if value is None:
+            if f.default is not None:
+                if not f.metadata.get("parse"):
+                    raise TypeError(f"step_argv: {type(params).__name__}.{f.name} is None but "
+                                    f"defaults to {f.default!r}, and {flag} has no parser for "
+                                    f"'none'")
+                out += [flag, "none"]
             continue
         if hints[f.name] is bool or (isinstance(value, bool) and not f.metadata.get("parse")):
             if value != f.default:
@@ -229,8 +236,11 @@ def step_argv(params: Any) -> list[str]:
             for item in encode(value):
                 out += [flag, item]
             continue
+        if isinstance(value, tuple):
+            out += [flag, ",".join(str(v) for v in value)]
+            continue
         out += [flag, json.dumps(value) if isinstance(value, (dict, list)) else str(value)]
-    return [*out, "--launcher", "local"]
+    return [*out, "--ray-address", JOB_RAY_ADDRESS, "--launcher", "local"]
 
 
 def entrypoint(module: str, params: Any, python: str = "python") -> str:

@@ -7,7 +7,8 @@ Inputs and outputs (``data_uri`` / ``output_uri``: a local folder or ``s3://buck
     <out>/model.pt                     inference weights + config (gan_core.engine.save_model)
     <out>/config.yaml                  the full TrainConfig of the run
     <out>/manifest.json                step "train": mlflow_run_id, val_mae, steps, images_per_s,
-                                       ray_storage_path, world_size, ...
+                                       ray_storage_path, world_size, node_ids (the Ray
+                                       node of each rank), ...
     <out>/ray/<run name>/              Ray Train run: checkpoints (RunConfig.storage_path)
 
 How it runs (the Ray side is :mod:`components.raytrain`):
@@ -176,7 +177,7 @@ def run_train(data_uri: str, output_uri: str, **params: Any) -> dict[str, Any]:
             mlflow_run_id=run_id, mlflow_tracking_uri=mlu.redact_uri(tracking),
             mlflow_experiment=p.experiment if run_id else None,
             val_mae=ret.get("val_mae"), steps=ret["steps"], images_per_s=ret.get("images_per_s"),
-            ray_storage_path=rays, world_size=p.num_workers)
+            ray_storage_path=rays, world_size=p.num_workers, node_ids=ret.get("node_ids"))
         with local_file(storage.join(export, MODEL)) as model, staged(p.output_uri, keep=(RAY_DIR,)) as d:
             shutil.copyfile(model, d / MODEL)
             save_config(cfg, d / "config.yaml")

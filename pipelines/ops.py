@@ -38,12 +38,13 @@ def ingest_op(root: str, source: str, subjects: int, seed: int, lesion_prevalenc
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
-def preprocess_op(root: str, input_uri: str, register: str, seed: int) -> str:
+def preprocess_op(root: str, input_uri: str, register: str, seed: int, ray_address: str) -> str:
     from components.preprocess import run_preprocess
     from pipelines.runtime import content_uri
 
+    # ray_address is not in the content key: the output is the same with or without Ray
     out = content_uri(root, "preprocess", {"input_uri": input_uri, "register": register, "seed": seed})
-    run_preprocess(input_uri, out, register=register, seed=seed)
+    run_preprocess(input_uri, out, register=register, seed=seed, ray_address=ray_address or None)
     return out
 
 

@@ -188,7 +188,7 @@ def test_run_rayjob_success_reads_manifest_and_deletes(tmp_path, capsys):
     assert api.calls == ["create", "get", "get", "get", "get", "delete"] and not api.objects
     (body,) = created
     ep = body["spec"]["entrypoint"]
-    assert ep.startswith("python -m components.train ") and ep.endswith("--launcher local")
+    assert ep.startswith("python -m components.train ") and ep.endswith("--ray-address auto --launcher local")
     assert "--num-workers 2" in ep and "--use-gpu" in ep
     w = _worker(body)
     assert w["replicas"] == 2 and w["template"]["spec"]["containers"][0]["resources"]["limits"][
