@@ -52,7 +52,7 @@ from typing import Any
 
 from components import mlflow_utils as mlu
 from components import storage
-from components.launch import LAUNCHERS, check_launcher, is_remote, launch
+from components.launch import RayParams, is_remote, launch
 from components.raytrain import (RAY_DIR, fault_from_env, fit, ray_run_name, ray_session,
                                  ray_storage, ray_uri, worker_config)
 from components.step import (StepInputError, arg, build_config, local_file, params_from_args,
@@ -67,13 +67,9 @@ __all__ = ["EXPORT_DIR", "TrainParams", "run_train", "main"]
 EXPORT_DIR = ".export"
 
 
-def _json(text: str | None) -> Any:
-    return json.loads(text) if text else None
-
-
 @dataclass(frozen=True)
-class TrainParams:
-    """Parameters of the train step (one CLI option each)."""
+class TrainParams(RayParams):
+    """Parameters of the train step (one CLI option each; the Ray ones: :class:`RayParams`)."""
 
     data_uri: str = arg("preprocess output (local path or s3://)")
     output_uri: str = arg("where model.pt, config.yaml and manifest.json go")
@@ -87,26 +83,15 @@ class TrainParams:
         flag="--set", append=True, metavar="KEY=VALUE", convert=parse_set)
     steps: int | None = arg("total training iterations (keeps the constant/decay LR ratio)",
                             default=None)
-    num_workers: int = arg("Ray Train workers", default=1)
-    use_gpu: bool = arg("one GPU per worker (NCCL)", default=False)
-    resources_per_worker: dict[str, float] | None = arg(
-        'JSON, e.g. \'{"CPU": 4, "GPU": 1}\'', default=None, convert=_json)
     max_failures: int = arg("worker failures retried from the latest checkpoint", default=2)
     tracking_uri: str | None = arg(f"MLflow tracking URI (default ${mlu.TRACKING_ENV})",
                                    default=None)
     experiment: str = arg("MLflow experiment", default="medgan")
     run_name: str | None = arg("Ray/MLflow run name (default: derived from --output-uri)",
                                default=None)
-    ray_address: str | None = arg(
-        "Ray Jobs API URL http(s)://<head>:8265 (the work runs as a Ray job there), or a GCS "
-        "address host:port for in-process Ray (default $RAY_ADDRESS or a local Ray)", default=None)
-    launcher: str = arg("auto (jobs for an http(s) ray_address, else local) | local | jobs | "
-                        "rayjob (components.launch)", default="auto", choices=LAUNCHERS)
 
     def __post_init__(self) -> None:
-        check_launcher(self.launcher, self.ray_address)
-        if self.num_workers < 1:
-            raise StepInputError(f"num_workers: expected >= 1, got {self.num_workers}")
+        super().__post_init__()
         if self.max_failures < 0:
             raise StepInputError(f"max_failures: expected >= 0, got {self.max_failures}")
 

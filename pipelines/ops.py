@@ -60,7 +60,7 @@ def tune_op(root: str, job: str, data_uri: str, framework: str, preset: str, tas
     argv = ["--data-uri", data_uri, "--output-uri", out, "--framework", framework,
             "--preset", preset, "--task", task, "--num-samples", str(num_samples),
             "--experiment", experiment, "--seed", str(seed),
-            "--num-workers-per-trial", str(num_workers), *set_args(overrides),
+            "--num-workers", str(num_workers), *set_args(overrides),
             *ray_args(ray_address, launcher, num_workers=num_workers, use_gpu=use_gpu,
                       gpus_per_worker=gpus_per_worker, resources_per_worker=resources_per_worker)]
     if max_steps_per_trial:

@@ -102,7 +102,7 @@ def test_step_argv_rebuilds_tune_params():
                    max_steps_per_trial=40, grace_period=10,
                    search_space={"loss.image": ["loguniform", 10.0, 300.0],
                                  "loss.gan": ["choice", [0.5, 1, 2]], "loss.structure": None},
-                   num_workers_per_trial=2, use_gpu=True, overrides={"lr": 0.0002},
+                   num_workers=2, use_gpu=True, overrides={"lr": 0.0002},
                    max_concurrent_trials=3, seed=4, name="study",
                    ray_address="https://head:8265")
     back = _roundtrip(TuneParams, p)
@@ -238,6 +238,9 @@ def test_train_runs_as_ray_job(head, data_uri, tmp_path):
     summaries = [line for line in r.stdout.splitlines() if line.startswith('{"mlflow_run_id"')]
     assert len(summaries) == 2 and summaries[0] == summaries[1], r.stdout[-3000:]
     assert f"Running entrypoint for job {job.submission_id}" in r.stdout
+    # rank 0's progress line, not Ray's one line per report of every rank
+    assert "pix2pix progress: step 2/2 (100%)" in r.stdout, r.stdout[-3000:]
+    assert "Reporting training result" not in r.stdout + r.stderr
     assert "submitting Ray job " + job.submission_id in r.stderr
     # the manifest the job wrote is what the step returned; the job's own process wrote it
     manifest = json.loads((out / "manifest.json").read_text())

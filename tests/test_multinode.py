@@ -170,7 +170,11 @@ def test_local_pipeline_trains_through_the_jobs_api(cluster, server, tmp_path, c
     assert all(str(j.status) == "SUCCEEDED" for j in jobs.values()), jobs
     train = jobs["train"]
     assert train.entrypoint.startswith("python -m components.train ")
-    logged = capfd.readouterr().out  # kfp.local copies each step's output here
+    captured = capfd.readouterr()
+    logged = captured.out  # kfp.local copies each step's output here
+    for line in (captured.out + captured.err).splitlines():  # kfp.local's task timeline
+        if "Executing task" in line or "finished with status" in line:
+            print(line)
     assert f"Running entrypoint for job {train.submission_id}" in logged
     assert f"Running entrypoint for job {jobs['preprocess'].submission_id}" in logged
 
@@ -186,7 +190,8 @@ def test_local_pipeline_trains_through_the_jobs_api(cluster, server, tmp_path, c
         "medgan-sct", "champion")
     assert str(champion.version) == "1"
     print(f"pipeline via the Jobs API: {seconds:.1f} s; jobs {sorted(j.submission_id for j in jobs.values())}; "
-          f"train node ids {manifest['node_ids']}")
+          f"train node ids {manifest['node_ids']}; preprocess {prep['timings']}; "
+          f"train {manifest['timings']}")
 
 
 def test_two_workers_batch_b_equal_one_worker_batch_2b(cluster, shards):
