@@ -143,9 +143,9 @@ def test_two_workers_on_two_nodes_checkpoints_only_on_s3(cluster, shards, caches
 
 def test_local_pipeline_trains_through_the_jobs_api(cluster, server, tmp_path, capfd):
     """The whole ``--local`` pipeline (kfp.local) with ``ray_address`` = the cluster's
-    dashboard URL and every step's output on S3: preprocess registers its subjects as Ray
-    tasks and train runs as a Ray job (2 workers, one per node), both through the Jobs API; the
-    run's model reaches ``champion`` on a real ``mlflow server``."""
+    dashboard URL and every step's output on S3: preprocess runs its subjects as Ray tasks and
+    train runs as a Ray job on a cluster node, both submitted through the Jobs API; the run's
+    model reaches ``champion`` on a real ``mlflow server``."""
     import mlflow
     from ray.job_submission import JobSubmissionClient
 
@@ -155,10 +155,12 @@ def test_local_pipeline_trains_through_the_jobs_api(cluster, server, tmp_path, c
 
     root = f"s3://{BUCKET}/pipeline-{uuid.uuid4().hex[:6]}"
     t0 = time.monotonic()
+    # small: no registration (the subjects are still Ray tasks), 1 worker (placement on two
+    # nodes is the first test's), 4 steps
     res = run_local(build_app("cyclegan_mr_ct"), tmp_path, storage_root=root, subjects=6,
-                    preset="tiny", framework="pix2pix", steps=4, require_audit=False,
-                    ray_address=cluster.dashboard_url, num_workers=2, use_gpu=False,
-                    tracking_uri=server)
+                    register_method="none", preset="tiny", framework="pix2pix", steps=4,
+                    require_audit=False, ray_address=cluster.dashboard_url, num_workers=1,
+                    use_gpu=False, tracking_uri=server)
     seconds = time.monotonic() - t0
     out = json.loads(res["output"])
     assert out["version"] == "1" and out["promoted"] is True, out
@@ -179,8 +181,8 @@ def test_local_pipeline_trains_through_the_jobs_api(cluster, server, tmp_path, c
     assert f"Running entrypoint for job {jobs['preprocess'].submission_id}" in logged
 
     manifest = storage.read_json(storage.join(train.metadata["medgan.output_uri"], "manifest.json"))
-    assert manifest["steps"] == 4 and manifest["world_size"] == 2
-    assert sorted(manifest["node_ids"]) == sorted(n.node_id for n in cluster.nodes)
+    assert manifest["steps"] == 4 and manifest["world_size"] == 1
+    assert set(manifest["node_ids"]) <= {n.node_id for n in cluster.nodes}
     assert storage.exists(storage.join(train.metadata["medgan.output_uri"], "model.pt"))
     prep = storage.read_json(storage.join(jobs["preprocess"].metadata["medgan.output_uri"],
                                           "manifest.json"))
