@@ -7,8 +7,8 @@ The steps take two params, ``ray_address`` and ``launcher`` (:data:`LAUNCHERS`):
             ``local``
 ``local``   in-process Ray, as before: ``ray.init(ray_address or $RAY_ADDRESS or None)`` (a GCS
             address ``host:port``, or none: a Ray started in this process; laptop, kfp.local, CI)
-``jobs``    the step submits ITSELF (``python -m components.<step> <same params> --launcher
-            local``, without ``--ray-address``: the job's ``ray.init()`` joins its own cluster) to
+``jobs``    the step submits ITSELF (``python -m components.<step> <same params> --ray-address
+            auto --launcher local``: the job's ``ray.init("auto")`` joins its own cluster) to
             ``ray_address`` through ``ray.job_submission.JobSubmissionClient``; the job's logs are
             streamed to this process's stdout; the step waits, fails with the job's error, and
             returns the manifest the job wrote at ``output_uri`` (shared storage: S3). SIGTERM /
@@ -31,7 +31,7 @@ Example (what a KFP train step does when the pipeline's ``ray_address`` is set):
     >>> resolve_launcher(p.launcher, p.ray_address)
     'jobs'
     >>> entrypoint("components.train", p)  # doctest: +ELLIPSIS
-    'python -m components.train --data-uri s3://b/prep --output-uri s3://b/train ... --launcher local'
+    'python -m components.train --data-uri s3://b/prep --output-uri s3://b/train ... --ray-address auto --launcher local'
     >>> manifest = launch("components.train", "train", p)  # doctest: +SKIP
 """
 
@@ -52,13 +52,15 @@ import time
 import typing
 import uuid
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any, TextIO
 from urllib.parse import urlsplit
 
 from components import rayjob, storage
-from components.step import StepInputError, read_manifest
+from components.search_space import format_space
+from components.step import StepInputError, arg, read_manifest
 
-__all__ = ["LAUNCHERS", "PASS_ENV", "PASS_PREFIXES", "SECRET_ENV", "JobFailed", "resolve_launcher",
+__all__ = ["LAUNCHERS", "JOB_RAY_ADDRESS", "RayParams", "PASS_ENV", "PASS_PREFIXES", "SECRET_ENV", "JobFailed", "resolve_launcher",
            "check_launcher", "is_remote", "job_env", "job_params", "step_argv", "entrypoint",
            "submission_id", "launch", "run_job", "manifest_of", "on_stop_signal", "plain_env",
            "run_rayjob"]
@@ -76,8 +78,40 @@ PASS_PREFIXES = ("MEDGAN_",)
 SECRET_ENV = frozenset({"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
                         "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
                         "MLFLOW_TRACKING_TOKEN"})
-#: Params the launcher rewrites in the job's command line.
-_DROPPED = ("ray_address",)
+#: What the job's command line says for ``ray_address``: the job joins the cluster it runs on.
+JOB_RAY_ADDRESS = "auto"
+
+
+def _json_object(text: str | None) -> Any:
+    return json.loads(text) if text else None
+
+
+@dataclass(frozen=True, kw_only=True)
+class RayParams:
+    """The Ray fields of the train and tune steps' params (one CLI option each; keyword-only,
+    so a step's own required fields stay positional), checked on construction.
+
+    >>> from components.train import TrainParams
+    >>> p = TrainParams("s3://b/prep", "s3://b/train", num_workers=4, use_gpu=True,
+    ...                 ray_address="http://head:8265")
+    >>> isinstance(p, RayParams), resolve_launcher(p.launcher, p.ray_address)
+    (True, 'jobs')
+    """
+
+    num_workers: int = arg("Ray Train workers (tune: per trial)", default=1)
+    use_gpu: bool = arg("one GPU per worker (NCCL)", default=False)
+    resources_per_worker: dict[str, float] | None = arg(
+        'JSON, e.g. \'{"CPU": 4, "GPU": 1}\'', default=None, convert=_json_object)
+    ray_address: str | None = arg(
+        "Ray Jobs API URL http(s)://<head>:8265 (the work runs as a Ray job there), or a GCS "
+        "address host:port for in-process Ray (default $RAY_ADDRESS or a local Ray)", default=None)
+    launcher: str = arg("auto (jobs for an http(s) ray_address, else local) | local | jobs | "
+                        "rayjob (components.launch)", default="auto", choices=LAUNCHERS)
+
+    def __post_init__(self) -> None:
+        check_launcher(self.launcher, self.ray_address)
+        if self.num_workers < 1:
+            raise StepInputError(f"num_workers: expected >= 1, got {self.num_workers}")
 
 
 class JobFailed(RuntimeError):
@@ -170,22 +204,9 @@ def _set_items(value: dict[str, Any]) -> list[str]:
     return [f"{k}={json.dumps(v)}" for k, v in value.items()]
 
 
-def _space_items(value: dict[str, Any]) -> list[str]:
-    out = []
-    for k, spec in value.items():
-        if spec is None:
-            out.append(k)
-        elif spec[0] == "choice":
-            out.append(f"{k}=choice:{','.join(json.dumps(v) for v in spec[1])}")
-        else:
-            kind, low, high = spec
-            out.append(f"{k}={kind}:{low!r}:{high!r}")
-    return out
-
-
 #: How a repeatable option's parsed value is written back as CLI items, by flag.
 _APPEND_ENCODERS: dict[str, Callable[[dict[str, Any]], list[str]]] = {
-    "--set": _set_items, "--space": _space_items}
+    "--set": _set_items, "--space": format_space}
 
 
 def _absolute(name: str, value: Any) -> Any:
@@ -198,24 +219,33 @@ def _absolute(name: str, value: Any) -> Any:
 
 def step_argv(params: Any) -> list[str]:
     """The CLI arguments that rebuild the params dataclass ``params`` in the job, with
-    ``--launcher local`` and without ``--ray-address`` (the job joins the cluster it runs on).
+    ``--ray-address auto --launcher local`` (the job joins the cluster it runs on, in-process).
     Every set value is written out (the RayJob entrypoint shows workers and GPUs); local
-    ``*_uri`` paths become absolute.
+    ``*_uri`` paths become absolute; tuples are comma-separated; ``None`` for a field whose
+    default is not ``None`` is written ``none`` (its ``parse`` must read that back).
 
     >>> from components.train import TrainParams
     >>> a = step_argv(TrainParams("d", "s3://b/o", num_workers=2, use_gpu=True,
     ...                           overrides={"loss.image": 50}, ray_address="http://h:8265"))
-    >>> a[a.index("--num-workers") + 1], "--use-gpu" in a, a[a.index("--set") + 1], a[-2:]
-    ('2', True, 'loss.image=50', ['--launcher', 'local'])
+    >>> a[a.index("--num-workers") + 1], "--use-gpu" in a, a[a.index("--set") + 1], a[-4:]
+    ('2', True, 'loss.image=50', ['--ray-address', 'auto', '--launcher', 'local'])
     """
     hints = typing.get_type_hints(type(params))
+    ray_fields = {f.name for f in dataclasses.fields(RayParams)}
     out: list[str] = []
-    for f in dataclasses.fields(params):
-        if f.name in _DROPPED or f.name == "launcher":
+    # the step's own options first, its Ray options (RayParams: inherited, so first) last
+    for f in sorted(dataclasses.fields(params), key=lambda f: f.name in ray_fields):
+        if f.name in ("ray_address", "launcher"):
             continue
         value = _absolute(f.name, getattr(params, f.name))
         flag = _flag(f)
         if value is None:
+            if f.default is not None:
+                if not f.metadata.get("parse"):
+                    raise TypeError(f"step_argv: {type(params).__name__}.{f.name} is None but "
+                                    f"defaults to {f.default!r}, and {flag} has no parser for "
+                                    f"'none'")
+                out += [flag, "none"]
             continue
         if hints[f.name] is bool or (isinstance(value, bool) and not f.metadata.get("parse")):
             if value != f.default:
@@ -229,8 +259,11 @@ def step_argv(params: Any) -> list[str]:
             for item in encode(value):
                 out += [flag, item]
             continue
+        if isinstance(value, tuple):
+            out += [flag, ",".join(str(v) for v in value)]
+            continue
         out += [flag, json.dumps(value) if isinstance(value, (dict, list)) else str(value)]
-    return [*out, "--launcher", "local"]
+    return [*out, "--ray-address", JOB_RAY_ADDRESS, "--launcher", "local"]
 
 
 def entrypoint(module: str, params: Any, python: str = "python") -> str:
@@ -472,8 +505,8 @@ def plain_env(environ: Mapping[str, str]) -> dict[str, str]:
 
 def _workers_and_gpus(params: Any) -> tuple[int, int]:
     """Worker pods and GPUs per pod for the step's params (train: ``num_workers``; tune:
-    ``num_workers_per_trial`` x ``max_concurrent_trials``)."""
-    per = getattr(params, "num_workers", None) or getattr(params, "num_workers_per_trial", 1)
+    ``num_workers`` per trial x ``max_concurrent_trials``; a step without Ray params: 1)."""
+    per = getattr(params, "num_workers", 1)
     n = int(per) * int(getattr(params, "max_concurrent_trials", None) or 1)
     gpus = 0
     if getattr(params, "use_gpu", False):
@@ -487,7 +520,8 @@ def run_rayjob(module: str, step: str, params: Any, *, api: Any = None,
     """The step ``module`` with ``params`` as a KubeRay RayJob on an ephemeral cluster
     (:func:`components.rayjob.submit_rayjob`, SIGTERM/SIGINT delete it); returns the manifest
     it wrote at ``params.output_uri``. Settings: ``settings`` or ``MEDGAN_RAYJOB_*``
-    (:class:`components.rayjob.RayJobSettings`). ``kw``: ``poll_s``, ``timeout_s``, ``out``."""
+    (:class:`components.rayjob.RayJobSettings`). ``kw``: ``poll_s``, ``timeout_s``, ``out``,
+    ``core`` (:func:`components.rayjob.submit_rayjob`)."""
     env = os.environ if environ is None else environ
     s = settings or rayjob.RayJobSettings.from_env(env)
     workers, gpus = _workers_and_gpus(params)

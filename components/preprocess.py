@@ -4,7 +4,8 @@ Each subject goes through :func:`components.subject_prep.preprocess_subject` (ge
 registration, masks, NIfTI output: see that module); one that fails is listed under ``failed``
 with the reason naming its files, and the others go on. With ``ray_address`` (a Ray GCS address
 ``host:port``, ``ray://...`` or ``auto``) the subjects run in parallel as Ray tasks (1 CPU each)
-on that cluster: each task fetches only its subject's files from ``input_uri`` (a folder every
+on that cluster (a Jobs API URL ``http(s)://<head>:8265``: the step submits itself as a Ray job
+there, :mod:`components.launch`, whose driver does the same): each task fetches only its subject's files from ``input_uri`` (a folder every
 node sees, or ``s3://``) and returns the files it wrote; the outputs are byte-identical to the
 in-process run (registration is single-threaded and deterministic). The step then splits by subject, packs
 the shards (:func:`gan_core.data.pack.pack_splits`: all splits published together or none) and
@@ -36,7 +37,7 @@ Example:
 
 CLI: ``python -m components.preprocess --input-uri URI --output-uri URI [--spacing 3,3,5|none]
 [--register none|rigid|affine] [--split 0.6,0.2,0.2] [--seed 0] [--inplane 96,96]
-[--ray-address HOST:PORT|auto]``.
+[--ray-address HOST:PORT|auto|http://HEAD:8265] [--launcher auto|local|jobs|rayjob]``.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ from typing import Any
 import numpy as np
 
 from components import storage
+from components.launch import LAUNCHERS, check_launcher, is_remote, launch
 from components.step import (Manifest, StepInputError, arg, json_safe, params_from_args,
                              params_parser, read_manifest, run_cli, staged, step_manifest,
                              write_manifest)
@@ -137,8 +139,12 @@ class PreprocessParams:
         "common in-plane shard size H,W (default: the largest subject's)", default=None,
         parse=lambda t: _numbers(t, 2, int, "--inplane"))
     ray_address: str | None = arg(
-        "Ray cluster (GCS host:port, ray://..., or auto): subjects as parallel Ray tasks "
-        "(default: one after another in this process)", default=None)
+        "Ray cluster: subjects as parallel Ray tasks there. A Jobs API URL "
+        "http(s)://<head>:8265 runs this step as a Ray job on that cluster; a GCS address "
+        "host:port, ray://... or auto makes this process the driver (default: one subject "
+        "after another in this process)", default=None)
+    launcher: str = arg("auto (jobs for an http(s) ray_address, else local) | local | jobs | "
+                        "rayjob (components.launch)", default="auto", choices=LAUNCHERS)
 
     def __post_init__(self) -> None:
         if self.register not in REGISTER_MODES:
@@ -161,10 +167,7 @@ class PreprocessParams:
             raise StepInputError(f"split: expected 3 non-negative fractions (train, val, test), "
                                  f"got {self.split!r}")
         object.__setattr__(self, "split", fr)
-        if self.ray_address is not None and self.ray_address.startswith(("http://", "https://")):
-            raise StepInputError(f"ray_address: {self.ray_address!r} is a dashboard / Jobs API "
-                                 "URL; preprocess connects as a driver: give the GCS address "
-                                 "host:port (or ray://host:10001, or auto)")
+        check_launcher(self.launcher, self.ray_address)
         if self.inplane is not None:
             vals = tuple(self.inplane)
             if len(vals) != 2 or not all(isinstance(v, (int, np.integer)) and v > 0 for v in vals):
@@ -270,6 +273,8 @@ def run_preprocess(input_uri: str, output_uri: str, **params: Any) -> dict[str, 
     >>> m = run_preprocess("data/raw", "s3://medgan/processed", spacing=None)   # doctest: +SKIP
     """
     p = PreprocessParams(input_uri, output_uri, **params)
+    if is_remote(p.launcher, p.ray_address):  # the same step, run by a Ray job / RayJob
+        return launch("components.preprocess", "preprocess", p)
     t0 = time.monotonic()
     ingest = read_manifest(p.input_uri, "ingest",
                            required=("subjects", "params", "counts", "code_version"))

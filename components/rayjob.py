@@ -5,7 +5,9 @@ ephemeral RayCluster, created through the Kubernetes API, waited for, deleted af
   CRD). Credentials reach the Ray pods only through ``envFrom`` Secret references; the
   manifest carries non-secret variables (endpoint, region, tracking URI without userinfo) only.
 * :func:`submit_rayjob` creates it with ``kubernetes.client.CustomObjectsApi``, polls
-  ``status.jobDeploymentStatus`` / ``status.jobStatus``, and deletes it when it ends (or, given
+  ``status.jobDeploymentStatus`` / ``status.jobStatus``, copies the submitter pod's log (the
+  Ray job's log, :class:`SubmitterLogs`, ``CoreV1Api``) into the step's log at each poll, and
+  deletes it when it ends (or, given
   a signal ``guard``, when the step gets SIGTERM/SIGINT: deleting the RayJob stops the job and
   its cluster).
 * :class:`RayJobSettings`: the cluster-side settings (image, namespace, Secrets, ...) from
@@ -37,8 +39,8 @@ from typing import Any, ContextManager, TextIO
 
 from components.step import StepInputError
 
-__all__ = ["GROUP", "VERSION", "PLURAL", "RayJobFailed", "RayJobSettings", "rayjob_manifest",
-           "rayjob_name", "submit_rayjob"]
+__all__ = ["GROUP", "VERSION", "PLURAL", "SUBMITTER_LABEL", "RayJobFailed", "RayJobSettings",
+           "SubmitterLogs", "rayjob_manifest", "rayjob_name", "submit_rayjob"]
 
 log = logging.getLogger(__name__)
 
@@ -254,23 +256,96 @@ def _load_api() -> Any:
     return client.CustomObjectsApi()
 
 
-def submit_rayjob(manifest: dict[str, Any], *, api: Any = None, poll_s: float = 5.0,
-                  timeout_s: float | None = None, out: TextIO | None = None,
+def _core_api(api: Any) -> Any:
+    """A ``CoreV1Api`` on the same connection as the ``CustomObjectsApi`` ``api`` (None for a
+    stand-in without one: then no logs are copied)."""
+    if getattr(api, "api_client", None) is None:
+        return None
+    from kubernetes import client
+
+    return client.CoreV1Api(api.api_client)
+
+
+#: The label the Kubernetes Job controller puts on its pods (value: the Job's name). KubeRay's
+#: K8sJobMode runs ``ray job submit`` (which follows the Ray job's log) in a Job named after
+#: the RayJob: that pod's log is the job's log.
+SUBMITTER_LABEL = "job-name"
+
+
+class SubmitterLogs:
+    """Copies the log of a RayJob's submitter pod to ``out``, one :meth:`poll` at a time (the
+    text added since the last poll). The newest pod of the submitter Job counts: a retried
+    submitter (a new pod) is copied from its start, announced by a line. Reading needs
+    ``pods: list`` and ``pods/log: get`` in the namespace; without them (or before the pod
+    runs) nothing is copied and the first error is logged once.
+
+    ``core``: a ``kubernetes.client.CoreV1Api`` (or a stand-in with ``list_namespaced_pod`` and
+    ``read_namespaced_pod_log``).
+    """
+
+    def __init__(self, core: Any, namespace: str, name: str, out: TextIO) -> None:
+        self.core, self.namespace, self.name, self.out = core, namespace, name, out
+        self.pod: str | None = None
+        self.written = 0
+        self.warned = False
+
+    def _newest_pod(self) -> str | None:
+        pods = self.core.list_namespaced_pod(self.namespace,
+                                             label_selector=f"{SUBMITTER_LABEL}={self.name}").items
+        started = [p for p in pods if (p.status.phase or "") in ("Running", "Succeeded", "Failed")]
+        if not started:
+            return None
+        return max(started, key=lambda p: str(p.metadata.creation_timestamp or "")).metadata.name
+
+    def poll(self) -> int:
+        """Copy what the submitter pod logged since the last poll; returns the characters
+        written."""
+        try:
+            pod = self._newest_pod()
+            if pod is None:
+                return 0
+            text = self.core.read_namespaced_pod_log(name=pod, namespace=self.namespace)
+        except Exception as e:  # noqa: BLE001 - logs are best effort: the status decides
+            if not self.warned:
+                log.warning("RayJob %s/%s: cannot read the submitter pod's log (%s); "
+                            "following its status only", self.namespace, self.name, e)
+                self.warned = True
+            return 0
+        if pod != self.pod:
+            if self.pod is not None:
+                print(f"RayJob {self.namespace}/{self.name}: submitter pod {pod} (a retry)",
+                      file=self.out, flush=True)
+            self.pod, self.written = pod, 0
+        new = (text or "")[self.written:]
+        if new:
+            self.out.write(new if new.endswith("\n") else new + "\n")
+            self.out.flush()
+            self.written = len(text)
+        return len(new)
+
+
+def submit_rayjob(manifest: dict[str, Any], *, api: Any = None, core: Any = None,
+                  poll_s: float = 5.0, timeout_s: float | None = None, out: TextIO | None = None,
                   delete: bool = True,
                   guard: Callable[[Callable[[int], None]], ContextManager[Any]] | None = None
                   ) -> dict[str, Any]:
     """Create the RayJob ``manifest``, wait until its job ends, delete it; return its final
-    ``status``. FAILED / STOPPED (or a ``Failed`` deployment) raise :class:`RayJobFailed` with
-    the RayJob's reason and message. ``api``: a ``kubernetes.client.CustomObjectsApi``
-    (default: in-cluster config, else kubeconfig). ``guard(stop)``: a context manager that
-    calls ``stop(signum)`` on a stop signal (:func:`components.launch.on_stop_signal`: SIGTERM /
-    SIGINT delete the RayJob, stopping its job and cluster, then exit ``128 + signum``)."""
+    ``status``. While waiting, each status change is printed and the submitter pod's log (the
+    Ray job's log, :class:`SubmitterLogs`) is copied to ``out`` (default stdout) at each poll.
+    FAILED / STOPPED (or a ``Failed`` deployment) raise :class:`RayJobFailed` with the
+    RayJob's reason and message. ``api``: a ``kubernetes.client.CustomObjectsApi`` (default:
+    in-cluster config, else kubeconfig); ``core``: a ``CoreV1Api`` for the logs (default: one
+    on ``api``'s connection). ``guard(stop)``: a context manager that calls ``stop(signum)`` on
+    a stop signal (:func:`components.launch.on_stop_signal`: SIGTERM / SIGINT delete the
+    RayJob, stopping its job and cluster, then exit ``128 + signum``)."""
     out = out or sys.stdout
     api = api or _load_api()
+    core = core if core is not None else _core_api(api)
     ns, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
     where = dict(group=GROUP, version=VERSION, namespace=ns, plural=PLURAL)
     api.create_namespaced_custom_object(body=manifest, **where)
     print(f"created RayJob {ns}/{name}", file=out, flush=True)
+    logs = SubmitterLogs(core, ns, name, out) if core is not None else None
     deleted = False
 
     def remove() -> None:
@@ -298,7 +373,12 @@ def submit_rayjob(manifest: dict[str, Any], *, api: Any = None, poll_s: float = 
                 if now != seen:
                     print(f"RayJob {ns}/{name}: deployment {now[0]}, job {now[1]}", file=out, flush=True)
                     seen = now
+                if logs is not None:
+                    logs.poll()
                 if now[1] in TERMINAL_JOB or now[0] in TERMINAL_DEPLOYMENT:
+                    if logs is not None:  # the submitter's last lines (it exits after the job)
+                        time.sleep(min(poll_s, 2.0))
+                        logs.poll()
                     break
                 if timeout_s is not None and time.monotonic() - t0 > timeout_s:
                     raise RayJobFailed(f"RayJob {ns}/{name}: not finished after {timeout_s:.0f} s "

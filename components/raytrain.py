@@ -9,6 +9,9 @@
   of each split URI, laid out as ``train/`` + ``val/`` for ``gan_core.engine.train``), resumes
   from ``ray.train.get_checkpoint()`` when Ray restarts it and runs gan_core's one training loop
   with each net wrapped by ``ray.train.torch.prepare_model`` (DDP).
+* Progress: rank 0 prints ``<framework> progress: step n/total (p%), x steps/s, ETA h:mm:ss``
+  at most every 10 s (:class:`components.progress.Progress`, at log steps) instead of Ray's
+  per-report "Reporting training result N" lines (silenced in the workers).
 * Reporting (:class:`_Reporter`): every log step all ranks ``ray.train.report`` their metrics;
   at checkpoint steps rank 0 attaches gan_core's ``checkpoint.pt`` (+ its step) and, with MLflow
   on, logs the losses and a PNG grid ``input | output | target`` drawn from the LIVE framework
@@ -63,6 +66,7 @@ from urllib.parse import urlsplit
 
 from components import mlflow_utils as mlu
 from components import storage
+from components.progress import Progress
 from components.step import StepInputError, local_dir
 from gan_core.config import TrainConfig
 from gan_core.presets import from_dict
@@ -249,8 +253,9 @@ class _Reporter:
     ``bind`` (gan_core's ``on_start``) hands it the live framework."""
 
     def __init__(self, rank: int, mlflow_cfg: dict[str, str] | None, val_dir: Path | None,
-                 fault: dict[str, Any] | None) -> None:
+                 fault: dict[str, Any] | None, progress: Progress | None = None) -> None:
         self.rank, self.ml, self.val_dir, self.fault = rank, mlflow_cfg, val_dir, fault
+        self.progress = progress  # rank 0 only
         self.fw: Any = None
 
     def bind(self, fw: Any) -> None:
@@ -333,6 +338,8 @@ class _Reporter:
             mlu.log_metrics(self.ml["tracking_uri"], self.ml["run_id"],
                             {k: v for k, v in out.items() if k != "step"}, step=step)
         self._log({"event": "report", "step": step})
+        if self.progress is not None:
+            self.progress.update(step)
         if ckpt is not None and self.rank == 0:
             self._log_samples(step)
             from ray.train import CheckpointUploadMode
@@ -384,6 +391,17 @@ def _node_ids(world: int) -> list[str]:
     return [str(i) for i in ids]
 
 
+def _quiet_ray_reports() -> None:
+    """Ray Train logs "Reporting training result N: ..." at INFO for every report of every
+    rank; the rank-0 :class:`~components.progress.Progress` line replaces it (Ray's warnings
+    stay). The logger is named after Ray's private module file; if that moves, nothing changes."""
+    try:
+        from ray.train.v2._internal.execution import context
+    except ImportError:
+        return
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)
+
+
 def train_loop_per_worker(config: WorkerConfig) -> dict[str, Any]:
     """Ray Train worker: resume from the Ray checkpoint if any, then ``gan_core.engine.train``.
 
@@ -415,7 +433,9 @@ def train_loop_per_worker(config: WorkerConfig) -> dict[str, Any]:
         if rank == 0 and ml:
             mlu.log_metrics(ml["tracking_uri"], ml["run_id"], {"resume_step": start, "world_size": world},
                             step=max(start, 0))
-        reporter = _Reporter(rank, ml, val_dir, config.get("fault"))
+        _quiet_ray_reports()
+        reporter = _Reporter(rank, ml, val_dir, config.get("fault"),
+                             Progress(cfg.total_steps, label=cfg.framework) if rank == 0 else None)
         res = train(cfg, data, work / "run", device=ray.train.torch.get_device(), rank=rank,
                     world_size=world, wrap=ray.train.torch.prepare_model, report=reporter,
                     resume_from=resume, progress=False, on_start=reporter.bind)

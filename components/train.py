@@ -7,7 +7,8 @@ Inputs and outputs (``data_uri`` / ``output_uri``: a local folder or ``s3://buck
     <out>/model.pt                     inference weights + config (gan_core.engine.save_model)
     <out>/config.yaml                  the full TrainConfig of the run
     <out>/manifest.json                step "train": mlflow_run_id, val_mae, steps, images_per_s,
-                                       ray_storage_path, world_size, ...
+                                       ray_storage_path, world_size, node_ids (the Ray
+                                       node of each rank), ...
     <out>/ray/<run name>/              Ray Train run: checkpoints (RunConfig.storage_path)
 
 How it runs (the Ray side is :mod:`components.raytrain`):
@@ -51,7 +52,7 @@ from typing import Any
 
 from components import mlflow_utils as mlu
 from components import storage
-from components.launch import LAUNCHERS, check_launcher, is_remote, launch
+from components.launch import RayParams, is_remote, launch
 from components.raytrain import (RAY_DIR, fault_from_env, fit, ray_run_name, ray_session,
                                  ray_storage, ray_uri, worker_config)
 from components.step import (StepInputError, arg, build_config, local_file, params_from_args,
@@ -66,13 +67,9 @@ __all__ = ["EXPORT_DIR", "TrainParams", "run_train", "main"]
 EXPORT_DIR = ".export"
 
 
-def _json(text: str | None) -> Any:
-    return json.loads(text) if text else None
-
-
 @dataclass(frozen=True)
-class TrainParams:
-    """Parameters of the train step (one CLI option each)."""
+class TrainParams(RayParams):
+    """Parameters of the train step (one CLI option each; the Ray ones: :class:`RayParams`)."""
 
     data_uri: str = arg("preprocess output (local path or s3://)")
     output_uri: str = arg("where model.pt, config.yaml and manifest.json go")
@@ -86,26 +83,15 @@ class TrainParams:
         flag="--set", append=True, metavar="KEY=VALUE", convert=parse_set)
     steps: int | None = arg("total training iterations (keeps the constant/decay LR ratio)",
                             default=None)
-    num_workers: int = arg("Ray Train workers", default=1)
-    use_gpu: bool = arg("one GPU per worker (NCCL)", default=False)
-    resources_per_worker: dict[str, float] | None = arg(
-        'JSON, e.g. \'{"CPU": 4, "GPU": 1}\'', default=None, convert=_json)
     max_failures: int = arg("worker failures retried from the latest checkpoint", default=2)
     tracking_uri: str | None = arg(f"MLflow tracking URI (default ${mlu.TRACKING_ENV})",
                                    default=None)
     experiment: str = arg("MLflow experiment", default="medgan")
     run_name: str | None = arg("Ray/MLflow run name (default: derived from --output-uri)",
                                default=None)
-    ray_address: str | None = arg(
-        "Ray Jobs API URL http(s)://<head>:8265 (the work runs as a Ray job there), or a GCS "
-        "address host:port for in-process Ray (default $RAY_ADDRESS or a local Ray)", default=None)
-    launcher: str = arg("auto (jobs for an http(s) ray_address, else local) | local | jobs | "
-                        "rayjob (components.launch)", default="auto", choices=LAUNCHERS)
 
     def __post_init__(self) -> None:
-        check_launcher(self.launcher, self.ray_address)
-        if self.num_workers < 1:
-            raise StepInputError(f"num_workers: expected >= 1, got {self.num_workers}")
+        super().__post_init__()
         if self.max_failures < 0:
             raise StepInputError(f"max_failures: expected >= 0, got {self.max_failures}")
 
@@ -176,7 +162,7 @@ def run_train(data_uri: str, output_uri: str, **params: Any) -> dict[str, Any]:
             mlflow_run_id=run_id, mlflow_tracking_uri=mlu.redact_uri(tracking),
             mlflow_experiment=p.experiment if run_id else None,
             val_mae=ret.get("val_mae"), steps=ret["steps"], images_per_s=ret.get("images_per_s"),
-            ray_storage_path=rays, world_size=p.num_workers)
+            ray_storage_path=rays, world_size=p.num_workers, node_ids=ret.get("node_ids"))
         with local_file(storage.join(export, MODEL)) as model, staged(p.output_uri, keep=(RAY_DIR,)) as d:
             shutil.copyfile(model, d / MODEL)
             save_config(cfg, d / "config.yaml")

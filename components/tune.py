@@ -13,7 +13,7 @@ How it runs:
 
 * Where: in this process, or (``ray_address`` a Jobs API URL, or ``launcher=rayjob``) as a Ray
   job / RayJob on a separate cluster that runs this same step (:mod:`components.launch`).
-* Search space: by default the ranges the framework and the task declare next to their code
+* Search space (:mod:`components.search_space`): by default the ranges the framework and the task declare next to their code
   (``search_space``; pix2pix: ``loss.image`` log-uniform [10, 300], ``loss.gan`` [0.5, 2];
   CycleGAN: ``loss.cycle`` log-uniform [1, 30], ``fw.identity`` [0, 1], ``loss.gan`` [0.5, 2];
   the k-space task adds ``loss.frequency``), so a new framework or task is searched without
@@ -49,21 +49,20 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Iterable
 from typing import Any
 
 from components import mlflow_utils as mlu
 from components import storage
-from components.launch import LAUNCHERS, check_launcher, is_remote, launch
+from components.launch import RayParams, is_remote, launch
+from components.search_space import parse_space, resolve_space, to_domain
 from components.raytrain import RAY_DIR, fit, ray_run_name, ray_session, ray_storage, worker_config
 from components.step import (StepInputError, arg, build_config, params_from_args, params_parser,
                              read_manifest, run_cli, shard_uris, staged, step_manifest,
                              write_manifest)
-from gan_core.config import TrainConfig, parse_set, save_config
+from gan_core.config import parse_set, save_config
 from gan_core.presets import apply_overrides, with_total_steps
 
-__all__ = ["METRIC", "MODE", "BEST_CONFIG", "default_search_space",
-           "to_domain", "TuneParams", "run_tune", "main"]
+__all__ = ["METRIC", "MODE", "BEST_CONFIG", "TuneParams", "run_tune", "main"]
 
 log = logging.getLogger(__name__)
 
@@ -72,76 +71,6 @@ METRIC = "val_mae"
 _DRIVER_RESOURCES = {"cpu": 0, "memory": 1}
 MODE = "min"
 BEST_CONFIG = "best_config.yaml"
-
-
-def default_search_space(cfg: TrainConfig, named: Iterable[str] = ()) -> dict[str, list]:
-    """``{"<dotted key>": [kind, low, high]}``: the framework's ``search_space`` plus the task's
-    (the framework's range wins for a key both declare), plus, for each key in ``named`` that
-    neither declares, the loss table's default range of that Table-5 term (``loss.structure``).
-
-    >>> from components.step import build_config
-    >>> default_search_space(build_config("cyclegan", "tiny"))["loss.cycle"]
-    ['loguniform', 1.0, 30.0]
-    >>> default_search_space(build_config("pix2pix", "tiny"), ["loss.structure"])["loss.structure"]
-    ['uniform', 0.0, 20.0]
-    """
-    from gan_core.frameworks import get_framework
-    from gan_core.losses import TERMS
-    from gan_core.tasks import get_task
-
-    try:
-        space = dict(get_framework(cfg.framework).search_space)
-        task_space = get_task(cfg.task.name).search_space
-    except KeyError as e:
-        raise StepInputError(str(e.args[0])) from None
-    for key, rng in task_space.items():
-        space.setdefault(key, rng)
-    for key in named:
-        if key in space:
-            continue
-        section, _, term = key.partition(".")
-        if section != "loss" or term not in TERMS:
-            raise StepInputError(f"search space {key!r}: no default range (the loss table has "
-                                 f"loss.<term> for {list(TERMS)}); give KEY=KIND:LOW:HIGH")
-        space[key] = TERMS[term].search
-    return {k: list(v) for k, v in space.items()}
-
-
-def to_domain(key: str, spec: Any) -> Any:
-    """A Ray Tune domain from ``[kind, low, high]`` / ``{"type", "low", "high"}`` /
-    ``["choice", [values]]``, a Tune domain (kept) or a constant (kept).
-
-    >>> d = to_domain("loss.image", ["loguniform", 10, 300]); (d.lower, d.upper)
-    (10.0, 300.0)
-    """
-    from ray import tune
-    from ray.tune.search.sample import Domain
-
-    if isinstance(spec, Domain) or isinstance(spec, (int, float, str, bool)):
-        return spec
-    if isinstance(spec, dict):
-        kind = spec.get("type")
-        args = [spec.get("values")] if kind == "choice" else [spec.get("low"), spec.get("high")]
-    elif isinstance(spec, (list, tuple)) and spec:
-        kind, args = spec[0], list(spec[1:])
-    else:
-        raise StepInputError(f"search space {key!r}: expected [kind, low, high], got {spec!r}")
-    try:
-        if kind == "uniform":
-            lo, hi = (float(a) for a in args)
-            return tune.uniform(lo, hi)
-        if kind == "loguniform":
-            lo, hi = (float(a) for a in args)
-            if lo <= 0:
-                raise ValueError("loguniform needs low > 0")
-            return tune.loguniform(lo, hi)
-        if kind == "choice":
-            (values,) = args
-            return tune.choice(list(values))
-    except (TypeError, ValueError) as e:
-        raise StepInputError(f"search space {key!r}: bad bounds {args!r} for {kind!r} ({e})") from None
-    raise StepInputError(f"search space {key!r}: unknown kind {kind!r}; "
-                         f"expected uniform, loguniform or choice")
 
 
 def _trial_driver(config: dict[str, Any], setup: dict[str, Any]) -> None:
@@ -254,32 +183,10 @@ def _close_children(tracking: str, experiment: str, parent: str,
             mlu.end_run(tracking, run.info.run_id, want)
 
 
-def _parse_space(items: list[str] | None) -> dict[str, list | None] | None:
-    """``["loss.image=loguniform:10:300", "loss.gan=choice:0.5,1,2", "loss.structure"]`` -> spec
-    dict (a bare key: ``None``, its default range)."""
-    if not items:
-        return None
-    out: dict[str, list | None] = {}
-    for item in items:
-        key, sep, rhs = item.partition("=")
-        parts = rhs.split(":")
-        if not sep and key.strip():
-            out[key.strip()] = None
-            continue
-        if not sep or len(parts) < 2:
-            raise StepInputError(f"--space expects KEY=KIND:LOW:HIGH, KEY=choice:A,B,... or KEY, got {item!r}")
-        if parts[0] == "choice":
-            out[key.strip()] = ["choice", [json.loads(v) for v in parts[1].split(",")]]
-        elif len(parts) == 3:
-            out[key.strip()] = [parts[0], float(parts[1]), float(parts[2])]
-        else:
-            raise StepInputError(f"--space {item!r}: expected KIND:LOW:HIGH")
-    return out
-
-
 @dataclass(frozen=True)
-class TuneParams:
-    """Parameters of the tune step (one CLI option each)."""
+class TuneParams(RayParams):
+    """Parameters of the tune step (one CLI option each; the Ray ones: :class:`RayParams`,
+    ``num_workers`` per trial)."""
 
     data_uri: str = arg("preprocess output (local path or s3://)")
     output_uri: str = arg("where best_config.yaml and manifest.json go")
@@ -295,11 +202,7 @@ class TuneParams:
     search_space: dict[str, Any] | None = arg(
         "search dimension, repeatable (default: the framework's and task's ranges; a bare KEY takes the loss table's range), e.g. "
         "--space loss.image=loguniform:10:300", default=None, flag="--space", append=True,
-        metavar="KEY=KIND:LOW:HIGH", convert=_parse_space)
-    num_workers_per_trial: int = arg("Ray Train workers per trial", default=1)
-    use_gpu: bool = arg("one GPU per worker", default=False)
-    resources_per_worker: dict[str, float] | None = arg(
-        'JSON, e.g. \'{"CPU": 4}\'', default=None, convert=lambda t: json.loads(t) if t else None)
+        metavar="KEY=KIND:LOW:HIGH", convert=parse_space)
     overrides: dict[str, Any] | None = arg(
         "config override applied before tuning (kept in best_config.yaml), repeatable",
         default=None, flag="--set", append=True, metavar="KEY=VALUE", convert=parse_set)
@@ -311,14 +214,9 @@ class TuneParams:
     seed: int = arg("Optuna seed", default=0)
     name: str | None = arg("Ray Tune experiment name (default: derived from --output-uri)",
                            default=None)
-    ray_address: str | None = arg(
-        "Ray Jobs API URL http(s)://<head>:8265 (the work runs as a Ray job there), or a GCS "
-        "address host:port for in-process Ray (default $RAY_ADDRESS or a local Ray)", default=None)
-    launcher: str = arg("auto (jobs for an http(s) ray_address, else local) | local | jobs | "
-                        "rayjob (components.launch)", default="auto", choices=LAUNCHERS)
 
     def __post_init__(self) -> None:
-        check_launcher(self.launcher, self.ray_address)
+        super().__post_init__()
         if self.num_samples < 1:
             raise StepInputError(f"num_samples: expected >= 1, got {self.num_samples}")
 
@@ -352,17 +250,7 @@ def run_tune(data_uri: str, output_uri: str, **params: Any) -> dict[str, Any]:
     grace = int(p.grace_period or max(every, steps // 4))
     if not 1 <= grace <= steps:
         raise StepInputError(f"grace_period: expected 1..{steps} steps, got {grace}")
-    if p.search_space is None:
-        spec = default_search_space(base)
-    else:
-        defaults = default_search_space(base, [k for k, v in p.search_space.items() if v is None])
-        spec = {k: defaults[k] if v is None else v for k, v in p.search_space.items()}
-    if not spec:
-        raise StepInputError("search_space is empty: nothing to tune")
-    unknown = sorted(set(spec) - set(base.flat()))
-    if unknown:
-        raise StepInputError(f"search_space: unknown config fields {unknown}; expected dotted "
-                             f"keys such as {sorted(default_search_space(base))}")
+    spec = resolve_space(base, p.search_space)
     space = {k: to_domain(k, v) for k, v in spec.items()}
     study = p.name or ray_run_name(p.output_uri, prefix="tune")
     rays = storage.join(p.output_uri, RAY_DIR)
@@ -374,15 +262,15 @@ def run_tune(data_uri: str, output_uri: str, **params: Any) -> dict[str, Any]:
                          params={"tune.num_samples": p.num_samples, "tune.max_steps_per_trial": steps,
                                  "tune.grace_period": grace, "tune.seed": p.seed,
                                  "tune.search_space": json.dumps(spec_json),
-                                 "tune.num_workers_per_trial": p.num_workers_per_trial}) as parent:
+                                 "tune.num_workers_per_trial": p.num_workers}) as parent:
         setup = {"config": trial_cfg.to_dict(), "space_keys": sorted(space), "shards": shards,
                  "tracking_uri": tracking, "parent_run_id": parent, "experiment": p.experiment,
-                 "num_workers": p.num_workers_per_trial, "use_gpu": p.use_gpu,
+                 "num_workers": p.num_workers, "use_gpu": p.use_gpu,
                  "resources_per_worker": p.resources_per_worker, "name": study, "store": store,
                  "max_failures": 1}
         with ray_session(p.ray_address):
             concurrent = p.max_concurrent_trials or _max_concurrent(
-                p.num_workers_per_trial, p.use_gpu, p.resources_per_worker)
+                p.num_workers, p.use_gpu, p.resources_per_worker)
             tuner = tune.Tuner(
                 tune.with_resources(tune.with_parameters(_trial_driver, setup=setup), _DRIVER_RESOURCES),
                 param_space=space,
@@ -410,7 +298,7 @@ def run_tune(data_uri: str, output_uri: str, **params: Any) -> dict[str, Any]:
             params={"framework": p.framework, "preset": p.preset, "overrides": p.overrides or {},
                     "num_samples": p.num_samples, "max_steps_per_trial": steps,
                     "grace_period": grace, "search_space": spec_json, "seed": p.seed,
-                    "num_workers_per_trial": p.num_workers_per_trial, "use_gpu": p.use_gpu,
+                    "num_workers_per_trial": p.num_workers, "use_gpu": p.use_gpu,
                     "max_concurrent_trials": concurrent, "metric": METRIC, "mode": MODE,
                     "searcher": "optuna", "scheduler": "asha", "experiment": p.experiment},
             outputs={"best_config": BEST_CONFIG, "ray_storage_path": rays,

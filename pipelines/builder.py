@@ -112,8 +112,9 @@ def build_pipeline(name: str, *, framework: str, task: str, register: bool, desc
     defaults to ``gpus > 0``. No KFP pod requests a GPU: train and tune hand GPU count, workers
     and per-worker resources to Ray's ScalingConfig.
 
-    Ray parameters: ``ray_address`` (empty: a Ray inside the step's pod; ``http://<head>:8265``:
-    the step submits itself to that cluster's Jobs API), ``launcher`` (auto | local | jobs |
+    Ray parameters: ``ray_address`` (empty: a Ray inside the train/tune step's pod and
+    preprocess without Ray; ``http://<head>:8265``: preprocess, tune and train submit themselves
+    to that cluster's Jobs API, preprocess's subjects then run as Ray tasks there), ``launcher`` (auto | local | jobs |
     rayjob), ``num_workers`` (per training run / per trial), ``use_gpu``, ``gpus_per_worker``,
     ``resources_per_worker`` (JSON, e.g. ``'{"CPU": 8}'``), ``max_concurrent_trials`` (0: what the
     Ray cluster holds at its autoscaling maximum). Pod parameters: ``node_selector``
@@ -179,7 +180,8 @@ def build_pipeline(name: str, *, framework: str, task: str, register: bool, desc
             lesion_prevalence=lesion_prevalence, misalign_mm=misalign_mm, folder=folder,
             collection=collection)))
         prep = place(_secrets(ops.preprocess_op(root=storage_root, input_uri=ingest.output,
-                                                register=register_method, seed=seed)))
+                                                register=register_method, seed=seed,
+                                                ray_address=ray_address)))
         with dsl.If(run_tune == True, name="tune-loss-weights"):  # noqa: E712 - KFP condition syntax
             tune = place(_secrets(ops.tune_op(
                 root=storage_root, job=job, data_uri=prep.output, framework=framework,
@@ -277,7 +279,9 @@ def run_local(pipeline: Callable, workdir: str | Path, **params: Any) -> dict:
     """Run the whole DAG here with kfp.local (SubprocessRunner, this Python env) on local defaults:
     files under ``workdir``, MLflow on ``sqlite:///<workdir>/mlflow.db``, a local Ray (or the Ray
     cluster of ``ray_address``), ``use_gpu`` only when this machine has a CUDA GPU (unless given).
-    Pod settings (requests, node selector, tolerations, Secrets) do not apply here."""
+    ``storage_root`` (default ``<workdir>/runs``) may be ``s3://...`` (credentials from the
+    ``AWS_*`` environment). Pod settings (requests, node selector, tolerations, Secrets) do not
+    apply here."""
     from kfp import local
 
     if "use_gpu" not in params:
@@ -296,7 +300,8 @@ def run_local(pipeline: Callable, workdir: str | Path, **params: Any) -> dict:
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(workdir / "kfp"))
     t0 = time.perf_counter()
     try:
-        task = pipeline(storage_root=str(workdir / "runs"), tracking_uri=tracking, **params)
+        params.setdefault("storage_root", str(workdir / "runs"))
+        task = pipeline(tracking_uri=tracking, **params)
     finally:
         for k, v in saved.items():
             if v is None:

@@ -38,12 +38,13 @@ def ingest_op(root: str, source: str, subjects: int, seed: int, lesion_prevalenc
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
-def preprocess_op(root: str, input_uri: str, register: str, seed: int) -> str:
+def preprocess_op(root: str, input_uri: str, register: str, seed: int, ray_address: str) -> str:
     from components.preprocess import run_preprocess
     from pipelines.runtime import content_uri
 
+    # ray_address is not in the content key: the output is the same with or without Ray
     out = content_uri(root, "preprocess", {"input_uri": input_uri, "register": register, "seed": seed})
-    run_preprocess(input_uri, out, register=register, seed=seed)
+    run_preprocess(input_uri, out, register=register, seed=seed, ray_address=ray_address or None)
     return out
 
 
@@ -59,7 +60,7 @@ def tune_op(root: str, job: str, data_uri: str, framework: str, preset: str, tas
     argv = ["--data-uri", data_uri, "--output-uri", out, "--framework", framework,
             "--preset", preset, "--task", task, "--num-samples", str(num_samples),
             "--experiment", experiment, "--seed", str(seed),
-            "--num-workers-per-trial", str(num_workers), *set_args(overrides),
+            "--num-workers", str(num_workers), *set_args(overrides),
             *ray_args(ray_address, launcher, num_workers=num_workers, use_gpu=use_gpu,
                       gpus_per_worker=gpus_per_worker, resources_per_worker=resources_per_worker)]
     if max_steps_per_trial:

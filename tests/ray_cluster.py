@@ -78,6 +78,7 @@ class Node:
     log: Path | None = None
     node_id: str | None = None
     history: list[str] = field(default_factory=list)  # node ids of earlier incarnations
+    starts: int = 0                                     # `ray start` processes launched
 
     @property
     def pid(self) -> int | None:
@@ -121,7 +122,8 @@ class RayCluster:
         else:
             cmd = [RAY, "start", f"--address={self.address}",
                    "--resources", json.dumps({node.resource: 1}), *common]
-        node.log = Path(self.temp_dir) / f"node{node.index}-{len(node.history)}.log"
+        node.starts += 1  # one log per start: a failed start's log stays readable
+        node.log = Path(self.temp_dir) / f"node{node.index}-{node.starts}.log"
         with open(node.log, "w") as log:
             node.proc = subprocess.Popen(cmd, env={**self.env, **self.node_env.get(node.index, {})},
                                          stdout=log, stderr=subprocess.STDOUT,
@@ -147,7 +149,7 @@ class RayCluster:
                 return n["NodeID"]
         return None
 
-    def _wait_registered(self, node: Node, timeout: float, attempts: int = 3) -> str:
+    def _wait_registered(self, node: Node, timeout: float, attempts: int = 5) -> str:
         """Wait until ``node`` is registered; a worker node whose ``ray start`` gave up (on
         loaded cores: "timed out during startup", GCS deadline exceeded) is started again."""
         for attempt in range(attempts):

@@ -164,7 +164,7 @@ def test_a_framework_and_task_registered_at_runtime_work_by_name(tmp_path):
         args = build_parser().parse_args(["train", "--framework", "toy_fw", "--task", "toy_task",
                                           "--data", "d", "--out", "o"])
         assert (args.framework, args.task) == ("toy_fw", "toy_task")
-        from components.tune import default_search_space
+        from components.search_space import default_search_space
 
         assert default_search_space(cfg) == {"fw.width": ["uniform", 1.0, 3.0],
                                              "loss.structure": ["uniform", 0.0, 5.0]}

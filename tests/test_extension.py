@@ -116,7 +116,7 @@ def test_toy_framework_and_task_train_evaluate_and_translate_through_the_cli(
 
 def test_toy_plugins_appear_in_tunes_default_search_space(toys):
     from components.step import build_config
-    from components.tune import default_search_space
+    from components.search_space import default_search_space
 
     space = default_search_space(build_config(FW, "tiny", task=TASK))
     assert space == {"loss.image": ["loguniform", 0.1, 10.0], "fw.warmup": ["uniform", 0, 4],

@@ -88,9 +88,10 @@ def test_step_argv_rebuilds_train_params(tmp_path, monkeypatch):
                                overrides=p.overrides, steps=7, num_workers=3, use_gpu=True,
                                resources_per_worker={"CPU": 4, "GPU": 1}, max_failures=0,
                                tracking_uri="http://mlflow:5000", experiment="e", run_name="r",
-                               ray_address=None, launcher="local")
+                               ray_address="auto", launcher="local")
     argv = step_argv(p)
-    assert "--ray-address" not in argv and argv[-2:] == ["--launcher", "local"]
+    assert argv[-4:] == ["--ray-address", "auto", "--launcher", "local"]
+    assert argv.count("--ray-address") == 1
     assert argv[argv.index("--num-workers") + 1] == "3" and "--use-gpu" in argv
 
 
@@ -101,11 +102,23 @@ def test_step_argv_rebuilds_tune_params():
                    max_steps_per_trial=40, grace_period=10,
                    search_space={"loss.image": ["loguniform", 10.0, 300.0],
                                  "loss.gan": ["choice", [0.5, 1, 2]], "loss.structure": None},
-                   num_workers_per_trial=2, use_gpu=True, overrides={"lr": 0.0002},
+                   num_workers=2, use_gpu=True, overrides={"lr": 0.0002},
                    max_concurrent_trials=3, seed=4, name="study",
                    ray_address="https://head:8265")
     back = _roundtrip(TuneParams, p)
-    assert back == TuneParams(**{**p.__dict__, "ray_address": None, "launcher": "local"})
+    assert back == TuneParams(**{**p.__dict__, "ray_address": "auto", "launcher": "local"})
+
+
+def test_step_argv_rebuilds_preprocess_params_with_tuples_and_none():
+    from components.preprocess import PreprocessParams
+
+    p = PreprocessParams("s3://b/raw", "s3://b/prep", spacing=None, split=(0.5, 0.25, 0.25),
+                         inplane=(64, 48), register="affine", seed=3,
+                         ray_address="http://head:8265")
+    back = _roundtrip(PreprocessParams, p)
+    # spacing None (keep the CT grid) must not fall back to the default (3, 3, 5)
+    assert back == PreprocessParams(**{**p.__dict__, "ray_address": "auto", "launcher": "local"})
+    assert back.spacing is None
 
 
 def test_tracking_uri_travels_in_the_environment_not_the_command():
@@ -214,7 +227,8 @@ def test_train_runs_as_ray_job(head, data_uri, tmp_path):
     (job,) = _our_jobs(head.dashboard_url, out)
     assert str(job.status) == "SUCCEEDED" and job.submission_id.startswith("medgan-train-")
     assert job.entrypoint.startswith("python -m components.train ")
-    assert job.entrypoint.endswith(" --launcher local") and "--ray-address" not in job.entrypoint
+    assert job.entrypoint.endswith(" --ray-address auto --launcher local")
+    assert head.dashboard_url not in job.entrypoint
     # the credentials travelled to the job in its runtime_env, as names + values
     env_vars = job.runtime_env["env_vars"]
     assert {k: env_vars[k] for k in SECRETS} == SECRETS and env_vars["MEDGAN_GIT_COMMIT"] == COMMIT
@@ -224,6 +238,9 @@ def test_train_runs_as_ray_job(head, data_uri, tmp_path):
     summaries = [line for line in r.stdout.splitlines() if line.startswith('{"mlflow_run_id"')]
     assert len(summaries) == 2 and summaries[0] == summaries[1], r.stdout[-3000:]
     assert f"Running entrypoint for job {job.submission_id}" in r.stdout
+    # rank 0's progress line, not Ray's one line per report of every rank
+    assert "pix2pix progress: step 2/2 (100%)" in r.stdout, r.stdout[-3000:]
+    assert "Reporting training result" not in r.stdout + r.stderr
     assert "submitting Ray job " + job.submission_id in r.stderr
     # the manifest the job wrote is what the step returned; the job's own process wrote it
     manifest = json.loads((out / "manifest.json").read_text())

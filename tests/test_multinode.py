@@ -52,7 +52,8 @@ def caches(tmp_path_factory) -> list[Path]:
 def cluster(s3_env, caches) -> Iterator[RayCluster]:
     import ray
 
-    with ray_cluster(nodes=2, num_cpus=1, dashboard=False, s3_env=s3_env,
+    # the dashboard: the pipeline test submits its steps through the Jobs API
+    with ray_cluster(nodes=2, num_cpus=1, dashboard=True, s3_env=s3_env,
                      node_env={i: {"MEDGAN_CACHE_DIR": str(c)} for i, c in enumerate(caches)}) as c:
         ray.init(address=c.address, logging_level="ERROR")
         try:
@@ -138,6 +139,61 @@ def test_two_workers_on_two_nodes_checkpoints_only_on_s3(cluster, shards, caches
               and up[("upload_start", 2)] < e["t"] < up[("upload_end", 2)]]
     print(f"rank-0 steps reported during the step-2 upload: {during}")
     assert during and min(during) > 2
+
+
+def test_local_pipeline_trains_through_the_jobs_api(cluster, server, tmp_path, capfd):
+    """The whole ``--local`` pipeline (kfp.local) with ``ray_address`` = the cluster's
+    dashboard URL and every step's output on S3: preprocess runs its subjects as Ray tasks and
+    train runs as a Ray job on a cluster node, both submitted through the Jobs API; the run's
+    model reaches ``champion`` on a real ``mlflow server``."""
+    import mlflow
+    from ray.job_submission import JobSubmissionClient
+
+    from components import storage
+    from pipelines.apps import build_app
+    from pipelines.builder import run_local
+
+    root = f"s3://{BUCKET}/pipeline-{uuid.uuid4().hex[:6]}"
+    t0 = time.monotonic()
+    # small: no registration (the subjects are still Ray tasks), 1 worker (placement on two
+    # nodes is the first test's), 4 steps
+    res = run_local(build_app("cyclegan_mr_ct"), tmp_path, storage_root=root, subjects=6,
+                    register_method="none", preset="tiny", framework="pix2pix", steps=4,
+                    require_audit=False, ray_address=cluster.dashboard_url, num_workers=1,
+                    use_gpu=False, tracking_uri=server)
+    seconds = time.monotonic() - t0
+    out = json.loads(res["output"])
+    assert out["version"] == "1" and out["promoted"] is True, out
+
+    jobs = {(j.metadata or {}).get("medgan.step"): j
+            for j in JobSubmissionClient(cluster.dashboard_url).list_jobs()
+            if (j.metadata or {}).get("medgan.output_uri", "").startswith(root)}
+    assert sorted(jobs) == ["preprocess", "train"], jobs
+    assert all(str(j.status) == "SUCCEEDED" for j in jobs.values()), jobs
+    train = jobs["train"]
+    assert train.entrypoint.startswith("python -m components.train ")
+    captured = capfd.readouterr()
+    logged = captured.out  # kfp.local copies each step's output here
+    for line in (captured.out + captured.err).splitlines():  # kfp.local's task timeline
+        if "Executing task" in line or "finished with status" in line:
+            print(line)
+    assert f"Running entrypoint for job {train.submission_id}" in logged
+    assert f"Running entrypoint for job {jobs['preprocess'].submission_id}" in logged
+
+    manifest = storage.read_json(storage.join(train.metadata["medgan.output_uri"], "manifest.json"))
+    assert manifest["steps"] == 4 and manifest["world_size"] == 1
+    assert set(manifest["node_ids"]) <= {n.node_id for n in cluster.nodes}
+    assert storage.exists(storage.join(train.metadata["medgan.output_uri"], "model.pt"))
+    prep = storage.read_json(storage.join(jobs["preprocess"].metadata["medgan.output_uri"],
+                                          "manifest.json"))
+    assert prep["counts"]["subjects"] == 6
+
+    champion = mlflow.MlflowClient(tracking_uri=server).get_model_version_by_alias(
+        "medgan-sct", "champion")
+    assert str(champion.version) == "1"
+    print(f"pipeline via the Jobs API: {seconds:.1f} s; jobs {sorted(j.submission_id for j in jobs.values())}; "
+          f"train node ids {manifest['node_ids']}; preprocess {prep['timings']}; "
+          f"train {manifest['timings']}")
 
 
 def test_two_workers_batch_b_equal_one_worker_batch_2b(cluster, shards):

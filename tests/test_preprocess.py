@@ -418,5 +418,6 @@ def test_ray_tasks_on_two_nodes_give_the_same_output(raw: Path, tmp_path: Path) 
     for rec in par["subjects"]:
         for rel in rec["files"].values():
             assert (tmp_path / "par" / rel).read_bytes() == (tmp_path / "seq" / rel).read_bytes()
-    with pytest.raises(StepInputError, match="ray_address: 'http://h:8265' is a dashboard"):
-        run_preprocess(str(src), str(tmp_path / "x"), ray_address="http://h:8265")
+    # a Jobs API URL runs the step as a Ray job (tests/test_multinode.py); as a driver: refused
+    with pytest.raises(StepInputError, match="ray_address 'http://h:8265' is a Jobs API URL"):
+        run_preprocess(str(src), str(tmp_path / "x"), ray_address="http://h:8265", launcher="local")

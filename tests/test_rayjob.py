@@ -188,7 +188,7 @@ def test_run_rayjob_success_reads_manifest_and_deletes(tmp_path, capsys):
     assert api.calls == ["create", "get", "get", "get", "get", "delete"] and not api.objects
     (body,) = created
     ep = body["spec"]["entrypoint"]
-    assert ep.startswith("python -m components.train ") and ep.endswith("--launcher local")
+    assert ep.startswith("python -m components.train ") and ep.endswith("--ray-address auto --launcher local")
     assert "--num-workers 2" in ep and "--use-gpu" in ep
     w = _worker(body)
     assert w["replicas"] == 2 and w["template"]["spec"]["containers"][0]["resources"]["limits"][
@@ -241,3 +241,94 @@ def test_rayjob_name_is_dns_safe():
     name = rayjob_name("Medgan_Train." + "x" * 80)
     assert len(name) <= 63 and name == name.lower() and not name.endswith("-")
     assert set(name) <= set("abcdefghijklmnopqrstuvwxyz0123456789-")
+
+
+class ScriptedApiClient:
+    """A ``kubernetes.client.ApiClient`` whose server is a script: the REAL ``CoreV1Api``
+    builds each request (so its parameter names are checked) and this answers it. Pods of the
+    submitter Job appear and log as ``timeline[n]`` says at the n-th status poll."""
+
+    def __new__(cls, *a, **kw):  # a real ApiClient subclass, made lazily (import cost)
+        from kubernetes import client
+
+        class _Client(client.ApiClient):
+            def __init__(self, timeline, poll) -> None:
+                super().__init__(client.Configuration())
+                self.timeline, self.poll, self.requests = timeline, poll, []
+
+            def call_api(self, resource_path, method, path_params=None, query_params=None,
+                         *args, **kwargs):
+                q = dict(query_params or [])
+                self.requests.append((method, resource_path, path_params, q))
+                pods = self.timeline[min(self.poll[0], len(self.timeline) - 1)]
+                if resource_path.endswith("/pods"):
+                    assert q == {"labelSelector": "job-name=j"}
+                    return client.V1PodList(items=[
+                        client.V1Pod(metadata=client.V1ObjectMeta(name=n, creation_timestamp=t),
+                                     status=client.V1PodStatus(phase=phase))
+                        for n, (t, phase, _log) in pods.items()])
+                assert resource_path.endswith("/pods/{name}/log")
+                return pods[path_params["name"]][2]
+
+        return _Client(*a, **kw)
+
+
+def test_submitter_pod_log_is_copied_once_in_order_across_a_retry(capsys):
+    from datetime import datetime, timezone
+
+    from kubernetes import client
+
+    t1, t2 = (datetime(2026, 1, 1, 0, m, tzinfo=timezone.utc) for m in (1, 2))
+    line = "medgan-1 progress: step {}/8 ({}%)\n"
+    first = "Job submission server address: http://j-head:8265\n" + line.format(2, 25)
+    timeline = [  # by status poll: the submitter Job's pods {name: (created, phase, log)}
+        {},
+        {"j-a": (t1, "Pending", "")},
+        {"j-a": (t1, "Running", first)},
+        {"j-a": (t1, "Running", first + line.format(4, 50))},
+        {"j-a": (t1, "Failed", first + line.format(4, 50)), "j-b": (t2, "Running", "retry\n")},
+        {"j-a": (t1, "Failed", first + line.format(4, 50)),
+         "j-b": (t2, "Succeeded", "retry\n" + line.format(8, 100))},
+    ]
+    poll = [0]
+    statuses = RUNNING + [{"jobDeploymentStatus": "Running", "jobStatus": "RUNNING"}] * 2 + [
+        {"jobDeploymentStatus": "Complete", "jobStatus": "SUCCEEDED"}]
+
+    def tick(n: int, _obj: dict[str, Any]) -> None:
+        poll[0] = n - 1
+
+    api = FakeCustomObjectsApi(statuses, on_get=tick)
+    api_client = ScriptedApiClient(timeline, poll)
+    submit_rayjob(rayjob_manifest("j", "ns", "img:1", "x"), api=api,
+                  core=client.CoreV1Api(api_client), poll_s=0)
+    out = capsys.readouterr().out
+    copied = [x for x in out.splitlines() if not x.startswith(("created RayJob", "deleted RayJob",
+                                                               "RayJob ns/j: deployment"))]
+    assert copied == ["Job submission server address: http://j-head:8265",
+                      "medgan-1 progress: step 2/8 (25%)", "medgan-1 progress: step 4/8 (50%)",
+                      "RayJob ns/j: submitter pod j-b (a retry)", "retry",
+                      "medgan-1 progress: step 8/8 (100%)"], out
+    assert out.index("job SUCCEEDED") < out.index("step 8/8") < out.index("deleted RayJob")
+    logs = [r for r in api_client.requests if r[1].endswith("/log")]
+    assert {(r[2]["namespace"], r[2]["name"]) for r in logs} == {("ns", "j-a"), ("ns", "j-b")}
+
+
+def test_unreadable_submitter_log_warns_once_and_status_decides(caplog):
+    class Forbidden:
+        def __init__(self) -> None:
+            self.calls = 0
+
+        def list_namespaced_pod(self, namespace, label_selector):
+            self.calls += 1
+            raise RuntimeError("(403) pods is forbidden")
+
+    core = Forbidden()
+    api = FakeCustomObjectsApi(RUNNING + [{"jobDeploymentStatus": "Complete",
+                                           "jobStatus": "SUCCEEDED"}])
+    with caplog.at_level("WARNING", logger="components.rayjob"):
+        status = submit_rayjob(rayjob_manifest("j", "ns", "img:1", "x"), api=api, core=core,
+                               poll_s=0)
+    assert status["jobStatus"] == "SUCCEEDED" and core.calls == 5
+    warnings = [r.getMessage() for r in caplog.records]
+    assert warnings == ["RayJob ns/j: cannot read the submitter pod's log ((403) pods is "
+                        "forbidden); following its status only"]

@@ -19,7 +19,7 @@ def cluster() -> Iterator[str]:
 
 def test_search_space_comes_from_the_framework_and_task():
     from components.step import build_config
-    from components.tune import default_search_space
+    from components.search_space import default_search_space
 
     space = default_search_space(build_config("pix2pix", "tiny"))
     assert space == {"loss.gan": ["uniform", 0.5, 2.0], "loss.image": ["loguniform", 10.0, 300.0]}
@@ -30,7 +30,7 @@ def test_search_space_comes_from_the_framework_and_task():
 
 def test_search_space_covers_new_frameworks_and_task_terms():
     from components.step import StepInputError, build_config
-    from components.tune import _parse_space, default_search_space
+    from components.search_space import default_search_space, parse_space
 
     unit = default_search_space(build_config("unit", "tiny"))
     assert set(unit) == {"loss.gan", "fw.recon", "fw.kl", "loss.cycle", "fw.cycle_kl"}
@@ -41,7 +41,7 @@ def test_search_space_covers_new_frameworks_and_task_terms():
     assert set(kspace) == {"loss.gan", "loss.image", "loss.frequency"}
     assert kspace["loss.frequency"] == ["loguniform", 1.0, 100.0]
     # a Table-5 term named without a range takes the loss table's default
-    assert _parse_space(["loss.structure", "loss.image=loguniform:1:10"]) == {
+    assert parse_space(["loss.structure", "loss.image=loguniform:1:10"]) == {
         "loss.structure": None, "loss.image": ["loguniform", 1.0, 10.0]}
     named = default_search_space(build_config("pix2pix", "tiny"), ["loss.structure"])
     assert named["loss.structure"] == ["uniform", 0.0, 20.0] and "loss.image" in named
