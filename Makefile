@@ -19,8 +19,9 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 # The main job: the whole KFP pipeline, run here by kfp.local on embedded defaults (phantom
-# cohort, local Ray, MLflow on sqlite). pix2pix: the phantom is paired, and it is what learns in
-# CPU minutes; the CPU model is promoted on MAE alone (its lesion audit is reported, see README).
+# cohort, local Ray, MLflow on sqlite). pix2pix: no CycleGAN preset beats the baseline on the
+# unpaired phantom yet (docs/results.md); the CPU model removes the small lesions, so the lesion
+# audit is reported, not required (the tissue-swap gate always is; see README).
 demo: $(VENV)/.installed
 	$(PY) pipelines/cyclegan_mr_ct.py --local --workdir $(DEMO_DIR) \
 		--param framework=pix2pix --param require_audit=false
