@@ -74,6 +74,11 @@ VARIANTS: dict[str, tuple[str, str, dict[str, Any], str]] = {
     "structure+segment0.1": ("cyclegan", "structure", {"loss.segment_consistency": 0.1}, "unpaired"),
     "structure+segment1": ("cyclegan", "structure", {"loss.segment_consistency": 1.0}, "unpaired"),
     "structure+segment5": ("cyclegan", "structure", {"loss.segment_consistency": 5.0}, "unpaired"),
+    # the same with a ResNet-6 generator (two stride-2 stages: a wider field of view than the
+    # full-resolution ConvNet's 13 px, for T1-dark bone vs CSF vs sinus air)
+    "structure+segment5+resnet": ("cyclegan", "structure",
+                                  {"loss.segment_consistency": 5.0, "model.generator": "resnet",
+                                   "model.n_blocks": 6}, "unpaired"),
     # single changes not yet measured (for a GPU run)
     "d_norm": _cg(),
     "gradient_c": _cg(**NO_CYCLE_A, **WHOLE, **{"loss.mind": 2.0, "loss.shape_consistency": 1.0,
@@ -201,10 +206,11 @@ def table(rows: list[dict[str, Any]], base: dict[str, Any], order: list[str] | N
     names = order or list(dict.fromkeys(r["variant"] for r in rows))
     head = ["method", "seeds", "steps", "train s", "MAE (HU)", "SSIM"] + [TISSUE_SHORT[t] for t in REPORT_TISSUES]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for name in names:
-        rs = [r for r in rows if r["variant"] == name]
-        if not rs:
-            continue
+    # one row per (variant, steps), in order of the variants, then of the steps
+    groups = [(name, steps) for name in names
+              for steps in sorted({r["steps"] for r in rows if r["variant"] == name})]
+    for name, steps in groups:
+        rs = [r for r in rows if r["variant"] == name and r["steps"] == steps]
         cells = [name, str(len(rs)), str(rs[0]["steps"]), _ms([r["train_s"] for r in rs]),
                  _ms([r["mae"] for r in rs], 1), _ms([r["ssim"] for r in rs], 3)]
         cells += [_ms([r["tissue"][t] for r in rs if t in r["tissue"]]) for t in REPORT_TISSUES]
