@@ -32,7 +32,9 @@ from gan_core.data.normalize import unit_to_ct  # noqa: E402
 from gan_core.data.pack import pack_cohort  # noqa: E402
 from gan_core.data.phantom import TISSUES, write_cohort  # noqa: E402
 from gan_core.data.shards import Shards  # noqa: E402
-from gan_core.data.unpaired import pack_unpaired  # noqa: E402
+from gan_core.data.shards import cohort_subjects  # noqa: E402
+from gan_core.data.unpaired import (CT_STATS_FILE, UNPAIRED_FILE, ct_tissue_stats,  # noqa: E402
+                                    pack_unpaired)
 from gan_core.engine import train  # noqa: E402
 from gan_core.engine.infer import predict_volume  # noqa: E402
 from gan_core.eval.metrics import score  # noqa: E402
@@ -67,6 +69,16 @@ VARIANTS: dict[str, tuple[str, str, dict[str, Any], str]] = {
                                   **{"loss.mind": 2.0, "loss.shape_consistency": 1.0}),
     # the same as no_cycle_a+terms+whole, from the named preset (400 steps by default)
     "structure": ("cyclegan", "structure", {}, "unpaired"),
+    # + Zhang et al.'s shape consistency: a CT segmentor (per-tissue HU Gaussians fitted on the
+    # CT domain's subjects, <pack>/ct_tissue_stats.json) must recover the MR's tissue labels
+    "structure+segment0.1": ("cyclegan", "structure", {"loss.segment_consistency": 0.1}, "unpaired"),
+    "structure+segment1": ("cyclegan", "structure", {"loss.segment_consistency": 1.0}, "unpaired"),
+    "structure+segment5": ("cyclegan", "structure", {"loss.segment_consistency": 5.0}, "unpaired"),
+    # the same with a ResNet-6 generator (two stride-2 stages: a wider field of view than the
+    # full-resolution ConvNet's 13 px, for T1-dark bone vs CSF vs sinus air)
+    "structure+segment5+resnet": ("cyclegan", "structure",
+                                  {"loss.segment_consistency": 5.0, "model.generator": "resnet",
+                                   "model.n_blocks": 6}, "unpaired"),
     # single changes not yet measured (for a GPU run)
     "d_norm": _cg(),
     "gradient_c": _cg(**NO_CYCLE_A, **WHOLE, **{"loss.mind": 2.0, "loss.shape_consistency": 1.0,
@@ -93,6 +105,11 @@ def build_benchmarks(work: Path, subjects: int, seed: int, shape: tuple[int, int
                      lesion_prevalence=0.4)
     if not (out["unpaired"] / "test" / "index.json").exists():
         pack_unpaired(cohort, out["unpaired"], seed=seed)
+    if not (out["unpaired"] / CT_STATS_FILE).exists():  # a pack from before the stats file
+        doc = json.loads((out["unpaired"] / UNPAIRED_FILE).read_text())
+        subs = {s.id: s for s in cohort_subjects(cohort)}
+        (out["unpaired"] / CT_STATS_FILE).write_text(json.dumps(
+            {**ct_tissue_stats([subs[i] for i in doc["train_ct"]]), "subjects": doc["train_ct"]}))
     if not (out["paired"] / "test" / "index.json").exists():
         pack_cohort(cohort, out["paired"], seed=seed)
     return out
@@ -150,6 +167,10 @@ def run_variant(name: str, seed: int, bench: dict[str, Path], work: Path, steps:
     overrides = {**(common or {}), **overrides}
     cfg = apply_overrides(preset(preset_name, framework), {**overrides, "seed": seed,
                                                            "val_every": 0})
+    if cfg.loss.segment_consistency > 0 and not cfg.fw.segment_stats:
+        # the CT segmentor: fitted on the CT domain's own subjects at pack time
+        cfg = apply_overrides(cfg, {"fw.segment_stats":
+                                    (bench[which] / CT_STATS_FILE).read_text()})
     if steps:
         cfg = with_total_steps(cfg, steps)
     torch.set_num_threads(threads)
@@ -185,10 +206,11 @@ def table(rows: list[dict[str, Any]], base: dict[str, Any], order: list[str] | N
     names = order or list(dict.fromkeys(r["variant"] for r in rows))
     head = ["method", "seeds", "steps", "train s", "MAE (HU)", "SSIM"] + [TISSUE_SHORT[t] for t in REPORT_TISSUES]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for name in names:
-        rs = [r for r in rows if r["variant"] == name]
-        if not rs:
-            continue
+    # one row per (variant, steps), in order of the variants, then of the steps
+    groups = [(name, steps) for name in names
+              for steps in sorted({r["steps"] for r in rows if r["variant"] == name})]
+    for name, steps in groups:
+        rs = [r for r in rows if r["variant"] == name and r["steps"] == steps]
         cells = [name, str(len(rs)), str(rs[0]["steps"]), _ms([r["train_s"] for r in rs]),
                  _ms([r["mae"] for r in rs], 1), _ms([r["ssim"] for r in rs], 3)]
         cells += [_ms([r["tissue"][t] for r in rs if t in r["tissue"]]) for t in REPORT_TISSUES]

@@ -16,6 +16,9 @@ from gan_core.frameworks.base import GeneratorTerms
 from gan_core.losses import adversarial
 
 SHAPES = {"2d": (2, 1, 16, 16), "3d": (1, 1, 8, 8, 8)}
+#: a 3-tissue target-domain segmentor (labels 0..2 as ``_labels``), values in [-1, 1]
+STATS = lt.TissueStats(labels=(0, 1, 2), mean=(-0.9, 0.0, 0.6), sd=(0.05, 0.1, 0.2),
+                       prior=(0.5, 0.3, 0.2))
 
 
 def _pair(shape: tuple[int, ...], seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,7 +79,8 @@ def test_term_zero_positive_and_grad(name: str, dim: str) -> None:
 
 def test_terms_table_matches_weights() -> None:
     assert set(lt.TERMS) == {f.name for f in dataclasses.fields(LossWeights)}
-    assert [t.row for t in lt.TERMS.values()] == [f"L{i}" for i in range(1, 13)] + ["L8", "L4", "L6"]
+    assert [t.row for t in lt.TERMS.values()] == [f"L{i}" for i in range(1, 13)] + ["L8", "L4", "L6",
+                                                                                    "L6"]
     assert all(name == t.name for name, t in lt.TERMS.items())
     assert lt.TERMS["gan"].factory is adversarial.GANLoss          # re-export, not a copy
     assert lt.gradient_penalty is adversarial.gradient_penalty
@@ -100,7 +104,7 @@ def test_generator_terms_add_each_optional_term_by_its_kind(name: str) -> None:
     shape = SHAPES["2d"]
     p, t = _pair(shape)
     enc = _encoder(2)
-    terms = GeneratorTerms(LossWeights(**{name: 2.0}))
+    terms = GeneratorTerms(LossWeights(**{name: 2.0}), segment_stats=STATS)
     assert terms and not GeneratorTerms(LossWeights())
     out = terms(p, t, source=t, labels=_labels(shape), features=enc, prefix="G_")
     assert list(out) == [f"G_{name}"]
@@ -111,6 +115,8 @@ def test_generator_terms_add_each_optional_term_by_its_kind(name: str) -> None:
         expect = lt.ShapeLoss("mean")(p, t, _labels(shape))
     elif kind == "feature":
         expect = lt.TERMS[name].factory(enc, freeze=False)(p, t)
+    elif name == "segment_consistency":  # a target-domain segmentor vs the input's labels
+        expect = lt.TERMS[name].factory(STATS)(p, _labels(shape))
     elif kind == "source_label":  # the output against its input's tissue labels
         expect = lt.TERMS[name].factory()(p, _labels(shape))
     else:  # source: the output against its own input
@@ -427,3 +433,69 @@ def test_structure_terms_bad_input() -> None:
     with pytest.raises(ValueError, match="tissue labels"):
         GeneratorTerms(LossWeights(shape_consistency=1.0))(torch.zeros(1, 1, 8, 8),
                                                            torch.zeros(1, 1, 8, 8))
+
+
+# ------------------------------------------------ segment consistency (Zhang et al.'s L6)
+#: a CT-like segmentor in HU -> [-1, 1] (CT_MIN -1024, CT_MAX 3000): air, soft, fat, bone, marrow
+_HU = {0: (-1000.0, 15.0), 1: (40.0, 15.0), 2: (-100.0, 15.0), 3: (1100.0, 160.0), 4: (300.0, 60.0)}
+
+
+def _ct_stats() -> lt.TissueStats:
+    unit = lambda hu: 2 * (hu + 1024.0) / 4024.0 - 1  # noqa: E731
+    return lt.TissueStats(labels=tuple(_HU), mean=tuple(unit(m) for m, _ in _HU.values()),
+                          sd=tuple(2 * s / 4024.0 for _, s in _HU.values()),
+                          prior=(0.6, 0.2, 0.1, 0.05, 0.05))
+
+
+@pytest.mark.parametrize("dim", ["2d", "3d"])
+def test_segment_consistency_low_for_true_ct_high_for_a_tissue_swap(dim: str) -> None:
+    """Finite and differentiable; about the Bayes error for a CT drawn from the segmentor's own
+    tissue Gaussians with its labels; hundreds of times more for the same CT with fat and bone
+    swapped (the unpaired CycleGAN's failure) and for T1-like bone (dark, like air)."""
+    shape = SHAPES[dim]
+    g = torch.Generator().manual_seed(0)
+    lab = torch.randint(0, 5, (shape[0], *shape[2:]), generator=g)
+    stats = _ct_stats()
+    mean, sd = torch.tensor(stats.mean), torch.tensor(stats.sd)
+    ct = (mean[lab] + sd[lab] * torch.randn(lab.shape, generator=g)).unsqueeze(1)
+    term = lt.TERMS["segment_consistency"].factory(stats.to_json())   # JSON text works too
+    true = float(term(ct, lab))
+    swap = torch.tensor([0, 1, 3, 2, 4])[lab]                       # fat <-> bone
+    swapped = (mean[swap] + sd[swap] * torch.randn(lab.shape, generator=g)).unsqueeze(1)
+    pred = swapped.clone().requires_grad_(True)
+    loss = term(pred, lab.unsqueeze(1))                             # (N, 1, *sp) labels too
+    assert true < 0.5 and float(loss.detach()) > 100 * true
+    _check_scalar_grad(loss, pred)
+    # the gradient moves a swapped voxel towards its own tissue: fat down, bone up
+    fat, bone = lab == 2, lab == 3
+    assert (pred.grad[:, 0][fat] > 0).all() and (pred.grad[:, 0][bone] < 0).all()
+    t1_bone = torch.where(bone.unsqueeze(1), mean[0], ct)             # bone as dark as air
+    assert float(term(t1_bone, lab)) > float(term(ct, lab)) + 1.0
+    # per-tissue sds (quadratic discriminant): the widest tissue (bone) owns every value far
+    # from the narrow ones, so bone at -500 HU would cost nothing; the pooled sd does not allow it
+    at_500 = torch.where(bone.unsqueeze(1), 2 * (-500.0 + 1024.0) / 4024.0 - 1, ct)
+    qda = lt.SegmentConsistencyLoss(stats, shared_sd=False)
+    assert float(qda(at_500, lab)) < float(qda(ct, lab)) + 0.1
+    assert float(term(at_500, lab)) > float(term(ct, lab)) + 1.0
+    # voxels whose label the segmentor does not know are ignored (none: 0, with a gradient path)
+    assert float(term(ct, torch.full_like(lab, 7))) == 0.0
+
+
+def test_segment_consistency_bad_input() -> None:
+    with pytest.raises(ValueError, match="tissue statistics"):
+        GeneratorTerms(LossWeights(segment_consistency=1.0))
+    with pytest.raises(ValueError, match="missing"):
+        lt.SegmentConsistencyLoss({"labels": [0, 1]})
+    with pytest.raises(ValueError, match="sd has 1 values"):
+        lt.TissueStats(labels=(0, 1), mean=(0.0, 1.0), sd=(0.1,), prior=(0.5, 0.5))
+    with pytest.raises(ValueError, match="sd > 0"):
+        lt.TissueStats(labels=(0, 1), mean=(0.0, 1.0), sd=(0.1, 0.0), prior=(0.5, 0.5))
+    with pytest.raises(ValueError, match="JSON"):
+        lt.TissueStats.parse("not json {")
+    # a YAML-parsed --set of the JSON, stored as a str field, still parses
+    assert lt.TissueStats.parse(str({"labels": [0, 1], "mean": [0, 1], "sd": [1, 1],
+                                     "prior": [1, 1]})).labels == (0, 1)
+    with pytest.raises(TypeError, match="labels"):
+        STATS and lt.SegmentConsistencyLoss(STATS)(torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 4, 4))
+    with pytest.raises(ValueError, match="labels: expected shape"):
+        lt.SegmentConsistencyLoss(STATS)(torch.zeros(1, 1, 4, 4), torch.zeros(1, 4, 5, dtype=torch.long))

@@ -11,9 +11,10 @@ import pytest
 from gan_core.data.normalize import ct_to_unit
 from gan_core.data.nifti import load_volume
 from gan_core.data.pack import pack_cohort
-from gan_core.data.phantom import write_cohort
+from gan_core.data.phantom import TISSUES, write_cohort
 from gan_core.data.shards import InfiniteSampler, Shards, SliceDataset, cohort_subjects
-from gan_core.data.unpaired import cross_subjects, main, pack_unpaired
+from gan_core.data.unpaired import (CT_STATS_FILE, cross_subjects, ct_tissue_stats, main,
+                                    pack_unpaired)
 
 
 @pytest.fixture(scope="module")
@@ -65,3 +66,53 @@ def test_errors_and_cli(cohort, capsys):
     assert "train_mr" in json.loads(capsys.readouterr().out)
     with pytest.raises(SystemExit):
         main(["--cohort", str(cohort / "cohort"), "--out", str(cohort / "cli"), "--split", "1,2"])
+
+
+def test_ct_tissue_stats_come_from_the_ct_domain_only(cohort):
+    """The segment-consistency segmentor's statistics: written at pack time, from the CT-domain
+    training subjects' own CTs and labels (no MR-domain, val or test subject), CT-like per tissue."""
+    ids = pack_unpaired(cohort / "cohort", cohort / "stats", seed=0)
+    doc = json.loads((cohort / "stats" / CT_STATS_FILE).read_text())
+    assert doc["subjects"] == ids["train_ct"]
+    subs = {s.id: s for s in cohort_subjects(cohort / "cohort")}
+    assert {k: v for k, v in doc.items() if k != "subjects"} == \
+        ct_tissue_stats([subs[i] for i in ids["train_ct"]])
+    hu = dict(zip(doc["labels"], doc["mean_hu"]))
+    assert hu[TISSUES["cortical_bone"]] > 700 and hu[TISSUES["fat"]] < -50
+    assert abs(hu[TISSUES["air"]] + 1000) < 30 and 200 < hu[TISSUES["marrow"]] < 400
+    assert abs(sum(doc["prior"]) - 1) < 1e-3
+    unit = dict(zip(doc["labels"], doc["mean"]))
+    assert unit[TISSUES["fat"]] == pytest.approx(float(ct_to_unit(hu[TISSUES["fat"]])), abs=1e-4)
+    # another split's CT domain gives other numbers
+    other = ct_tissue_stats([subs[i] for i in ids["train_mr"]])
+    assert other["mean_hu"] != doc["mean_hu"]
+
+
+def test_segment_consistency_trains_on_the_unpaired_pack(cohort, tmp_path):
+    """The real loop reads the MR slices' labels for a source-label term (fw.batch_keys) and the
+    CT segmentor travels in the checkpoint's config (fw.segment_stats)."""
+    import torch
+
+    from gan_core.engine import load_model, train
+    from gan_core.presets import apply_overrides, preset, with_total_steps
+
+    pack_unpaired(cohort / "cohort", cohort / "seg", seed=0)
+    stats = (cohort / "seg" / CT_STATS_FILE).read_text()
+    cfg = apply_overrides(with_total_steps(preset("tiny", "cyclegan"), 2),
+                          {"loss.segment_consistency": 0.1, "loss.shape_consistency": 1.0,
+                           "fw.segment_stats": stats, "data.image_size": 32, "val_every": 0})
+    torch.set_num_threads(1)
+    res = train(cfg, cohort / "seg", tmp_path / "run", device="cpu", progress=False)
+    assert res.steps == 2
+    fw = load_model(res.model_path, "cpu")
+    assert fw.cfg.fw.segment_stats == stats and fw.cfg.loss.segment_consistency == 0.1
+    assert "labels" in fw.batch_keys()
+    terms = fw.extra_terms
+    fake = fw.generate(torch.zeros(1, 1, 32, 32)).detach()
+    air, bone = (terms(fake, fake, generated=fake, source=fake, prefix="x_",
+                       labels=torch.full((1, 1, 32, 32), TISSUES[t]))["x_segment_consistency"]
+                 for t in ("air", "cortical_bone"))
+    assert abs(float(air) - float(bone)) > 1.0    # one flat output cannot be both tissues
+    with pytest.raises(ValueError, match="tissue statistics"):
+        train(apply_overrides(cfg, {"fw.segment_stats": ""}), cohort / "seg", tmp_path / "r2",
+              device="cpu", progress=False, max_steps=1)

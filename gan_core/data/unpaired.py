@@ -32,10 +32,49 @@ import numpy as np
 from gan_core.data.pack import pack_splits, split_cohort
 from gan_core.data.shards import SubjectFiles, cohort_subjects
 
-__all__ = ["UNPAIRED_FILE", "cross_subjects", "pack_unpaired", "main"]
+__all__ = ["UNPAIRED_FILE", "CT_STATS_FILE", "cross_subjects", "ct_tissue_stats",
+           "pack_unpaired", "main"]
 
 #: written beside ``splits.json``: which subjects gave the training MR and CT domains
 UNPAIRED_FILE = "unpaired.json"
+#: written beside it: the CT domain's per-tissue value Gaussians (``loss.segment_consistency``'s
+#: segmentor, :class:`gan_core.losses.TissueStats`), from the CT-domain subjects only
+CT_STATS_FILE = "ct_tissue_stats.json"
+
+
+def ct_tissue_stats(subjects: Sequence[SubjectFiles], trim: float = 1.0) -> dict[str, list]:
+    """Per tissue label over the CTs (and labels) of ``subjects``: mean and sd of the values
+    between the ``trim`` and ``100 - trim`` percentiles (partial-volume edges left out), in HU and
+    in the [-1, 1] units the networks see, and the voxel fraction (``prior``). The mapping
+    :class:`gan_core.losses.TissueStats` reads; ValueError if a subject has no labels."""
+    from gan_core.data.nifti import load_volume
+    from gan_core.data.normalize import ct_to_unit
+
+    values: dict[int, list[np.ndarray]] = {}
+    for s in subjects:
+        if not s.labels:
+            raise ValueError(f"unpaired: CT-domain subject {s.id} has no labels.nii.gz; the "
+                             "segment-consistency statistics need the CT domain's tissue labels")
+        ct = load_volume(s.ct).array
+        lab = load_volume(s.labels, dtype=np.int64).array
+        if ct.shape != lab.shape:
+            raise ValueError(f"unpaired: {s.labels} has shape {lab.shape}, its CT {ct.shape}")
+        for k in np.unique(lab):
+            values.setdefault(int(k), []).append(ct[lab == k].astype(np.float64))
+    total = sum(v.size for vs in values.values() for v in vs)
+    out: dict[str, list] = {k: [] for k in ("labels", "mean", "sd", "prior", "mean_hu", "sd_hu")}
+    for k in sorted(values):
+        hu = np.concatenate(values[k])
+        lo, hi = np.percentile(hu, [trim, 100.0 - trim])
+        core = hu[(hu >= lo) & (hu <= hi)]
+        unit = ct_to_unit(core).astype(np.float64)
+        out["labels"].append(k)
+        out["mean"].append(round(float(unit.mean()), 6))
+        out["sd"].append(round(float(unit.std()), 6))
+        out["prior"].append(round(hu.size / total, 6))
+        out["mean_hu"].append(round(float(core.mean()), 1))
+        out["sd_hu"].append(round(float(core.std()), 1))
+    return out
 
 
 def cross_subjects(mr: Sequence[SubjectFiles], ct: Sequence[SubjectFiles]) -> list[SubjectFiles]:
@@ -59,7 +98,10 @@ def pack_unpaired(cohort: str | Path, out: str | Path, *,
     docstring). The subject split is :func:`~gan_core.data.pack.split_cohort` (the same as
     ``pack_cohort`` with this seed), so val/test are those of the paired benchmark; the training
     subjects are shuffled (``seed``) and halved, MR domain first. Returns the split ids with
-    ``train_mr`` / ``train_ct`` (also written to ``<out>/unpaired.json``)."""
+    ``train_mr`` / ``train_ct`` (also written to ``<out>/unpaired.json``). When the CT-domain
+    subjects have tissue labels, their per-tissue CT statistics (:func:`ct_tissue_stats`) go to
+    ``<out>/ct_tissue_stats.json``: ``loss.segment_consistency``'s segmentor (pass its text as
+    ``fw.segment_stats``)."""
     subs = {s.id: s for s in cohort_subjects(cohort)}
     ids = split_cohort(subs, split, seed)
     train = list(ids["train"])
@@ -73,6 +115,11 @@ def pack_unpaired(cohort: str | Path, out: str | Path, *,
     cross = cross_subjects([subs[i] for i in mr_ids], [subs[i] for i in ct_ids])
     pack_splits({"train": cross, "val": [subs[i] for i in ids["val"]],
                  "test": [subs[i] for i in ids["test"]]}, out)
+    if all(subs[i].labels for i in ct_ids):
+        stats = ct_tissue_stats([subs[i] for i in ct_ids])
+        tmp = Path(out) / f".{CT_STATS_FILE}.tmp"
+        tmp.write_text(json.dumps({**stats, "subjects": ct_ids}))
+        os.replace(tmp, Path(out) / CT_STATS_FILE)
     doc = {"train_mr": mr_ids, "train_ct": ct_ids, "val": ids["val"], "test": ids["test"],
            "train_subjects": [s.id for s in cross], "seed": seed}
     outp = Path(out)

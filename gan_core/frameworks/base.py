@@ -83,7 +83,9 @@ class GeneratorTerms:
     - ``source`` (self_reg, mind, gradient_consistency): the output (``generated``) against its
       own input (``source``): self_reg is L1 (same-modality tasks: denoising, reconstruction,
       super-resolution); mind and gradient_consistency compare structure across modalities;
-    - ``source_label`` (shape_consistency): the output against its input's tissue labels.
+    - ``source_label`` (shape_consistency, segment_consistency): the output against its input's
+      tissue labels; segment_consistency classifies the output with the target domain's
+      ``segment_stats`` (:class:`~gan_core.losses.TissueStats` or its JSON text).
 
     >>> from gan_core.config import LossWeights
     >>> terms = GeneratorTerms(LossWeights(gradient=1.0))
@@ -91,7 +93,8 @@ class GeneratorTerms:
     ['G_gradient']
     """
 
-    def __init__(self, weights, device: torch.device | str = "cpu", feature_encoder: str = "") -> None:
+    def __init__(self, weights, device: torch.device | str = "cpu", feature_encoder: str = "",
+                 segment_stats: Any = None) -> None:
         from gan_core.losses import TERMS, ConvEncoder, PerceptualLoss, optional_terms
 
         weight = {k: float(getattr(weights, k)) for k in optional_terms() if getattr(weights, k) > 0}
@@ -99,8 +102,18 @@ class GeneratorTerms:
         self.by_kind: dict[str, dict[str, tuple[float, Any]]] = {
             kind: {k: (weight[k], TERMS[k].factory) for k in optional_terms(kind) if k in weight}
             for kind in ("pair", "label", "feature", "source", "source_label")}
+        if "segment_consistency" in weight and not segment_stats:
+            raise ValueError("loss.segment_consistency > 0 needs the target domain's tissue "
+                             "statistics (fw.segment_stats: the JSON text of the pack's "
+                             "ct_tissue_stats.json, written by gan_core.data.unpaired)")
+
+        def build(k: str, f: Callable[..., Any]) -> Any:
+            if k == "shape":
+                return f("mean")
+            return f(segment_stats).to(device) if k == "segment_consistency" else f()
+
         #: name -> (weight, built term) of every kind but ``feature`` (built per call)
-        self.built = {k: (w, f("mean") if k == "shape" else f())
+        self.built = {k: (w, build(k, f))
                       for kind, terms in self.by_kind.items() if kind != "feature"
                       for k, (w, f) in terms.items()}
         self.encoder: nn.Module | None = None
@@ -306,11 +319,14 @@ class GANFramework:
 
     def batch_keys(self) -> frozenset[str]:
         """Batch entries ``train_step`` reads: ``A`` and ``B``, plus ``labels`` when a label loss
-        (``loss.shape``) is on. Only these are read from the shards and sent to the device."""
+        (``loss.shape``, or a source-label one: ``loss.shape_consistency``,
+        ``loss.segment_consistency``) is on. Only these are read from the shards and sent to the
+        device."""
         from gan_core.losses import optional_terms
 
         keys = {"A", "B"}
-        if any(getattr(self.cfg.loss, k) > 0 for k in optional_terms("label")):
+        if any(getattr(self.cfg.loss, k) > 0
+               for k in (*optional_terms("label"), *optional_terms("source_label"))):
             keys.add("labels")
         return frozenset(keys)
 

@@ -36,6 +36,9 @@ class CycleGAN(GANFramework):
         pool_size: int = 50     # image pool of past fakes per discriminator (0: none)
         cycle_a: float = 1.0    # A->B->A (MR->CT->MR) cycle weight, a fraction of loss.cycle
         cycle_b: float = 1.0    # B->A->B (CT->MR->CT) cycle weight, a fraction of loss.cycle
+        # loss.segment_consistency's CT segmentor: per-tissue HU Gaussians fitted on the CT
+        # domain's own subjects (JSON text of <pack>/ct_tissue_stats.json; in the checkpoint)
+        segment_stats: str = ""
 
     paired = False
     loss_defaults = {"gan": 1.0, "cycle": 10.0}
@@ -77,7 +80,8 @@ class CycleGAN(GANFramework):
     def __init__(self, cfg, device="cpu") -> None:
         super().__init__(cfg, device)
         self.crit = GANLoss(cfg.gan_mode)
-        self.extra_terms = GeneratorTerms(cfg.loss, self.device, cfg.model.feature_encoder)
+        self.extra_terms = GeneratorTerms(cfg.loss, self.device, cfg.model.feature_encoder,
+                                          segment_stats=cfg.fw.segment_stats)
         self.pool_A = ImagePool(cfg.fw.pool_size, seed=cfg.seed * 2 + 1)
         self.pool_B = ImagePool(cfg.fw.pool_size, seed=cfg.seed * 2 + 2)
 
@@ -112,7 +116,7 @@ class CycleGAN(GANFramework):
                                     labels=b.get("labels"), prefix="cycle_A_",
                                     features=getattr(self.nets["D_B"], "features", None)),
                  **self.extra_terms(rec_B, real_B, source=real_B, generated=fake_A,
-                                    skip=("shape", "shape_consistency"),
+                                    skip=("shape", "shape_consistency", "segment_consistency"),
                                     prefix="cycle_B_", features=getattr(self.nets["D_A"], "features", None))
                  } if self.extra_terms else {}
         loss_G = (loss_G_A + loss_G_B + loss_cyc_A + loss_cyc_B + loss_idt_A + loss_idt_B

@@ -23,6 +23,8 @@ L12    regulation    ``image``           :class:`RegulationLoss`
 L8     mind          ``consistency``     :class:`MINDLoss` (translation vs its own source)
 L4     gradient_c.   ``consistency``     :class:`GradientConsistencyLoss` (vs its source)
 L6     shape_c.      ``consistency``     :class:`ShapeConsistencyLoss` (vs source labels)
+L6     segment_c.    ``segment``         :class:`SegmentConsistencyLoss` (CT segmentor vs
+                                         source labels; :class:`TissueStats`)
 =====  ============  ==================  ==================================================
 
 ``TERMS`` (``gan_core.losses.table``) is the one table of them, keyed exactly like the weights in
@@ -43,6 +45,7 @@ from gan_core.losses.features import (ConvEncoder, FeatureExtractor, PerceptualL
 from gan_core.losses.frequency import FrequencyLoss
 from gan_core.losses.image import (CycleLoss, GradientLoss, ImageLoss, RegulationLoss,
                                    SelfRegLoss, SharpnessLoss, cycle_loss)
+from gan_core.losses.segment import SegmentConsistencyLoss, TissueStats
 from gan_core.losses.shape import ShapeLoss
 from gan_core.losses.structure import MS_SSIM_WEIGHTS, StructureLoss, ms_ssim, ssim
 from gan_core.losses.table import KINDS, TERMS, LossTerm, optional_terms
@@ -53,5 +56,5 @@ __all__ = [
     "PerceptualLoss", "ssim", "ms_ssim", "MS_SSIM_WEIGHTS", "StructureLoss", "gram_matrix",
     "StyleContentLoss", "SelfRegLoss", "FrequencyLoss", "RegulationLoss", "KINDS", "LossTerm",
     "TERMS", "optional_terms", "mind_descriptor", "MINDLoss", "GradientConsistencyLoss",
-    "ShapeConsistencyLoss",
+    "ShapeConsistencyLoss", "SegmentConsistencyLoss", "TissueStats",
 ]

@@ -11,9 +11,12 @@ Kinds: ``adversarial`` (a discriminator's output), ``pair`` (a generated image a
 ``feature`` (plus a feature extractor), ``source`` (a generated image and its own input),
 ``source_label`` (a generated image and its input's tissue label map).
 
-The three ``*consistency``/``mind`` terms are the unpaired (source-referenced) forms of rows L4,
-L6 and L8 (:mod:`gan_core.losses.consistency`): cross-modality, they constrain structure, not
-intensity.
+The ``mind``, ``gradient_consistency`` and ``shape_consistency`` terms are the unpaired
+(source-referenced) forms of rows L4, L6 and L8 (:mod:`gan_core.losses.consistency`):
+cross-modality, they constrain structure, not intensity. ``segment_consistency`` is Zhang et al.'s
+L6 shape consistency (:mod:`gan_core.losses.segment`): a target-domain segmentor must recover the
+source's labels from the translation, so it constrains intensity too (its factory takes the
+target domain's :class:`~gan_core.losses.segment.TissueStats`).
 
 >>> TERMS["structure"].row, TERMS["structure"].kind, TERMS["structure"].search
 ('L8', 'pair', ('uniform', 0.0, 20.0))
@@ -31,6 +34,7 @@ from gan_core.losses.adversarial import GANLoss
 from gan_core.losses.consistency import GradientConsistencyLoss, MINDLoss, ShapeConsistencyLoss
 from gan_core.losses.features import PerceptualLoss, StyleContentLoss
 from gan_core.losses.frequency import FrequencyLoss
+from gan_core.losses.segment import SegmentConsistencyLoss
 from gan_core.losses.image import (CycleLoss, GradientLoss, ImageLoss, RegulationLoss,
                                    SelfRegLoss, SharpnessLoss)
 from gan_core.losses.shape import ShapeLoss
@@ -79,6 +83,8 @@ TERMS: dict[str, LossTerm] = {t.name: t for t in (
              ("loguniform", 0.1, 10.0)),
     LossTerm("shape_consistency", "L6", "source_label", ShapeConsistencyLoss,
              ("loguniform", 0.1, 10.0)),
+    LossTerm("segment_consistency", "L6", "source_label", SegmentConsistencyLoss,
+             ("loguniform", 0.01, 3.0)),
 )}
 """Term name (a ``LossWeights`` field) -> :class:`LossTerm`, in Table-5 order, then the unpaired
 source-referenced forms."""
