@@ -157,10 +157,14 @@ def test_report_in_headless_chromium(report: Path, chromium: str, tmp_path: Path
             assert diff(first["prediction"], bone["prediction"]) > 2
             assert diff(first["input"], bone["input"]) < 0.5, "a window preset must not touch the MR"
 
+            # the overlay's share of the canvas depends on what the audit found: compare the
+            # change with the screenshot noise of an unchanged page, not with a fixed amount
+            noise = diff(bone["target"], page.locator("#cv-target").screenshot())
             page.uncheck("#ov-audit")
             settled()
-            assert diff(bone["target"], page.locator("#cv-target").screenshot()) > 0.5, \
-                "hiding the audit overlay did not change the picture"
+            change = diff(bone["target"], page.locator("#cv-target").screenshot())
+            assert change > max(10 * noise, 0.02), \
+                f"hiding the audit overlay did not change the picture ({change:.3f} vs noise {noise:.3f})"
             page.check("#ov-audit")
             settled()
 
