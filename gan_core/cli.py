@@ -1,6 +1,6 @@
 """``medgan`` command line: phantom, pack, train, evaluate, translate, demo.
 
-Everything below writes under ``medgan_local/`` (git-ignored); ``phantom_001`` is a test subject
+Everything below writes under ``medgan_local/`` (git-ignored); ``phantom_004`` is a test subject
 of the seed-0 split (``medgan_local/shards/splits.json``), never seen in training:
 
     medgan phantom --out medgan_local/cohort --subjects 12 --seed 0
@@ -9,7 +9,7 @@ of the seed-0 split (``medgan_local/shards/splits.json``), never seen in trainin
     medgan train --framework pix2pix --task kspace --set task.acceleration=8 \
         --data medgan_local/shards --out medgan_local/runs/k8
     medgan evaluate --model medgan_local/runs/pix2pix --data medgan_local/shards --out medgan_local/eval
-    medgan translate --model medgan_local/runs/pix2pix --input medgan_local/cohort/phantom_001/mr.nii.gz \
+    medgan translate --model medgan_local/runs/pix2pix --input medgan_local/cohort/phantom_004/mr.nii.gz \
         --output medgan_local/sct.nii.gz
     medgan demo                      # all of it, into medgan_local/engine
 """
