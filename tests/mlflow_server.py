@@ -38,7 +38,43 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class MlflowServer:
+class ServerProcess:
+    """What every test server process shares: its log tail, stop (SIGTERM to its process group,
+    then SIGKILL), and use as a context manager. Subclasses set ``proc``, ``log_path``, ``_log``
+    and define ``start()``."""
+
+    proc: subprocess.Popen | None = None
+    log_path: Path
+
+    def log_tail(self, n: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return "(no log)"
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=5)
+        if getattr(self, "_log", None) is not None:
+            self._log.close()
+            self._log = None
+
+    def __enter__(self) -> str:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class MlflowServer(ServerProcess):
     """Start/stop one ``mlflow server``; ``url`` is ``http://127.0.0.1:<port>``."""
 
     def __init__(self, root: str | os.PathLike[str], *, startup_timeout: float = 120.0) -> None:
@@ -76,32 +112,6 @@ class MlflowServer:
         self.stop()
         raise RuntimeError(f"mlflow server not healthy after {self.startup_timeout:.0f} s:\n{self.log_tail()}")
 
-    def log_tail(self, n: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return "(no log)"
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=5)
-        if getattr(self, "_log", None) is not None:
-            self._log.close()
-            self._log = None
-
-    def __enter__(self) -> str:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 def preprocess_output(cohort: Path, shards: Path, dst: Path) -> Path:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -23,12 +22,12 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from tests.mlflow_server import free_port
+from tests.mlflow_server import ServerProcess, free_port
 
 __all__ = ["ModelServer", "register_champion", "post_nifti", "invocations"]
 
 
-class ModelServer:
+class ModelServer(ServerProcess):
     """Start/stop one ``mlflow models serve``; ``url`` is ``http://127.0.0.1:<port>``."""
 
     def __init__(self, model_uri: str, *, tracking_uri: str, log_dir: str | os.PathLike[str],
@@ -72,33 +71,6 @@ class ModelServer:
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
-
-    def log_tail(self, n: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return "(no log)"
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=5)
-        if getattr(self, "_log", None) is not None:
-            self._log.close()
-            self._log = None
-
-    def __enter__(self) -> str:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 def register_champion(model_pt: str | os.PathLike[str], tracking_uri: str, name: str,
