@@ -181,6 +181,39 @@ def per_sample_net(net: nn.Module) -> bool:
                    for m in net.modules())
 
 
+def batched_calls(net: Callable[..., Any], xs: list[Tensor]) -> list[Any]:
+    """``[net(x) for x in xs]`` in one call per group of inputs of the same per-sample shape,
+    on their concatenation along the batch dimension, split back (a list output, e.g. a
+    multi-scale discriminator's, is split item by item). For a :func:`per_sample_net` this gives
+    the separate calls' values, to the summation order of the bigger kernels.
+
+    Inputs of different dtypes (a bf16 fake beside a float32 real under autocast) are
+    concatenated in the wider one, exactly; a net whose first operation autocast casts (a
+    convolution, after any padding) then sees the values the separate calls give it.
+
+    >>> net = nn.Conv2d(1, 2, 3, padding=1)
+    >>> a, b = torch.rand(2, 1, 8, 8), torch.rand(3, 1, 8, 8)
+    >>> ya, yb = batched_calls(net, [a, b])
+    >>> ya.shape, bool(torch.allclose(yb, net(b), atol=1e-6))
+    (torch.Size([2, 2, 8, 8]), True)
+    """
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, x in enumerate(xs):
+        groups.setdefault(tuple(x.shape[1:]), []).append(i)
+    out: list[Any] = [None] * len(xs)
+    for idx in groups.values():
+        if len(idx) == 1:
+            out[idx[0]] = net(xs[idx[0]])
+            continue
+        sizes = [xs[i].shape[0] for i in idx]
+        y = net(torch.cat([xs[i] for i in idx], 0))
+        parts = ([list(p) for p in zip(*(t.split(sizes, 0) for t in y))]
+                 if isinstance(y, (list, tuple)) else list(y.split(sizes, 0)))
+        for i, p in zip(idx, parts):
+            out[i] = p
+    return out
+
+
 class ScheduledLR:
     """``lr = base_lr * fn(step)`` on every param group of ``opt``: what ``LambdaLR`` computes,
     without its check that ``optimizer.step()`` ran first (the loop steps the schedule every
