@@ -21,7 +21,8 @@ from torch import Tensor, nn
 
 from gan_core.config import FrameworkConfig
 from gan_core.frameworks import register
-from gan_core.frameworks.base import GANFramework, GeneratorTerms, ImagePool, build_gen
+from gan_core.frameworks.base import (GANFramework, GeneratorTerms, ImagePool, batched_calls,
+                                      build_gen, per_sample_net)
 from gan_core.losses.adversarial import GANLoss, gradient_penalty
 from gan_core.models import build_discriminator
 
@@ -84,6 +85,14 @@ class CycleGAN(GANFramework):
                                           segment_stats=cfg.fw.segment_stats)
         self.pool_A = ImagePool(cfg.fw.pool_size, seed=cfg.seed * 2 + 1)
         self.pool_B = ImagePool(cfg.fw.pool_size, seed=cfg.seed * 2 + 2)
+        #: the generators' calls whose inputs are ready together run as one batched call when
+        #: that changes nothing (no BatchNorm, no dropout in G_A and G_B): G_A on [a; b]
+        #: (translation, identity), G_B on [G_A(a); b; a] (cycle, translation, identity), then
+        #: G_A on G_B(b): 3 calls instead of 6. ``False`` forces the separate calls.
+        self.batch_g = per_sample_net(self.nets["G_A"]) and per_sample_net(self.nets["G_B"])
+        #: each discriminator judges [real; pooled fake] in one pass and one backward serves
+        #: both, when neither has BatchNorm or dropout. ``False`` forces the separate passes.
+        self.batch_d = per_sample_net(self.nets["D_A"]) and per_sample_net(self.nets["D_B"])
 
     def train_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         b = self.to_device(batch)
@@ -97,18 +106,26 @@ class CycleGAN(GANFramework):
         self.set_requires_grad(D_nets, False)
         self.opts["G"].zero_grad(set_to_none=True)
         with self.autocast():
-            fake_B = G_A(real_A)
-            rec_A = G_B(fake_B)
-            fake_A = G_B(real_B)
-            rec_B = G_A(fake_A)
+            # same_B = G_A(real_B) and same_A = G_B(real_A): the identity calls (idt > 0)
+            if self.batch_g:
+                fake_B, *same_B = batched_calls(G_A, [real_A, real_B] if idt > 0 else [real_A])
+                rec_A, fake_A, *same_A = batched_calls(
+                    G_B, [fake_B, real_B, real_A] if idt > 0 else [fake_B, real_B])
+                rec_B = G_A(fake_A)
+            else:
+                fake_B = G_A(real_A)
+                rec_A = G_B(fake_B)
+                fake_A = G_B(real_B)
+                rec_B = G_A(fake_A)
+                same_B, same_A = ([G_A(real_B)], [G_B(real_A)]) if idt > 0 else ([], [])
             loss_G_A = self.crit(self.frozen["D_A"](fake_B), True, for_discriminator=False) * w.gan
             loss_G_B = self.crit(self.frozen["D_B"](fake_A), True, for_discriminator=False) * w.gan
             loss_cyc_A = F.l1_loss(rec_A.float(), real_A.float()) * w.cycle * fw.cycle_a
             loss_cyc_B = F.l1_loss(rec_B.float(), real_B.float()) * w.cycle * fw.cycle_b
             loss_idt_A = loss_idt_B = rec_A.new_zeros((), dtype=real_A.dtype).float()
             if idt > 0:
-                loss_idt_A = F.l1_loss(G_A(real_B).float(), real_B.float()) * w.cycle * idt
-                loss_idt_B = F.l1_loss(G_B(real_A).float(), real_A.float()) * w.cycle * idt
+                loss_idt_A = F.l1_loss(same_B[0].float(), real_B.float()) * w.cycle * idt
+                loss_idt_B = F.l1_loss(same_A[0].float(), real_A.float()) * w.cycle * idt
         # the extra terms compare each cycle reconstruction with its real image (shape: with the
         # A slice's labels); the source terms each translation with its own input (self_reg,
         # mind, gradient_consistency; shape_consistency with the A slice's labels)
@@ -127,13 +144,28 @@ class CycleGAN(GANFramework):
         # discriminators, on pooled fakes
         self.set_requires_grad(D_nets, True)
         self.opts["D"].zero_grad(set_to_none=True)
-        loss_D_A = self._backward_D("D_A", real_B, self.pool_B.query(fake_B))
-        loss_D_B = self._backward_D("D_B", real_A, self.pool_A.query(fake_A))
+        fake_B_pool, fake_A_pool = self.pool_B.query(fake_B), self.pool_A.query(fake_A)
+        if self.batch_d:
+            loss_D_A = self._loss_D("D_A", real_B, fake_B_pool)
+            loss_D_B = self._loss_D("D_B", real_A, fake_A_pool)
+            (loss_D_A + loss_D_B).backward()
+        else:
+            loss_D_A = self._backward_D("D_A", real_B, fake_B_pool)
+            loss_D_B = self._backward_D("D_B", real_A, fake_A_pool)
         self.opts["D"].step()
         return {**{k: v.detach() for k, v in extra.items()},
                 "G_A": loss_G_A.detach(), "G_B": loss_G_B.detach(), "cycle_A": loss_cyc_A.detach(),
                 "cycle_B": loss_cyc_B.detach(), "idt_A": loss_idt_A.detach(), "idt_B": loss_idt_B.detach(),
                 "G": loss_G.detach(), "D_A": loss_D_A.detach(), "D_B": loss_D_B.detach()}
+
+    def _loss_D(self, name: str, real: Tensor, fake: Tensor) -> Tensor:
+        """D ``name``'s loss on [real; fake] judged in one pass (a per-sample D)."""
+        with self.autocast():
+            pred_real, pred_fake = batched_calls(self.fwd[name], [real, fake.detach()])
+        loss = 0.5 * (self.crit(pred_real, True) + self.crit(pred_fake, False))
+        if self.cfg.gan_mode == "wgangp":
+            loss = loss + gradient_penalty(self.fwd[name], real, fake)
+        return loss
 
     def _backward_D(self, name: str, real: Tensor, fake: Tensor) -> Tensor:
         with self.autocast():
