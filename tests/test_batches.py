@@ -17,17 +17,18 @@ def _keys(n=12, seed=5, paired=False):
 
 
 @pytest.mark.parametrize("task_name", ["mr2ct", "kspace", "labels2ct", "synth"])
-@pytest.mark.parametrize("method", ["slices", "take", "host"])
+@pytest.mark.parametrize("method", ["slices", "take", "host", "host-crop-device-flip"])
 def test_batch_equals_stacked_samples(tiny_shards, task_name, method):
     cfg = preset("tiny", "pix2pix" if task_name != "synth" else "dcgan", task_name)
     task = build_task(cfg.task)
     kw = dict(image_size=24, flip=True, seed=3, min_body_fraction=0.05)
     ds = SliceDataset(tiny_shards / "train", task=task, **kw)
     sb = SliceBatches(Shards(tiny_shards / "train"), task=task, keys={"A", "B", "mask", "labels"},
-                      crop_on_host=method == "host", **kw)
+                      crop_on_host=method.startswith("host"),
+                      flip_on_host=False if method == "host-crop-device-flip" else None, **kw)
     keys = _keys(paired=False)
     keys[:, 1:] %= len(ds)
-    got = sb.finish(sb.read(keys), method="auto" if method == "host" else method)
+    got = sb.finish(sb.read(keys), method="auto" if method.startswith("host") else method)
     want = stack_samples([ds[tuple(k)] for k in keys.tolist()])
     assert set(got) == {"A", "B", "mask", "labels"}
     for k in got:
