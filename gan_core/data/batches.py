@@ -1,4 +1,4 @@
-"""Training batches of 2D slices: one gather per array on the host, crop and flip on the device.
+"""Training batches of 2D slices: crop windows copied on the host, flipped on the host (CPU) or device.
 
 :class:`SliceBatches` turns a batch of sampler keys ``(epoch, a, b)`` into the tensors a
 framework trains on, with the same values as stacking :class:`~gan_core.data.shards.SliceDataset`
@@ -8,9 +8,10 @@ samples of those keys (tested), but:
   torch copy per sample and array, no whole-slice gather; torch releases the GIL there, so
   reader threads run in parallel) into reused host buffers (pinned on CUDA); a degradation is
   still computed per sample through the shards' task inputs;
-- on a CPU device the left-right flip happens in that same pass (a flip of the window view) and the host buffers ARE the batch: a buffer is reused only once nothing holds a
-  tensor of it any more (its reference count), else a fresh one is made, so a batch kept by its
-  consumer is never overwritten; on an accelerator the flip runs on the device;
+- on a CPU device the left-right flip happens in that same pass (a flip of the window view)
+  and the host buffers ARE the batch: a buffer is reused only once nothing holds a tensor of it
+  any more (its reference count), else a fresh one is made, so a batch kept by its consumer is
+  never overwritten; on an accelerator the flip runs on the device;
 - only the arrays the framework uses cross to the device (``A`` and ``B``; ``labels`` and
   ``mask`` when asked), in their packed dtype (``mask`` / ``labels`` as uint8, not float32/int64),
   converted to float on the device;
