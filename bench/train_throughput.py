@@ -7,7 +7,7 @@ line on stdout (and in ``--out``); a summary table on stderr.
 
     python bench/train_throughput.py                                 # the GPU comparison, 256 px
     python bench/train_throughput.py --size 32 --fast-batch cyclegan:4,pix2pix:8   # a CPU run
-    python bench/train_throughput.py --loader-only --workers 0,2     # slices/s per core
+    python bench/train_throughput.py --loader-only --workers 0,1,2   # slices/s, per CPU-second
 
 Settings, for each framework:
 
@@ -205,9 +205,36 @@ def bench_framework(framework: str, args, device: torch.device, shard_dir: Path,
 
 
 # ----------------------------------------------------------------------------- loader only
+def _loader_row(path: str, threads: int, bs: int, n: int, el: float, cpu: float, main_cpu: float,
+                args, meta: dict) -> dict:
+    """One loader JSON row: slices/s in wall time and per CPU-second (all threads of this process
+    over the same window), how the CPU time splits between the consumer thread and the readers,
+    and the load average the run shared the machine with."""
+    slices = n * bs
+    return {"kind": "loader", "path": path, "threads": threads, "crop": args.crop,
+            "inplane": args.inplane, "batch": bs, "slices_per_s": round(slices / el, 1),
+            "slices_per_s_per_core": round(slices / el / max(1, threads), 1),
+            "slices_per_cpu_s": round(slices / max(cpu, 1e-9), 1),
+            "cpu_s_per_slice_us": round(1e6 * cpu / slices, 1),
+            "consumer_cpu_share": round(main_cpu / max(cpu, 1e-9), 3),
+            "cpu_cores_busy": round(cpu / el, 2), "window_s": round(el, 2),
+            "loadavg_1m": round(os.getloadavg()[0], 2), **meta}
+
+
+def _timed_cpu(step, device: torch.device, warmup: int, window: float):
+    """:func:`timed` plus the process's and this thread's CPU seconds over the timed window."""
+    for _ in range(warmup):
+        step()
+    sync(device)
+    cpu0, main0 = time.process_time(), time.thread_time()
+    n, el, _ = timed(step, device, 0, window)
+    return n, el, time.process_time() - cpu0, time.thread_time() - main0
+
+
 def bench_loader(args, device: torch.device, shard_dir: Path, meta: dict) -> list[dict]:
-    """Slices/s of the training data path alone (host gather + transfer + crop/flip on the
-    device), per worker-thread setting; and the per-sample ``SliceDataset`` path for reference."""
+    """Slices/s of the training data path alone (host crop-window copy + transfer + the device
+    side), per reader-thread setting (0: in line, in the consumer's thread); and the per-sample
+    ``SliceDataset`` path for reference. CPU time covers only the timed window (after warm-up)."""
     rows = []
     task = build_task(preset("full", "pix2pix").task)
     bs = args.loader_batch
@@ -216,18 +243,13 @@ def bench_loader(args, device: torch.device, shard_dir: Path, meta: dict) -> lis
                           device=device)
         it = prefetch(sb, InfiniteSampler(len(sb), paired=True, seed=0).batches(bs), batch_size=bs,
                       workers=workers)
-        cpu0 = time.process_time()
-        n, el, warm = timed(lambda: next(it), device, 3, args.window)
-        cpu = time.process_time() - cpu0
+        n, el, cpu, main_cpu = _timed_cpu(lambda: next(it), device, 3, args.window)
         it.close()
-        cores = max(1, workers)
-        row = {"kind": "loader", "path": "SliceBatches", "threads": workers, "crop": args.crop,
-               "inplane": args.inplane, "batch": bs, "slices_per_s": round(n * bs / el, 1),
-               "slices_per_s_per_core": round(n * bs / el / cores, 1),
-               "cpu_s_per_slice_us": round(1e6 * cpu / ((n + 3) * bs), 1), "window_s": round(el, 2),
-               **meta}
+        row = _loader_row("SliceBatches", workers, bs, n, el, cpu, main_cpu, args, meta)
         rows.append(row)
         emit(row, args.out)
+    if args.no_reference:
+        return rows
     # reference: the per-sample path (one SliceDataset sample at a time, stacked)
     ds = SliceDataset(shard_dir, image_size=args.crop, flip=True, seed=0, task=task)
     keys = iter(InfiniteSampler(len(ds), paired=True, seed=0))
@@ -236,13 +258,8 @@ def bench_loader(args, device: torch.device, shard_dir: Path, meta: dict) -> lis
         batch = [ds[next(keys)] for _ in range(bs)]
         return {k: torch.stack([s[k] for s in batch]).to(device) for k in batch[0]}
 
-    cpu0 = time.process_time()
-    n, el, _ = timed(one_batch, device, 1, args.window)
-    cpu = time.process_time() - cpu0
-    row = {"kind": "loader", "path": "SliceDataset per sample (reference)", "threads": 0,
-           "crop": args.crop, "inplane": args.inplane, "batch": bs, "slices_per_s": round(n * bs / el, 1),
-           "slices_per_s_per_core": round(n * bs / el, 1),
-           "cpu_s_per_slice_us": round(1e6 * cpu / ((n + 1) * bs), 1), "window_s": round(el, 2), **meta}
+    n, el, cpu, main_cpu = _timed_cpu(one_batch, device, 1, args.window)
+    row = _loader_row("SliceDataset per sample (reference)", 0, bs, n, el, cpu, main_cpu, args, meta)
     rows.append(row)
     emit(row, args.out)
     return rows
@@ -269,6 +286,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", default="0,2", help="loader-only: thread counts to try")
     p.add_argument("--crop", type=int, default=256, help="loader-only: crop (px)")
     p.add_argument("--loader-batch", type=int, default=64)
+    p.add_argument("--no-reference", action="store_true",
+                   help="loader-only: skip the per-sample SliceDataset reference row")
     p.add_argument("--out", default=None, help="also append the JSON lines here")
     args = p.parse_args(argv)
     device = torch.device(args.device)
@@ -311,7 +330,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"loader {r['path']:<38} threads={r['threads']} {r['slices_per_s']:>9.1f} slices/s "
                   f"({r['slices_per_s_per_core']:.1f}/core; {r['cpu_s_per_slice_us']:.0f} us CPU/slice = "
-                  f"{1e6 / r['cpu_s_per_slice_us']:.0f} slices per CPU-second)", file=err)
+                  f"{r['slices_per_cpu_s']:.0f} slices per CPU-second; {r['cpu_cores_busy']:.2f} cores "
+                  f"busy; load {r['loadavg_1m']})", file=err)
     return 0
 
 

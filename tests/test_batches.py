@@ -17,17 +17,18 @@ def _keys(n=12, seed=5, paired=False):
 
 
 @pytest.mark.parametrize("task_name", ["mr2ct", "kspace", "labels2ct", "synth"])
-@pytest.mark.parametrize("method", ["slices", "take", "host"])
+@pytest.mark.parametrize("method", ["slices", "take", "host", "host-crop-device-flip"])
 def test_batch_equals_stacked_samples(tiny_shards, task_name, method):
     cfg = preset("tiny", "pix2pix" if task_name != "synth" else "dcgan", task_name)
     task = build_task(cfg.task)
     kw = dict(image_size=24, flip=True, seed=3, min_body_fraction=0.05)
     ds = SliceDataset(tiny_shards / "train", task=task, **kw)
     sb = SliceBatches(Shards(tiny_shards / "train"), task=task, keys={"A", "B", "mask", "labels"},
-                      crop_on_host=method == "host", **kw)
+                      crop_on_host=method.startswith("host"),
+                      flip_on_host=False if method == "host-crop-device-flip" else None, **kw)
     keys = _keys(paired=False)
     keys[:, 1:] %= len(ds)
-    got = sb.finish(sb.read(keys), method="auto" if method == "host" else method)
+    got = sb.finish(sb.read(keys), method="auto" if method.startswith("host") else method)
     want = stack_samples([ds[tuple(k)] for k in keys.tolist()])
     assert set(got) == {"A", "B", "mask", "labels"}
     for k in got:
@@ -114,3 +115,46 @@ def test_crop_flip_methods_agree():
     b = crop_flip(src, idx, y, x, fl, (6, 6), "slices")
     assert a.dtype == torch.int16 and torch.equal(a, b)
     assert torch.equal(b[1], src[0, :, 3:9, 0:6]) and torch.equal(b[0], src[4, :, 0:6, 5:11].flip(-1))
+
+
+@pytest.mark.parametrize("paired", [True, False])
+def test_crop_window_read_equals_whole_slice_read(tiny_shards, paired):
+    """Copying only the crop windows (flipped on the host, or on the device) gives exactly the
+    batch that reading whole slices and cropping/flipping afterwards gives."""
+    task = build_task(preset("tiny", "pix2pix").task)
+    kw = dict(image_size=24, flip=True, seed=7, task=task, keys={"A", "B", "mask", "labels"})
+    whole = SliceBatches(Shards(tiny_shards / "train"), crop_on_host=False, **kw)
+    host = SliceBatches(Shards(tiny_shards / "train"), **kw)
+    dev_flip = SliceBatches(Shards(tiny_shards / "train"), flip_on_host=False, **kw)
+    assert host.crop_on_host and host.flip_on_host and not dev_flip.flip_on_host
+    keys = next(InfiniteSampler(len(whole), paired=paired, seed=1).batches(64))
+    y, x, fl = crop_draws(7, keys, whole.hw, 24)
+    assert fl.any() and not fl.all() and len(set(y.tolist())) > 3 and len(set(x.tolist())) > 3
+    want = whole(keys)
+    hb = host.read(keys)
+    assert hb["A"].shape[-2:] == (24, 24)   # only the windows were copied off the memory map
+    for got in (host.finish(hb), dev_flip(keys)):
+        for k in want:
+            assert got[k].dtype == want[k].dtype and torch.equal(got[k], want[k]), k
+
+
+def test_cpu_batches_reuse_buffers_only_when_released(tiny_shards):
+    """On a CPU device the host buffers are the batch: a batch its consumer keeps is never
+    overwritten by later ones; once released, its buffers are reused (no allocation per batch)."""
+    task = build_task(preset("tiny", "pix2pix").task)
+    sb = SliceBatches(Shards(tiny_shards / "train"), image_size=24, flip=True, seed=2, task=task)
+    n = len(sb)
+    want = [sb(k) for _, k in zip(range(8), InfiniteSampler(n, paired=False, seed=2).batches(4))]
+    for workers in (0, 2):
+        gen = prefetch(sb, InfiniteSampler(n, paired=False, seed=2).batches(4), batch_size=4,
+                       workers=workers)
+        held = [next(gen) for _ in range(8)]          # all kept: each must keep its values
+        for got, ref in zip(held, want):
+            assert torch.equal(got["A"], ref["A"]) and torch.equal(got["B"], ref["B"])
+        assert len({b["A"].data_ptr() for b in held}) == 8
+        del held
+        ptrs = []
+        for _ in range(3 * (workers + 2)):           # released at once: the ring's buffers
+            ptrs.append(next(gen)["A"].data_ptr())
+        gen.close()
+        assert len(set(ptrs)) <= workers + 2, (workers, len(set(ptrs)))
