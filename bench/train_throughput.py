@@ -169,6 +169,11 @@ def bench_framework(framework: str, args, device: torch.device, shard_dir: Path,
         bs = int(batches.get(framework, 32)) if fast else 1
         cfg = make_cfg(framework, args.size, bs, fast, device, args.compile_mode)
         fw = build_framework(cfg, device=device)
+        batched = not args.separate_calls
+        if not batched:  # the separate same-network calls (identical results, more kernels)
+            for flag in ("batch_g", "batch_d"):
+                if hasattr(fw, flag):
+                    setattr(fw, flag, False)
         feeds = ["device", "shards"] + (["resident"] if fast else [])
         for feed in feeds:
             if device.type == "cuda":
@@ -188,7 +193,7 @@ def bench_framework(framework: str, args, device: torch.device, shard_dir: Path,
             achieved = fpi * ips / 1e12
             row = {"kind": "train", "framework": framework, "setting": setting, "feed": feed,
                    "size": args.size, "batch": bs, "amp": cfg.amp, "channels_last": cfg.channels_last,
-                   "compile": cfg.compile_mode if cfg.compile else "none",
+                   "compile": cfg.compile_mode if cfg.compile else "none", "batched_calls": batched,
                    "loader_threads": args.workers_train if feed == "shards" else 0,
                    "images_per_s": round(ips, 2), "step_ms": round(1000 * el / n, 2), "steps_timed": n,
                    "window_s": round(el, 2), "warmup_s": round(warm, 1),
@@ -281,6 +286,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--inplane", type=int, default=None, help="in-plane size of the written shards")
     p.add_argument("--n-slices", type=int, default=2048)
     p.add_argument("--workers-train", type=int, default=2, help="loader threads when fed from shards")
+    p.add_argument("--separate-calls", action="store_true",
+                   help="force the unbatched same-network calls (fw.batch_g / batch_d = False)")
     p.add_argument("--loader-only", action="store_true", help="measure the data path alone")
     p.add_argument("--loader-also", action="store_true", help="the loader too, after training")
     p.add_argument("--workers", default="0,2", help="loader-only: thread counts to try")
