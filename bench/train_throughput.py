@@ -205,7 +205,7 @@ def bench_framework(framework: str, args, device: torch.device, shard_dir: Path,
                    **meta}
             rows.append(row)
             emit(row, args.out)
-        del fw
+        fw = None  # free the networks before the next setting builds its own
     return rows
 
 
