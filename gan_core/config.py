@@ -130,6 +130,8 @@ class TrainConfig:
     log_every: int = 50                   # steps between loss reads (history.jsonl)
     log_every_s: float = 0.0              # seconds between report() calls (0: every log step)
     checkpoint_every: int = 1000
+    sample_every_s: float = 300.0         # under Ray: seconds between MLflow sample figures
+    #                                       (drawn at a report; always at the last step; 0: every report)
     val_every: int = 0                    # 0: validate only at the end
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
