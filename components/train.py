@@ -22,8 +22,9 @@ How it runs (the Ray side is :mod:`components.raytrain`):
   CPU, NCCL on GPU).
 * Workers resume from the latest Ray checkpoint when Ray restarts them (``max_failures``
   times); rerunning the step with the same ``output_uri`` (and ``run_name``) resumes an
-  interrupted run. Rank 0 logs losses, a ``resume_step`` marker per (re)start and, at each
-  checkpoint, a PNG grid ``input | output | target`` to MLflow.
+  interrupted run. Rank 0 logs losses (from a background thread), a ``resume_step`` marker per
+  (re)start and, every ``sample_every_s`` seconds and at the last step, a PNG grid
+  ``input | output | target`` to MLflow.
 * Rank 0 writes the final ``model.pt`` (with its ``val_mae``) to ``<out>/.export/<run name>/``
   and returns the run's numbers; the driver publishes that file and those numbers as they are
   (``components.step.staged``, keeping ``ray/``), without reloading or revalidating anything.

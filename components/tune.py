@@ -246,7 +246,8 @@ def run_tune(data_uri: str, output_uri: str, **params: Any) -> dict[str, Any]:
     steps = int(p.max_steps_per_trial or base.total_steps)
     every = max(1, base.log_every)
     steps = max(every, math.ceil(steps / every) * every)
-    trial_cfg = apply_overrides(with_total_steps(base, steps), {"val_every": every, "log_every": every})
+    trial_cfg = apply_overrides(with_total_steps(base, steps), {"val_every": every, "log_every": every,
+                                                                 "log_every_s": 0})  # ASHA: every rung
     grace = int(p.grace_period or max(every, steps // 4))
     if not 1 <= grace <= steps:
         raise StepInputError(f"grace_period: expected 1..{steps} steps, got {grace}")

@@ -128,7 +128,8 @@ class TrainConfig:
     compile: bool = False                 # torch.compile the networks (compile_mode)
     compile_mode: str = "default"         # default | reduce-overhead | max-autotune | max-autotune-no-cudagraphs
     log_every: int = 50                   # steps between loss reads (history.jsonl)
-    log_every_s: float = 0.0              # seconds between report() calls (0: every log step)
+    log_every_s: float = 10.0             # seconds between report() calls at log steps (0: every
+                                          # log step); above Ray Train's 2 s report poll
     checkpoint_every: int = 1000
     sample_every_s: float = 300.0         # under Ray: seconds between MLflow sample figures
     #                                       (drawn at a report; always at the last step; 0: every report)
