@@ -259,6 +259,25 @@ def summarise(scored: dict[str, Any], name: str) -> dict[str, Any]:
     return s
 
 
+def markdown_table(records: list[dict[str, Any]]) -> str:
+    """One row per run: change, MAE (test, baseline), kept/evaluable and invented per split,
+    the test lesions' synthetic contrasts, train seconds and load average."""
+    def ki(s: dict[str, Any]) -> str:
+        return f"{s['kept']}/{s['evaluable']}, {s['invented']}"
+
+    lines = ["| variant | change | test MAE (baseline) | test kept/eval., invented | val | train subj. | "
+             "test lesions tc -> pc (HU) | train s | load (1-min, before/after) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in records:
+        p, b = r["pix2pix"], r["baseline"]
+        change = ", ".join(f"{k}={v}" for k, v in r["change"].items()) or "(demo preset)"
+        pcs = ", ".join(f"{tc:+.0f} -> {pc:+.0f}" for tc, pc in p["test"]["contrasts"])
+        lines.append(f"| {r['variant']} | {change} | {p['test']['mae']} ({b['test']['mae']}) | "
+                     f"{ki(p['test'])} | {ki(p['val'])} | {ki(p['train'])} | {pcs} | {r['train_s']:.0f} | "
+                     f"{r['load_before'].split()[0]} / {r['load_after'].split()[0]} |")
+    return "\n".join(lines)
+
+
 # --------------------------------------------------------------------------------------- CLI
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -276,15 +295,34 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--variant", required=True, choices=sorted(VARIANTS))
     r.add_argument("--out", required=True, help="folder for the run folders")
     r.add_argument("--jsonl", help="append the result as one JSON line here")
+    t = sub.add_parser("table", help="markdown table of the runs in a --jsonl file")
+    t.add_argument("jsonl")
     args = p.parse_args(argv)
+
+    if args.cmd == "table":
+        print(markdown_table([json.loads(line) for line in Path(args.jsonl).read_text().splitlines()
+                              if line.strip()]))
+        return 0
 
     if args.cmd == "cohort":
         print(make_cohort(Path(args.out), args.subjects, args.seed))
         return 0
     data = Path(args.data)
     if args.cmd == "diagnose":
-        for row in lesion_table(data):
+        rows = lesion_table(data)
+        for row in rows:
             print(json.dumps(row))
+        # what any function of the lesion's own T1 contrast, fitted to the training lesions,
+        # says about the held-out ones: the nearest training lesion in MR contrast
+        train = [r for r in rows if r["split"] == "train"]
+        for r in rows:
+            if r["split"] != "train" and train:
+                nn = min(train, key=lambda t: abs(t["mr_rel"] - r["mr_rel"]))
+                print(json.dumps({"held_out": f"{r['split']} {r['subject']} {r.get('kind', '?')}",
+                                  "mr_rel": round(r["mr_rel"], 2), "ct_contrast_hu": round(r["ct_contrast_hu"], 1),
+                                  "nearest_training_lesion": f"{nn['subject']} {nn.get('kind', '?')}",
+                                  "its_mr_rel": round(nn["mr_rel"], 2),
+                                  "its_ct_contrast_hu": round(nn["ct_contrast_hu"], 1)}))
         for name, frac in (("demo", 0.0), ("crop64", 0.0), ("lesion25", 0.25), ("lesion50", 0.5)):
             cfg, _ = variant_config(name)
             print(json.dumps({"sampling": name, **crop_stats(data, cfg, frac, args.samples)}))
