@@ -49,7 +49,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "layers12": {"model.g_layers": 12},  # receptive field 13 -> 25 px (39 -> 75 mm)
     "lesion25": {"lesion_fraction": 0.25},
     "lesion50": {"lesion_fraction": 0.5},
-    "unet": {"model.generator": "unet", "model.num_downs": 5, "model.norm": "batch"},
+    # not one change: the changes that moved the training lesions most, together, to see what
+    # a model that starts to fit its training lesions does with the held-out ones
+    "crop64_lesion50_steps3000": {"data.image_size": 64, "data.batch_size": 2,
+                                  "lesion_fraction": 0.5, "steps": 3000},
 }
 
 
@@ -295,6 +298,11 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--variant", required=True, choices=sorted(VARIANTS))
     r.add_argument("--out", required=True, help="folder for the run folders")
     r.add_argument("--jsonl", help="append the result as one JSON line here")
+    r.add_argument("--trained", metavar="RUN_DIR",
+                   help="score this finished run of the variant's config instead of training "
+                        "(e.g. one trained by `medgan train`); with --train-s and --load")
+    r.add_argument("--train-s", type=float, help="with --trained: its measured training seconds")
+    r.add_argument("--load", default="", help="with --trained: 1-min load average before/after it trained, e.g. '3.5/12.5'")
     t = sub.add_parser("table", help="markdown table of the runs in a --jsonl file")
     t.add_argument("jsonl")
     args = p.parse_args(argv)
@@ -336,7 +344,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from gan_core.engine import load_model
 
-    rec = train_variant(data, args.variant, Path(args.out))
+    if args.trained:
+        run = Path(args.trained)
+        cfg, _ = variant_config(args.variant)
+        rec = {"variant": args.variant, "change": VARIANTS[args.variant], "steps": cfg.total_steps,
+               "train_s": args.train_s, "load_before": args.load.split("/")[0] or "?",
+               "load_after": args.load.split("/")[-1] or "?",
+               "model": str(run / "model.pt"), "trained_by": "medgan train (scored here)"}
+    else:
+        rec = train_variant(data, args.variant, Path(args.out))
     t0 = time.perf_counter()
     scored = score(data, {"pix2pix": load_model(rec["model"])})
     rec.update(score_s=round(time.perf_counter() - t0, 1), pix2pix=summarise(scored, "pix2pix"),
