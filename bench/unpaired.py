@@ -82,10 +82,10 @@ VARIANTS: dict[str, tuple[str, str, dict[str, Any], str]] = {
                                   {"loss.segment_consistency": 5.0, "model.generator": "resnet",
                                    "model.n_blocks": 6}, "unpaired"),
     # a wider field of view at full resolution: the ConvNet with doubling dilations
-    # (gan_core.models: "convnet_context", 1,2,4,8,16,1 = 65 px; CONTEXT_GENERATORS below)
+    # (CONTEXT_GENERATORS below: 1,2,4,8,16,1 = 65 px, a whole slice; 1,2,4,8,1,1 = 35 px)
     "structure+segment1+context": ("cyclegan", "structure",
                                    {"loss.segment_consistency": 1.0,
-                                    "model.generator": "convnet_context"}, "unpaired"),
+                                    "model.generator": "convnet_ctx65"}, "unpaired"),
     "structure+segment1+context35": ("cyclegan", "structure",
                                      {"loss.segment_consistency": 1.0,
                                       "model.generator": "convnet_ctx35"}, "unpaired"),
@@ -108,7 +108,8 @@ VARIANTS: dict[str, tuple[str, str, dict[str, Any], str]] = {
 
 #: screened ConvNet dilation schedules that are not library generators (name -> dilations);
 #: registered here so this study's runs can be trained and loaded
-CONTEXT_GENERATORS: dict[str, tuple[int, ...]] = {"convnet_ctx35": (1, 2, 4, 8, 1, 1)}
+CONTEXT_GENERATORS: dict[str, tuple[int, ...]] = {"convnet_ctx65": (1, 2, 4, 8, 16, 1),
+                                                   "convnet_ctx35": (1, 2, 4, 8, 1, 1)}
 for _name, _dil in CONTEXT_GENERATORS.items():
     if _name not in GENERATORS:
         register_generator(_name, ConvNetGenerator, dilations=_dil)

@@ -430,15 +430,22 @@ def test_convnet_dilations_widen_the_receptive_field_at_full_resolution(spatial_
     assert count_parameters(wide) == count_parameters(plain)
 
 
-def test_convnet_context_is_registered_and_dilations_are_checked():
-    from gan_core.models import ConvNetGenerator, build_generator
+def test_convnet_dilations_through_the_registry_and_checked():
+    from gan_core.models import ConvNetGenerator, build_generator, register_generator
+    from gan_core.models import GENERATORS
 
-    g = build_generator("convnet_context", in_channels=1, out_channels=1, base_filters=4)
+    g = build_generator("convnet", in_channels=1, out_channels=1, base_filters=4,
+                        dilations=(1, 2, 4, 8, 16, 1))
     assert g.dilations == (1, 2, 4, 8, 16, 1) and g.receptive_field == 65
+    register_generator("convnet_test_ctx", ConvNetGenerator, dilations=(1, 2, 1))
+    try:
+        assert build_generator("convnet_test_ctx", base_filters=4).receptive_field == 9
+        with pytest.raises(ValueError, match="fixes dilations"):
+            build_generator("convnet_test_ctx", base_filters=4, dilations=(1, 1))
+    finally:
+        GENERATORS.remove("convnet_test_ctx")
     assert ConvNetGenerator(dilations="1, 2,4", base_filters=4).dilations == (1, 2, 4)
     assert ConvNetGenerator(n_layers=3, base_filters=4).dilations == (1, 1, 1)
-    with pytest.raises(ValueError, match="fixes dilations"):
-        build_generator("convnet_context", base_filters=4, dilations=(1, 1))
     with pytest.raises(ValueError, match="3 dilations .* n_layers=2"):
         ConvNetGenerator(n_layers=2, dilations=(1, 2, 4))
     for bad in ("1,0,2", "1,x", (1, 2.5), ()):

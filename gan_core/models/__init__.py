@@ -1,7 +1,7 @@
 """GAN networks generic over ``spatial_dims`` (2D slices or 3D patches), and a small registry.
 
 Generators: ``"resnet"`` (``"resnet_9blocks"``, ``"resnet_6blocks"``), ``"unet"`` (``"unet_256"``,
-``"unet_128"``), ``"convnet"`` (``"convnet_context"``: dilations 1, 2, 4, 8, 16, 1). Discriminators: ``"patchgan"``, ``"multiscale"``. An alias fixes some keyword
+``"unet_128"``). Discriminators: ``"patchgan"``, ``"multiscale"``. An alias fixes some keyword
 arguments (``"unet_128"`` is ``"unet"`` with ``num_downs=7``); passing a different value for one of
 them is an error. Other modules add networks with :func:`register_generator` /
 :func:`register_discriminator`.
@@ -128,9 +128,6 @@ register_generator("resnet_9blocks", ResnetGenerator, n_blocks=9)
 register_generator("resnet_6blocks", ResnetGenerator, n_blocks=6)
 register_generator("unet", UnetGenerator)
 register_generator("convnet", ConvNetGenerator)
-#: the ConvNet with doubling dilations: a 65 px receptive field (a whole 64 px phantom slice) at
-#: full resolution, for MR -> CT where T1-dark CSF, bone and sinus air need context
-register_generator("convnet_context", ConvNetGenerator, dilations=(1, 2, 4, 8, 16, 1))
 register_generator("unet_256", UnetGenerator, num_downs=8)
 register_generator("unet_128", UnetGenerator, num_downs=7)
 register_discriminator("patchgan", PatchGANDiscriminator)

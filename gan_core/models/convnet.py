@@ -7,7 +7,8 @@ for 6 layers of 3x3), which is what intensity translation mostly needs, and it l
 on a CPU where the published U-Net / ResNet generators need hours. Doubling dilations
 (1, 2, 4, 8, 16, 1: 65 px) widen the context to a whole 64 px slice at the same resolution, the
 same parameter count and the same multiply count (Yu & Koltun 2016), for tissues whose intensity
-alone is ambiguous (T1-dark CSF, cortical bone and sinus air).
+alone is ambiguous (T1-dark CSF, cortical bone and sinus air); on the unpaired MR -> CT
+benchmark they scored worse than undilated (docs/results.md, "Unpaired").
 
 >>> import torch
 >>> g = ConvNetGenerator(1, 1, base_filters=8, n_layers=3)
