@@ -38,6 +38,8 @@ from gan_core.data.unpaired import (CT_STATS_FILE, UNPAIRED_FILE, ct_tissue_stat
 from gan_core.engine import train  # noqa: E402
 from gan_core.engine.infer import predict_volume  # noqa: E402
 from gan_core.eval.metrics import score  # noqa: E402
+from gan_core.eval.tissue import tissue_report  # noqa: E402
+from gan_core.models import GENERATORS, ConvNetGenerator, register_generator  # noqa: E402
 from gan_core.config import parse_set  # noqa: E402
 from gan_core.presets import apply_overrides, preset, with_total_steps  # noqa: E402
 from gan_core.tasks import build_task  # noqa: E402
@@ -79,6 +81,22 @@ VARIANTS: dict[str, tuple[str, str, dict[str, Any], str]] = {
     "structure+segment5+resnet": ("cyclegan", "structure",
                                   {"loss.segment_consistency": 5.0, "model.generator": "resnet",
                                    "model.n_blocks": 6}, "unpaired"),
+    # a wider field of view at full resolution: the ConvNet with doubling dilations
+    # (CONTEXT_GENERATORS below: 1,2,4,8,16,1 = 65 px, a whole slice; 1,2,4,8,1,1 = 35 px)
+    "structure+segment1+context": ("cyclegan", "structure",
+                                   {"loss.segment_consistency": 1.0,
+                                    "model.generator": "convnet_ctx65"}, "unpaired"),
+    "structure+segment1+context35": ("cyclegan", "structure",
+                                     {"loss.segment_consistency": 1.0,
+                                      "model.generator": "convnet_ctx35"}, "unpaired"),
+    # the same generator as structure+segment1, one optimisation change each
+    "structure+segment1+lr2e-3": ("cyclegan", "structure",
+                                  {"loss.segment_consistency": 1.0, "optim.lr": 2e-3}, "unpaired"),
+    "structure+segment1+lr4e-3": ("cyclegan", "structure",
+                                  {"loss.segment_consistency": 1.0, "optim.lr": 4e-3}, "unpaired"),
+    "structure+segment1+batch4": ("cyclegan", "structure",
+                                  {"loss.segment_consistency": 1.0, "data.batch_size": 4},
+                                  "unpaired"),
     # single changes not yet measured (for a GPU run)
     "d_norm": _cg(),
     "gradient_c": _cg(**NO_CYCLE_A, **WHOLE, **{"loss.mind": 2.0, "loss.shape_consistency": 1.0,
@@ -89,6 +107,14 @@ VARIANTS: dict[str, tuple[str, str, dict[str, Any], str]] = {
     "pix2pix_paired": ("pix2pix", "demo", {}, "paired"),
     "cyclegan_paired": ("cyclegan", "demo", {}, "paired"),
 }
+
+#: screened ConvNet dilation schedules that are not library generators (name -> dilations);
+#: registered here so this study's runs can be trained and loaded
+CONTEXT_GENERATORS: dict[str, tuple[int, ...]] = {"convnet_ctx65": (1, 2, 4, 8, 16, 1),
+                                                   "convnet_ctx35": (1, 2, 4, 8, 1, 1)}
+for _name, _dil in CONTEXT_GENERATORS.items():
+    if _name not in GENERATORS:
+        register_generator(_name, ConvNetGenerator, dilations=_dil)
 
 #: the rows of docs/results.md, in order
 MEASURED = ["plain", "+shape_c", "published+terms", "no_cycle_a+terms", "published+terms+whole",
@@ -138,6 +164,8 @@ def score_model(predict, test: Path, task) -> list[dict[str, Any]]:
         row["tissue"] = tissue_errors(gt, pred, slab["labels"])
         row["tissue_hu"] = {t: float(pred[slab["labels"] == TISSUES[t]].mean())
                             for t in REPORT_TISSUES if (slab["labels"] == TISSUES[t]).any()}
+        rep = tissue_report(gt, pred, slab["labels"], slab["mask"] > 0)
+        row["tissue_swaps"] = [sw["tissues"] for sw in rep["swaps"]]
         rows.append(row)
     return rows
 
@@ -147,6 +175,8 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     out = {k: float(np.mean([r[k] for r in rows])) for k in ("mae", "psnr", "ssim")}
     out["tissue"] = {t: float(np.mean([r["tissue"][t] for r in rows if t in r["tissue"]]))
                      for t in REPORT_TISSUES if any(t in r["tissue"] for r in rows)}
+    if all("tissue_swaps" in r for r in rows):  # the tissue-swap gate (gan_core.eval.tissue)
+        out["gate"] = "flagged" if any(r["tissue_swaps"] for r in rows) else "passed"
     out["tissue_hu"] = {t: float(np.mean([r["tissue_hu"][t] for r in rows if t in r["tissue_hu"]]))
                         for t in out["tissue"]}
     return out

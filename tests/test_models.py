@@ -23,7 +23,7 @@ from gan_core.models import (
     pad_layer,
     patchgan_output_size,
 )
-from gan_core.models import layers, patchgan, resnet, unet
+from gan_core.models import convnet, layers, patchgan, resnet, unet
 
 BF = 8  # base_filters for the tiny networks
 SIZE = {2: (32, 32), 3: (16, 16, 16)}
@@ -375,7 +375,7 @@ def test_norm_layers_as_junyanz() -> None:
     assert isinstance(norm_layer("none", 2, 4), nn.Identity)
 
 
-@pytest.mark.parametrize("module", [models, layers, resnet, unet, patchgan])
+@pytest.mark.parametrize("module", [models, layers, resnet, unet, patchgan, convnet])
 def test_docstring_examples_run(module) -> None:
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
@@ -393,3 +393,61 @@ def test_convnet_generator_keeps_shape_and_is_registered(spatial_dims):
     assert y.shape == x.shape and y.abs().max() <= 1
     with pytest.raises(ValueError, match="odd kernel_size"):
         ConvNetGenerator(kernel_size=4)
+
+
+def _input_extent(g: nn.Module, shape: tuple[int, ...]) -> list[int]:
+    """Per spatial axis, the width of the input region that the centre output voxel depends on
+    (union of the gradient's support over a few random inputs, so a dead ReLU cannot hide a path)."""
+    support = torch.zeros(shape, dtype=torch.bool)
+    centre = tuple(s // 2 for s in shape)
+    for seed in range(4):
+        torch.manual_seed(seed)
+        x = torch.randn((1, 1) + shape, requires_grad=True)
+        g(x)[(0, 0) + centre].backward()
+        support |= x.grad[0, 0] != 0
+    idx = support.nonzero()
+    return [int(idx[:, a].max() - idx[:, a].min() + 1) for a in range(len(shape))]
+
+
+@pytest.mark.parametrize("spatial_dims,dilations,size", [(2, (1, 2, 4, 8, 16, 1), 71),
+                                                         (3, (1, 2, 1), 13)])
+def test_convnet_dilations_widen_the_receptive_field_at_full_resolution(spatial_dims, dilations,
+                                                                        size):
+    """Dilated layers: the output keeps the input's size, and the centre voxel sees exactly
+    1 + 2 * sum(dilations) voxels per axis (65 for 1,2,4,8,16,1), against 1 + 2 * n_layers
+    undilated, with the same number of parameters."""
+    from gan_core.models import ConvNetGenerator
+
+    torch.manual_seed(0)
+    kw = dict(spatial_dims=spatial_dims, base_filters=4, init_type="kaiming")
+    wide = ConvNetGenerator(1, 1, dilations=dilations, **kw)
+    plain = ConvNetGenerator(1, 1, n_layers=len(dilations), **kw)
+    shape = (size,) * spatial_dims
+    assert wide(torch.zeros((2, 1) + shape)).shape == (2, 1) + shape
+    assert wide.receptive_field == 1 + 2 * sum(dilations)
+    assert _input_extent(wide, shape) == [wide.receptive_field] * spatial_dims
+    assert _input_extent(plain, shape) == [1 + 2 * len(dilations)] * spatial_dims
+    assert count_parameters(wide) == count_parameters(plain)
+
+
+def test_convnet_dilations_through_the_registry_and_checked():
+    from gan_core.models import ConvNetGenerator, build_generator, register_generator
+    from gan_core.models import GENERATORS
+
+    g = build_generator("convnet", in_channels=1, out_channels=1, base_filters=4,
+                        dilations=(1, 2, 4, 8, 16, 1))
+    assert g.dilations == (1, 2, 4, 8, 16, 1) and g.receptive_field == 65
+    register_generator("convnet_test_ctx", ConvNetGenerator, dilations=(1, 2, 1))
+    try:
+        assert build_generator("convnet_test_ctx", base_filters=4).receptive_field == 9
+        with pytest.raises(ValueError, match="fixes dilations"):
+            build_generator("convnet_test_ctx", base_filters=4, dilations=(1, 1))
+    finally:
+        GENERATORS.remove("convnet_test_ctx")
+    assert ConvNetGenerator(dilations="1, 2,4", base_filters=4).dilations == (1, 2, 4)
+    assert ConvNetGenerator(n_layers=3, base_filters=4).dilations == (1, 1, 1)
+    with pytest.raises(ValueError, match="3 dilations .* n_layers=2"):
+        ConvNetGenerator(n_layers=2, dilations=(1, 2, 4))
+    for bad in ("1,0,2", "1,x", (1, 2.5), ()):
+        with pytest.raises(ValueError, match="positive integers, one per layer"):
+            ConvNetGenerator(dilations=bad)

@@ -116,3 +116,35 @@ def test_segment_consistency_trains_on_the_unpaired_pack(cohort, tmp_path):
     with pytest.raises(ValueError, match="tissue statistics"):
         train(apply_overrides(cfg, {"fw.segment_stats": ""}), cohort / "seg", tmp_path / "r2",
               device="cpu", progress=False, max_steps=1)
+
+
+def test_unpaired_study_rows_carry_the_tissue_swap_gate(cohort):
+    """bench/unpaired.py scores each run with the tissue-swap gate (gan_core.eval.tissue): the
+    true CT passes with zero tissue error; a CT whose fat and cortical bone traded densities is
+    flagged on every test subject."""
+    import importlib.util
+    from pathlib import Path
+
+    from gan_core.presets import preset
+    from gan_core.tasks import build_task
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "unpaired.py"
+    spec = importlib.util.spec_from_file_location("bench_unpaired", path)
+    study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study)
+    pack_unpaired(cohort / "cohort", cohort / "gate", seed=0)
+    task = build_task(preset("demo", "cyclegan").task)
+    test = cohort / "gate" / "test"
+
+    truth = study.summarise(study.score_model(lambda deg, slab: slab["ct"], test, task))
+    assert truth["gate"] == "passed" and max(truth["tissue"].values()) < 1e-3
+
+    def swapped(deg, slab):
+        ct, lab = np.array(slab["ct"], np.float32), slab["labels"]
+        fat, bone = lab == TISSUES["fat"], lab == TISSUES["cortical_bone"]
+        ct[fat], ct[bone] = ct_to_unit(1100.0), ct_to_unit(-100.0)
+        return ct
+
+    rows = study.score_model(swapped, test, task)
+    assert all(["fat", "cortical_bone"] in r["tissue_swaps"] for r in rows)
+    assert study.summarise(rows)["gate"] == "flagged"
