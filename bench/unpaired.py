@@ -103,6 +103,11 @@ VARIANTS: dict[str, tuple[str, str, dict[str, Any], str]] = {
                                                "loss.gradient_consistency": 1.0}),
     "unit": ("unit", "demo", {}, "unpaired"),
     "unit_structure": ("unit", "structure", {}, "unpaired"),
+    # UNIT with the CT segmentor term (as structure+segment1), then without the MR -> CT -> MR
+    # cycle (the change that made CycleGAN's structure preset move)
+    "unit_structure+segment1": ("unit", "structure", {"loss.segment_consistency": 1.0}, "unpaired"),
+    "unit_structure+segment1+no_cycle_a": ("unit", "structure", {"loss.segment_consistency": 1.0,
+                                                                 "fw.cycle_a": 0.0}, "unpaired"),
     # the survey's paired claim: the same recipes on the paired benchmark
     "pix2pix_paired": ("pix2pix", "demo", {}, "paired"),
     "cyclegan_paired": ("cyclegan", "demo", {}, "paired"),

@@ -1,6 +1,8 @@
 """UNIT: coupled VAEs with shared latent layers, multi-scale LSGAN discriminators."""
 
+import copy
 import doctest
+import json
 import math
 
 import pytest
@@ -193,3 +195,80 @@ def test_clear_errors():
 def test_docstring_examples_run(module):
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
+
+
+# -- the unpaired benchmark's terms (docs/results.md, "UNIT on the unpaired benchmark") ------------
+STATS = json.dumps({"labels": [0, 1, 2], "mean": [-1.0, -0.45, 0.1], "sd": [0.01, 0.01, 0.09],
+                    "prior": [0.6, 0.3, 0.1]})
+
+
+def _labelled_batch(n=2, size=32, seed=0):
+    b = _batch(n, size, seed=seed)
+    g = torch.Generator().manual_seed(seed + 100)
+    b["labels"] = torch.randint(0, 3, (n, 1, size, size), generator=g)
+    return b
+
+
+def _replay(fw, b):
+    """The generator pass of ``fw.train_step(b)`` redone on a copy of the VAE from before the
+    step with the same latent noise (the step's D phase draws two translations first)."""
+    vae = copy.deepcopy(fw.vae)
+    noise = torch.Generator().manual_seed(0)
+    noise.set_state(fw.noise.get_state())
+    with torch.no_grad():
+        vae.translate(b["A"], "A", "B", noise)
+        vae.translate(b["B"], "B", "A", noise)
+        return vae(b["A"], b["B"], generator=noise)
+
+
+def test_structure_preset_terms_judge_each_translation_against_its_own_source():
+    cfg = preset("structure", "unit")
+    assert (cfg.loss.mind, cfg.loss.shape_consistency) == (2.0, 1.0)
+    assert (cfg.data.image_size, cfg.model.g_filters, cfg.model.d_norm) == (64, 16, "instance")
+    # the same terms on the tiny nets: MIND(x_ab, x_a), MIND(x_ba, x_b) and the correlation ratio
+    # of x_ab over the A slice's labels; no shape term on the B side (its labels are not given)
+    fw = build_framework(apply_overrides(preset("tiny", "unit"),
+                                         {"loss.mind": 2.0, "loss.shape_consistency": 1.0}))
+    b = _labelled_batch()
+    out = _replay(fw, b)
+    losses = fw.train_step(b)
+    extra = sorted(k for k in losses if k.startswith("cycle_") and k not in TERMS)
+    assert extra == ["cycle_A_mind", "cycle_A_shape_consistency", "cycle_B_mind"]
+    mind, shape = fw.extra_terms.built["mind"][1], fw.extra_terms.built["shape_consistency"][1]
+    assert float(losses["cycle_A_mind"]) == pytest.approx(2 * float(mind(out["x_ab"], b["A"])), rel=1e-4)
+    assert float(losses["cycle_B_mind"]) == pytest.approx(2 * float(mind(out["x_ba"], b["B"])), rel=1e-4)
+    assert float(losses["cycle_A_shape_consistency"]) == pytest.approx(
+        float(shape(out["x_ab"], b["labels"])), rel=1e-4)
+    assert float(losses["cycle_A_mind"]) > 0
+
+
+def test_segment_consistency_classifies_the_synthetic_ct_only(tmp_path, tiny_shards):
+    with pytest.raises(ValueError, match="fw.segment_stats"):
+        build_framework(apply_overrides(preset("tiny", "unit"), {"loss.segment_consistency": 1.0}))
+    cfg = apply_overrides(preset("tiny", "unit"), {"loss.segment_consistency": 0.5,
+                                                   "fw.segment_stats": STATS})
+    fw = build_framework(cfg)
+    b = _labelled_batch()
+    out = _replay(fw, b)
+    losses = fw.train_step(b)
+    # the CT segmentor judges G_B(E_A(mr)) against the MR's labels; the synthetic MR x_ba is not
+    # CT, and the batch's labels are not its labels: no B-side term
+    assert [k for k in losses if "segment" in k] == ["cycle_A_segment_consistency"]
+    seg = fw.extra_terms.built["segment_consistency"][1]
+    expect = 0.5 * float(seg(out["x_ab"], b["labels"]))
+    assert float(losses["cycle_A_segment_consistency"]) == pytest.approx(expect, rel=1e-4) and expect > 0
+    # the statistics travel in the checkpoint, so a loaded model rebuilds its segmentor
+    res = train(apply_overrides(cfg, {"data.batch_size": 2}), tiny_shards, tmp_path / "seg",
+                progress=False)
+    assert load_model(res.model_path).cfg.fw.segment_stats == STATS
+
+
+def test_cycle_weights_per_direction():
+    cfg = apply_overrides(preset("tiny", "unit"), {"fw.cycle_a": 0.0, "fw.cycle_b": 0.5})
+    fw = build_framework(cfg)
+    b = _batch()
+    out = _replay(fw, b)
+    losses = fw.train_step(b)
+    assert float(losses["cycle_A"]) == 0.0
+    expect = 0.5 * 10.0 * float(torch.nn.functional.l1_loss(out["x_bab"], b["B"]))
+    assert float(losses["cycle_B"]) == pytest.approx(expect, rel=1e-4) and expect > 0

@@ -9,13 +9,16 @@ in training, ``z = mu`` for translation. With ``x_ab = G_B(z_a)``, ``x_ba = G_A(
     L_G = gan * (L_GAN(D_B, x_ab) + L_GAN(D_A, x_ba))
           + recon * (||G_A(z_a) - x_a||_1 + ||G_B(z_b) - x_b||_1)
           + kl * (KL(mu_a) + KL(mu_b))
-          + cycle * (||x_aba - x_a||_1 + ||x_bab - x_b||_1)
+          + cycle * (cycle_a * ||x_aba - x_a||_1 + cycle_b * ||x_bab - x_b||_1)
           + cycle_kl * (KL(E_B(x_ab)) + KL(E_A(x_ba)))
 
 with ``KL(mu) = mean(mu**2)``: the survey's eq. 11 (L_VAE + L_GAN + L_CC per domain; the
 paper's eqs. 3-5) with the weights of the authors' code (``fw.recon`` 10, ``fw.kl`` 0.01,
-``loss.cycle`` 10, ``fw.cycle_kl`` 0.01, ``loss.gan`` 1), plus any optional Table-5 term of ``LossWeights`` with a weight > 0,
-applied to the cycle reconstructions as in CycleGAN. D_A judges domain-A
+``loss.cycle`` 10, ``fw.cycle_kl`` 0.01, ``loss.gan`` 1; ``fw.cycle_a`` = ``fw.cycle_b`` = 1),
+plus any optional Table-5 term of ``LossWeights`` with a weight > 0, as in CycleGAN: pair terms on
+the cycle reconstructions, source terms (mind, gradient_consistency, self_reg) on each
+translation against its own input, shape_consistency and segment_consistency on ``x_ab`` against
+the A slice's labels (segment_consistency's CT segmentor: ``fw.segment_stats``). D_A judges domain-A
 images (real ``x_a`` vs ``x_ba``), D_B domain-B images; they are multi-scale PatchGANs (as many
 scales, up to 3, as the training crop allows) with LSGAN, the adversarial terms summed over
 scales as the authors' ``MsImageDis``.
@@ -111,6 +114,11 @@ class UNIT(GANFramework):
         recon: float = 10.0     # within-domain VAE reconstruction L1
         kl: float = 0.01        # KL of the shared latent
         cycle_kl: float = 0.01  # KL of the cycle's latents
+        cycle_a: float = 1.0    # A->B->A (MR->CT->MR) cycle L1 weight, a fraction of loss.cycle
+        cycle_b: float = 1.0    # B->A->B (CT->MR->CT) cycle L1 weight, a fraction of loss.cycle
+        # loss.segment_consistency's CT segmentor: per-tissue HU Gaussians fitted on the CT
+        # domain's own subjects (JSON text of <pack>/ct_tissue_stats.json; in the checkpoint)
+        segment_stats: str = ""
 
     paired = False
     loss_defaults = {"gan": 1.0, "cycle": 10.0}
@@ -190,7 +198,8 @@ class UNIT(GANFramework):
     def __init__(self, cfg, device: str | torch.device = "cpu") -> None:
         super().__init__(cfg, device)
         self.crit = GANLoss(cfg.gan_mode)
-        self.extra_terms = GeneratorTerms(cfg.loss, self.device, cfg.model.feature_encoder)
+        self.extra_terms = GeneratorTerms(cfg.loss, self.device, cfg.model.feature_encoder,
+                                          segment_stats=cfg.fw.segment_stats)
         # the latent noise has its own RNG (per rank), checkpointed in ``extra_state``: a resumed
         # run draws exactly the noise an uninterrupted one would have drawn
         self.rank = _rank()
@@ -247,18 +256,21 @@ class UNIT(GANFramework):
             "recon_B": F.l1_loss(out["x_bb"].float(), xb) * p.recon,
             "kl_A": latent_kl(out["mu_A"]) * p.kl,
             "kl_B": latent_kl(out["mu_B"]) * p.kl,
-            "cycle_A": F.l1_loss(out["x_aba"].float(), xa) * w.cycle,
-            "cycle_B": F.l1_loss(out["x_bab"].float(), xb) * w.cycle,
+            "cycle_A": F.l1_loss(out["x_aba"].float(), xa) * w.cycle * p.cycle_a,
+            "cycle_B": F.l1_loss(out["x_bab"].float(), xb) * w.cycle * p.cycle_b,
             "cycle_kl_A": latent_kl(out["mu_ab"]) * p.cycle_kl,
             "cycle_kl_B": latent_kl(out["mu_ba"]) * p.cycle_kl,
         }
         if self.extra_terms:  # optional Table-5 terms on the cycle reconstructions, as CycleGAN
-            # (self-reg: each translation stays close to its source; shape: the A slice's labels)
+            # (self-reg, mind: each translation against its own source; shape_consistency and
+            # segment_consistency: x_ab against the A slice's labels. The B side has no labels
+            # of its own, and the CT segmentor judges CT, not the synthetic MR x_ba)
             terms.update(self.extra_terms(out["x_aba"], x_a, source=x_a, generated=out["x_ab"],
                                           labels=b.get("labels"), prefix="cycle_A_",
                                           features=self.nets["D_A"].features))
             terms.update(self.extra_terms(out["x_bab"], x_b, source=x_b, generated=out["x_ba"],
-                                          skip=("shape", "shape_consistency"), prefix="cycle_B_",
+                                          skip=("shape", "shape_consistency", "segment_consistency"),
+                                          prefix="cycle_B_",
                                           features=self.nets["D_B"].features))
         loss_G = sum(terms.values())
         loss_G.backward()
