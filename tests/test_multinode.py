@@ -17,44 +17,26 @@ from pathlib import Path
 
 import pytest
 
-from tests.ray_cluster import RayCluster, ray_cluster, wait_for
+from tests.ray_cluster import BUCKET, RayCluster, SharedCluster, wait_for
 
-BUCKET = "medgan-multinode"
-SECRET = "multinode-dummy-secret"
-
-
-@pytest.fixture(scope="module")
-def s3_env(tmp_path_factory) -> Iterator[dict[str, str]]:
-    import boto3
-    import moto.server as moto_server
-
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    d = tmp_path_factory.mktemp("aws")
-    env = {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "testing",
-           "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_DEFAULT_REGION": "us-east-1",
-           "AWS_CONFIG_FILE": str(d / "no-config"), "AWS_SHARED_CREDENTIALS_FILE": str(d / "no-creds")}
-    try:
-        boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], aws_access_key_id="testing",
-                     aws_secret_access_key=SECRET, region_name="us-east-1").create_bucket(Bucket=BUCKET)
-        yield env
-    finally:
-        server.stop()
+pytest_plugins = ("tests.ray_cluster",)  # shared_cluster: one cluster for every module using Ray
 
 
 @pytest.fixture(scope="module")
-def caches(tmp_path_factory) -> list[Path]:
-    return [tmp_path_factory.mktemp(f"cache-node{i}") for i in range(2)]
+def caches(shared_cluster: SharedCluster) -> list[Path]:
+    """Each node's own shard cache (``MEDGAN_CACHE_DIR``)."""
+    return shared_cluster.caches
 
 
 @pytest.fixture(scope="module")
-def cluster(s3_env, caches) -> Iterator[RayCluster]:
+def cluster(shared_cluster: SharedCluster) -> Iterator[RayCluster]:
+    """The session's 2-node cluster (its dashboard: the pipeline test submits its steps through
+    the Jobs API; every node has the moto S3 server's AWS_* variables), this process connected."""
     import ray
 
-    # the dashboard: the pipeline test submits its steps through the Jobs API
-    with ray_cluster(nodes=2, num_cpus=1, dashboard=True, s3_env=s3_env,
-                     node_env={i: {"MEDGAN_CACHE_DIR": str(c)} for i, c in enumerate(caches)}) as c:
+    c = shared_cluster.cluster
+    with c.activated():
+        c.heal()
         ray.init(address=c.address, logging_level="ERROR")
         try:
             yield c
@@ -129,9 +111,12 @@ def test_two_workers_on_two_nodes_checkpoints_only_on_s3(cluster, shards, caches
     assert not (Path.home() / "ray_results" / name).exists()  # nothing in a local Ray storage
 
     # each node fetched the splits its worker reads (train, val) once, and never test
+    root = shards["train"].rsplit("/", 1)[0]  # this module's upload (other tests share the caches)
     for cache in caches:
-        fetched = sorted((d / ".complete").read_text() for d in (cache / "medgan-shards").iterdir()
-                         if d.is_dir() and (d / ".complete").exists())
+        fetched = sorted(u for u in ((d / ".complete").read_text()
+                                     for d in (cache / "medgan-shards").iterdir()
+                                     if d.is_dir() and (d / ".complete").exists())
+                         if u.startswith(root + "/"))
         assert fetched == sorted([shards["train"], shards["val"]])
 
     # async uploads: rank 0 reported later steps while the step-2 upload was still sleeping,
