@@ -145,11 +145,13 @@ def test_local_pipeline_trains_through_the_jobs_api(cluster, server, tmp_path, c
     root = f"s3://{BUCKET}/pipeline-{uuid.uuid4().hex[:6]}"
     t0 = time.monotonic()
     # small: no registration (the subjects are still Ray tasks), 1 worker (placement on two
-    # nodes is the first test's), 800 steps (seconds; a 4-step model is one the tissue-swap gate
-    # rightly keeps from champion)
+    # nodes is the first test's), 100 steps. The run must still pass the tissue-swap gate to
+    # reach champion: it does here at 100 steps, and gan_core's own train + evaluate on the same
+    # cohort (seed 0, 1 test subject) passed it at 4, 25, 50, 100, 200 and 400 tiny pix2pix steps
+    # (measured 2026-12-01). Learning is test_e2e's claim, not this one's
     res = run_local(build_app("cyclegan_mr_ct"), tmp_path, storage_root=root, subjects=6,
-                    register_method="none", preset="tiny", framework="pix2pix", steps=800,
-                    overrides='{"log_every": 100, "checkpoint_every": 400}',
+                    register_method="none", preset="tiny", framework="pix2pix", steps=100,
+                    overrides='{"log_every": 50, "checkpoint_every": 50}',
                     require_audit=False, ray_address=cluster.dashboard_url, num_workers=1,
                     use_gpu=False, tracking_uri=server)
     seconds = time.monotonic() - t0
@@ -172,7 +174,7 @@ def test_local_pipeline_trains_through_the_jobs_api(cluster, server, tmp_path, c
     assert f"Running entrypoint for job {jobs['preprocess'].submission_id}" in logged
 
     manifest = storage.read_json(storage.join(train.metadata["medgan.output_uri"], "manifest.json"))
-    assert manifest["steps"] == 800 and manifest["world_size"] == 1
+    assert manifest["steps"] == 100 and manifest["world_size"] == 1
     assert set(manifest["node_ids"]) <= {n.node_id for n in cluster.nodes}
     assert storage.exists(storage.join(train.metadata["medgan.output_uri"], "model.pt"))
     prep = storage.read_json(storage.join(jobs["preprocess"].metadata["medgan.output_uri"],
