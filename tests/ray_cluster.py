@@ -8,6 +8,10 @@ Ray workers inherit their raylet's environment, so that is how they reach S3). E
 the head's temp dir (one machine). Teardown SIGKILLs exactly the process groups started here
 (never ``ray stop``, which would kill every Ray on the machine).
 
+A test session shares one such cluster (:func:`shared_cluster`, a pytest fixture: test modules
+name this module in ``pytest_plugins``). PYTEST_DONT_REWRITE (no test asserts here; the test
+modules import it before pytest loads it as a plugin).
+
 Example:
     >>> with ray_cluster(nodes=2, num_cpus=1, dashboard=False) as c:     # doctest: +SKIP
     ...     ray.init(address=c.address)
@@ -32,7 +36,10 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["RAY", "PROBE_JOB", "Node", "RayCluster", "ray_cluster", "free_port", "wait_for"]
+import pytest
+
+__all__ = ["RAY", "PROBE_JOB", "BUCKET", "Node", "RayCluster", "SharedCluster", "environ", "free_port",
+           "moto_s3", "ray_cluster", "shared_cluster", "start_cluster", "wait_for"]
 
 RAY = str(Path(sys.executable).with_name("ray"))
 #: Environment of every node and of this process while the cluster is up.
@@ -103,6 +110,13 @@ class RayCluster:
         self.dashboard_url = f"http://127.0.0.1:{self.dashboard_port}" if dashboard else None
         self.nodes = [Node(i, None if i == 0 else f"node_{string.ascii_lowercase[i]}")
                       for i in range(nodes)]
+        #: what a client of the cluster (this process) sets while using it (:meth:`activated`)
+        self.client_env: dict[str, str] = {"RAY_ADDRESS": self.address}
+
+    def activated(self) -> contextlib.AbstractContextManager[None]:
+        """``RAY_ADDRESS``, :data:`BASE_ENV` and the S3 variables set in this process while
+        inside; the previous values restored afterwards."""
+        return environ(self.client_env)
 
     # ------------------------------------------------------------------ processes
     def _start(self, node: Node) -> None:
@@ -273,21 +287,80 @@ class RayCluster:
                 ray.shutdown()
         return node.node_id
 
+    def heal(self, timeout: float = 180) -> None:
+        """Start again every worker node whose ``ray start`` is gone (a test that killed a node
+        and failed before restarting it must not break the next user of a shared cluster)."""
+        for node in self.nodes[1:]:
+            if node.proc is None or node.proc.poll() is not None:
+                if node.proc is not None:
+                    self.kill_node(node.index)
+                self.restart_node(node.index, timeout)
+
     def stop(self) -> None:
-        for node in reversed(self.nodes):  # workers first, head (GCS) last
-            if node.proc is None:
-                continue
+        """SIGTERM every node's process group at once (workers' before the head's), give them
+        5 s together, SIGKILL the groups, reap; remove the temp dir. Idempotent."""
+        running = [n for n in reversed(self.nodes) if n.proc is not None]
+        for node in running:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(node.pgid, signal.SIGTERM)
-            try:
-                node.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                pass
+        deadline = time.monotonic() + 5
+        for node in running:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                node.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        for node in running:
             with contextlib.suppress(ProcessLookupError):  # the whole group: gcs, raylet, workers
                 os.killpg(node.pgid, signal.SIGKILL)
             node.proc.wait(timeout=30)
             node.proc = None
         shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def environ(values: Mapping[str, str | None]) -> Iterator[None]:
+    """Set (``None``: unset) these variables of this process; restore them afterwards."""
+    saved = {k: os.environ.get(k) for k in values}
+    try:
+        for k, v in values.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _cluster_env(s3_env: Mapping[str, str] | None) -> dict[str, str]:
+    """:data:`BASE_ENV` + ``s3_env`` + this interpreter's folder first on ``PATH`` (job
+    entrypoints such as ``python -m components.train ...`` run this interpreter)."""
+    return {**BASE_ENV, **dict(s3_env or {}),
+            "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
+
+
+def start_cluster(nodes: int = 2, num_cpus: int = 1, dashboard: bool = True,
+                  s3_env: Mapping[str, str] | None = None,
+                  node_env: Mapping[int, Mapping[str, str]] | None = None) -> RayCluster:
+    """Start a cluster (see :func:`ray_cluster`) and return it; the caller stops it
+    (:meth:`RayCluster.stop`). This process's environment is the same before and after."""
+    if nodes < 1:
+        raise ValueError(f"nodes: expected >= 1, got {nodes}")
+    extra = _cluster_env(s3_env)
+    with environ({**extra, "RAY_ADDRESS": None}):
+        cluster = RayCluster(nodes, num_cpus, dashboard, dict(os.environ), node_env)
+        # processes Ray starts on the nodes (e.g. Train's PlacementGroupCleaner) look for "the"
+        # local cluster; with other Rays on this machine they must be told which one
+        cluster.env["RAY_ADDRESS"] = cluster.address
+        cluster.client_env = {**extra, "RAY_ADDRESS": cluster.address}
+        try:
+            cluster.start()
+        except BaseException:
+            cluster.stop()
+            raise
+    return cluster
 
 
 @contextlib.contextmanager
@@ -304,28 +377,89 @@ def ray_cluster(nodes: int = 2, num_cpus: int = 1, dashboard: bool = True,
     ``MEDGAN_CACHE_DIR``, as separate machines would have). The dashboard (Jobs API) is slow to start on 2 loaded cores:
     ``dashboard=False`` when a test does not need it.
     """
-    if nodes < 1:
-        raise ValueError(f"nodes: expected >= 1, got {nodes}")
-    extra = {**BASE_ENV, **dict(s3_env or {}),
-             # job entrypoints ("python -m components.train ...") run this interpreter
-             "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
-    saved = {k: os.environ.get(k) for k in ("RAY_ADDRESS", *extra)}
-    os.environ.update(extra)
-    os.environ.pop("RAY_ADDRESS", None)
-    cluster = RayCluster(nodes, num_cpus, dashboard, dict(os.environ), node_env)
-    # processes Ray starts on the nodes (e.g. Train's PlacementGroupCleaner) look for "the" local
-    # cluster; with other Rays on this machine they must be told which one
-    cluster.env["RAY_ADDRESS"] = cluster.address
+    cluster = start_cluster(nodes, num_cpus, dashboard, s3_env, node_env)
     try:
-        cluster.start()
-        os.environ["RAY_ADDRESS"] = cluster.address
-        yield cluster
+        with cluster.activated():
+            yield cluster
     finally:
+        cluster.stop()
+
+
+# --------------------------------------------------------------------------- one per session
+
+#: Bucket of the session's S3 server (:func:`shared_cluster`), created empty.
+BUCKET = "medgan-multinode"
+
+
+@contextlib.contextmanager
+def moto_s3(aws_dir: Path, secret: str = "ray-cluster-dummy-secret") -> Iterator[dict[str, str]]:
+    """A real S3-protocol server (moto, threaded, on 127.0.0.1) with :data:`BUCKET`; yields the
+    ``AWS_*`` environment that reaches it (config/credential files pointed at nothing in
+    ``aws_dir``, so no profile of this machine is read)."""
+    import boto3
+    import moto.server as moto_server
+
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        env = {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "testing",
+               "AWS_SECRET_ACCESS_KEY": secret, "AWS_DEFAULT_REGION": "us-east-1",
+               "AWS_CONFIG_FILE": str(aws_dir / "no-config"),
+               "AWS_SHARED_CREDENTIALS_FILE": str(aws_dir / "no-creds")}
+        boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], aws_access_key_id="testing",
+                     aws_secret_access_key=secret, region_name="us-east-1").create_bucket(Bucket=BUCKET)
+        yield env
+    finally:
+        server.stop()
+
+
+@dataclass
+class SharedCluster:
+    """What :func:`shared_cluster` yields: the 2-node cluster (1 CPU per node, dashboard up),
+    the ``AWS_*`` environment of its S3 server (every node has it), and each node's own shard
+    cache (``MEDGAN_CACHE_DIR``, as separate machines would have)."""
+
+    cluster: RayCluster
+    s3_env: dict[str, str]
+    caches: list[Path]
+
+
+_SHARED = pytest.StashKey[dict]()
+
+
+@pytest.fixture(scope="session")
+def shared_cluster(request: pytest.FixtureRequest,
+                   tmp_path_factory: pytest.TempPathFactory) -> Iterator[SharedCluster]:
+    """ONE real 2-node loopback Ray cluster (with the Jobs API) and one moto S3 server for the
+    whole session, started when a test first asks for it and stopped after the last test
+    module that uses it (not at the end of the session: idle Ray processes would take CPU
+    from the tests after it). A test module activates it for its tests with
+    ``with shared.cluster.activated(): ...`` (``RAY_ADDRESS`` + the cluster's environment in
+    this process) and calls :meth:`RayCluster.heal` first; it must leave the nodes running.
+    """
+    caches = [tmp_path_factory.mktemp(f"cache-node{i}") for i in range(2)]
+    with moto_s3(tmp_path_factory.mktemp("aws")) as s3_env:
+        c = start_cluster(nodes=2, num_cpus=1, dashboard=True, s3_env=s3_env,
+                          node_env={i: {"MEDGAN_CACHE_DIR": str(d)} for i, d in enumerate(caches)})
+        users = [i for i, it in enumerate(request.session.items)
+                 if "shared_cluster" in getattr(it, "fixturenames", ())]
+        request.config.stash[_SHARED] = {"cluster": c, "last": max(users, default=-1)}
         try:
-            cluster.stop()
+            yield SharedCluster(c, s3_env, caches)
         finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+            c.stop()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None):
+    """Stop the shared cluster once the module of its last user is torn down."""
+    yield
+    state = item.config.stash.get(_SHARED, None)
+    if not state or state.get("stopped"):
+        return
+    items = item.session.items
+    idx = items.index(item) if item in items else -1
+    if idx >= state["last"] and (nextitem is None or nextitem.module is not item.module):
+        state["cluster"].stop()
+        state["stopped"] = True

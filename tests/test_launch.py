@@ -1,5 +1,5 @@
-"""components.launch: the train step run as a Ray job on a REAL Ray head with its dashboard
-(``ray start --head --include-dashboard=true`` on loopback), through the Jobs API.
+"""components.launch: the train step run as a Ray job on a REAL Ray cluster with its dashboard
+(the session's 2-node loopback cluster, tests/ray_cluster.py), through the Jobs API.
 
 The step is run as its CLI in a subprocess (as a KFP container runs it): its stdout must carry
 the job's log, its exit code the job's outcome, and SIGTERM must stop the job. Secrets set in
@@ -21,6 +21,9 @@ import pytest
 
 from components.launch import (LAUNCHERS, check_launcher, job_env, resolve_launcher, step_argv)
 from components.step import StepInputError, params_from_args, params_parser
+from tests.ray_cluster import RayCluster, SharedCluster
+
+pytest_plugins = ("tests.ray_cluster",)  # shared_cluster: one cluster for every module using Ray
 
 REPO = Path(__file__).resolve().parents[1]
 SECRETS = {"AWS_ACCESS_KEY_ID": "AKIALAUNCHTEST0001", "AWS_SECRET_ACCESS_KEY": "sEcReT-aws-4711x",
@@ -175,14 +178,15 @@ def test_wait_rides_out_an_unreachable_jobs_api():
 
 
 @pytest.fixture(scope="module")
-def head() -> Iterator[str]:
+def head(shared_cluster: SharedCluster) -> Iterator[RayCluster]:
+    """The session's loopback cluster (tests/ray_cluster.py): its head runs the Jobs API."""
     from ray.job_submission import JobSubmissionClient
 
-    from tests.test_ray_train import ray_head
-
-    with ray_head(num_cpus=2, dashboard=True) as h:
-        yield h
-        client = JobSubmissionClient(h.dashboard_url)  # leave no job running behind us
+    c = shared_cluster.cluster
+    with c.activated():
+        c.heal()
+        yield c
+        client = JobSubmissionClient(c.dashboard_url)  # leave no job running behind us
         for job in client.list_jobs():
             if not job.status.is_terminal() and job.submission_id:
                 client.stop_job(job.submission_id)

@@ -17,44 +17,26 @@ from pathlib import Path
 
 import pytest
 
-from tests.ray_cluster import RayCluster, ray_cluster, wait_for
+from tests.ray_cluster import BUCKET, RayCluster, SharedCluster, wait_for
 
-BUCKET = "medgan-multinode"
-SECRET = "multinode-dummy-secret"
-
-
-@pytest.fixture(scope="module")
-def s3_env(tmp_path_factory) -> Iterator[dict[str, str]]:
-    import boto3
-    import moto.server as moto_server
-
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    d = tmp_path_factory.mktemp("aws")
-    env = {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "testing",
-           "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_DEFAULT_REGION": "us-east-1",
-           "AWS_CONFIG_FILE": str(d / "no-config"), "AWS_SHARED_CREDENTIALS_FILE": str(d / "no-creds")}
-    try:
-        boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], aws_access_key_id="testing",
-                     aws_secret_access_key=SECRET, region_name="us-east-1").create_bucket(Bucket=BUCKET)
-        yield env
-    finally:
-        server.stop()
+pytest_plugins = ("tests.ray_cluster",)  # shared_cluster: one cluster for every module using Ray
 
 
 @pytest.fixture(scope="module")
-def caches(tmp_path_factory) -> list[Path]:
-    return [tmp_path_factory.mktemp(f"cache-node{i}") for i in range(2)]
+def caches(shared_cluster: SharedCluster) -> list[Path]:
+    """Each node's own shard cache (``MEDGAN_CACHE_DIR``)."""
+    return shared_cluster.caches
 
 
 @pytest.fixture(scope="module")
-def cluster(s3_env, caches) -> Iterator[RayCluster]:
+def cluster(shared_cluster: SharedCluster) -> Iterator[RayCluster]:
+    """The session's 2-node cluster (its dashboard: the pipeline test submits its steps through
+    the Jobs API; every node has the moto S3 server's AWS_* variables), this process connected."""
     import ray
 
-    # the dashboard: the pipeline test submits its steps through the Jobs API
-    with ray_cluster(nodes=2, num_cpus=1, dashboard=True, s3_env=s3_env,
-                     node_env={i: {"MEDGAN_CACHE_DIR": str(c)} for i, c in enumerate(caches)}) as c:
+    c = shared_cluster.cluster
+    with c.activated():
+        c.heal()
         ray.init(address=c.address, logging_level="ERROR")
         try:
             yield c
@@ -129,9 +111,12 @@ def test_two_workers_on_two_nodes_checkpoints_only_on_s3(cluster, shards, caches
     assert not (Path.home() / "ray_results" / name).exists()  # nothing in a local Ray storage
 
     # each node fetched the splits its worker reads (train, val) once, and never test
+    root = shards["train"].rsplit("/", 1)[0]  # this module's upload (other tests share the caches)
     for cache in caches:
-        fetched = sorted((d / ".complete").read_text() for d in (cache / "medgan-shards").iterdir()
-                         if d.is_dir() and (d / ".complete").exists())
+        fetched = sorted(u for u in ((d / ".complete").read_text()
+                                     for d in (cache / "medgan-shards").iterdir()
+                                     if d.is_dir() and (d / ".complete").exists())
+                         if u.startswith(root + "/"))
         assert fetched == sorted([shards["train"], shards["val"]])
 
     # async uploads: rank 0 reported later steps while the step-2 upload was still sleeping,
@@ -160,11 +145,13 @@ def test_local_pipeline_trains_through_the_jobs_api(cluster, server, tmp_path, c
     root = f"s3://{BUCKET}/pipeline-{uuid.uuid4().hex[:6]}"
     t0 = time.monotonic()
     # small: no registration (the subjects are still Ray tasks), 1 worker (placement on two
-    # nodes is the first test's), 800 steps (seconds; a 4-step model is one the tissue-swap gate
-    # rightly keeps from champion)
+    # nodes is the first test's), 100 steps. The run must still pass the tissue-swap gate to
+    # reach champion: it does here at 100 steps, and gan_core's own train + evaluate on the same
+    # cohort (seed 0, 1 test subject) passed it at 4, 25, 50, 100, 200 and 400 tiny pix2pix steps
+    # (measured 2026-12-01). Learning is test_e2e's claim, not this one's
     res = run_local(build_app("cyclegan_mr_ct"), tmp_path, storage_root=root, subjects=6,
-                    register_method="none", preset="tiny", framework="pix2pix", steps=800,
-                    overrides='{"log_every": 100, "checkpoint_every": 400}',
+                    register_method="none", preset="tiny", framework="pix2pix", steps=100,
+                    overrides='{"log_every": 50, "checkpoint_every": 50}',
                     require_audit=False, ray_address=cluster.dashboard_url, num_workers=1,
                     use_gpu=False, tracking_uri=server)
     seconds = time.monotonic() - t0
@@ -187,7 +174,7 @@ def test_local_pipeline_trains_through_the_jobs_api(cluster, server, tmp_path, c
     assert f"Running entrypoint for job {jobs['preprocess'].submission_id}" in logged
 
     manifest = storage.read_json(storage.join(train.metadata["medgan.output_uri"], "manifest.json"))
-    assert manifest["steps"] == 800 and manifest["world_size"] == 1
+    assert manifest["steps"] == 100 and manifest["world_size"] == 1
     assert set(manifest["node_ids"]) <= {n.node_id for n in cluster.nodes}
     assert storage.exists(storage.join(train.metadata["medgan.output_uri"], "model.pt"))
     prep = storage.read_json(storage.join(jobs["preprocess"].metadata["medgan.output_uri"],

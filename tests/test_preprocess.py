@@ -24,7 +24,10 @@ from components.subject_prep import preprocess_subject
 from gan_core.data.nifti import load_volume
 from gan_core.data.register import RegistrationError, nifti_affine, register_mr_to_ct, sitk_image, to_xyz
 from gan_core.data.shards import Shards, SubjectFiles
+from tests.ray_cluster import SharedCluster
 from tests.test_storage import endpoint, s3  # noqa: F401 - pytest fixtures
+
+pytest_plugins = ("tests.ray_cluster",)  # shared_cluster: one cluster for every module using Ray
 
 SPACING = (4.0, 4.0, 6.0)
 
@@ -396,10 +399,11 @@ def test_register_docstring_examples_run() -> None:
 # ---------------------------------------------------------------- parallel on a Ray cluster
 
 
-def test_ray_tasks_on_two_nodes_give_the_same_output(raw: Path, tmp_path: Path) -> None:
-    """Subjects as Ray tasks on a real 2-node loopback cluster: same manifest records, same
-    failure reasons, byte-identical NIfTI files and shards as the in-process run."""
-    from tests.ray_cluster import ray_cluster
+def test_ray_tasks_on_two_nodes_give_the_same_output(raw: Path, tmp_path: Path,
+                                                     shared_cluster: SharedCluster) -> None:
+    """Subjects as Ray tasks on a real 2-node loopback cluster (the session's): same manifest
+    records, same failure reasons, byte-identical NIfTI files and shards as the in-process run."""
+    c = shared_cluster.cluster
 
     src = tmp_path / "raw"
     shutil.copytree(raw, src)
@@ -407,7 +411,8 @@ def test_ray_tasks_on_two_nodes_give_the_same_output(raw: Path, tmp_path: Path) 
     mr.write_bytes(mr.read_bytes()[:200])  # a bad subject: reported the same way
     kw = dict(spacing=(8.0, 8.0, 12.0), register="rigid", seed=0)
     seq = run_preprocess(str(src), str(tmp_path / "seq"), **kw)
-    with ray_cluster(nodes=2, num_cpus=1, dashboard=False) as c:
+    with c.activated():
+        c.heal()
         par = run_preprocess(str(src), str(tmp_path / "par"), ray_address=c.address, **kw)
     assert par["failed"] == seq["failed"] and [f["id"] for f in par["failed"]] == ["phantom_001"]
     for m in (seq, par):  # wall-clock seconds are the one field allowed to differ

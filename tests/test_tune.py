@@ -1,4 +1,4 @@
-"""components.tune on a REAL local Ray cluster: Optuna + ASHA over loss weights, nested MLflow runs."""
+"""components.tune on a REAL 2-node loopback Ray cluster: Optuna + ASHA over loss weights, nested MLflow runs."""
 
 from __future__ import annotations
 
@@ -8,13 +8,20 @@ from collections.abc import Iterator
 import pytest
 import yaml
 
-from tests.test_ray_train import preprocessed_dir, ray_head
+from tests.ray_cluster import SharedCluster
+from tests.test_ray_train import preprocessed_dir
+
+pytest_plugins = ("tests.ray_cluster",)  # shared_cluster: one cluster for every module using Ray
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[str]:
-    with ray_head(num_cpus=2) as address:
-        yield address
+def cluster(shared_cluster: SharedCluster) -> Iterator[str]:
+    """The session's 2-node loopback cluster (1 CPU per node); run_tune finds it through
+    ``$RAY_ADDRESS``."""
+    c = shared_cluster.cluster
+    with c.activated():
+        c.heal()
+        yield c.address
 
 
 def test_search_space_comes_from_the_framework_and_task():
@@ -71,7 +78,7 @@ def test_tune_optuna_asha_nested_runs(cluster, tiny_shards, tmp_path):
     data = preprocessed_dir(tiny_shards, tmp_path / "processed")
     tracking = f"sqlite:///{tmp_path}/mlflow.db"
     out = tmp_path / "tune"
-    # 3 trials of 8 steps, 2 at a time (1 worker each on 2 CPUs)
+    # 3 trials of 8 steps, 2 at a time (1 worker each, one per 1-CPU node)
     m = run_tune(str(data), str(out), framework="pix2pix", preset="tiny", num_samples=3,
                  max_steps_per_trial=8, grace_period=4, tracking_uri=tracking,
                  experiment="medgan-tune-test", seed=3)
