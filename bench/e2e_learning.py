@@ -7,7 +7,10 @@ subject, pix2pix with the ``demo`` preset (1500 iterations), scored on the held-
 subjects beside the intensity-regression baseline (SynthRAD MAE/SSIM in HU inside the body
 mask), then ``medgan translate`` of a test subject. Prints the table and the wall times, writes
 ``<workdir>/e2e_learning.json`` and exits 1 when pix2pix does not beat the baseline's MAE and
-SSIM. ``tests/test_e2e.py`` keeps the same assertion on a smaller problem that runs in seconds.
+SSIM. ``tests/test_e2e.py`` keeps the same assertion on the same data with the demo preset
+trained a fifth as long (600 iterations of batch 4 at lr 3e-3); this is the demo's own recipe.
+Measured (2 cores, load average 11-18 from other work, OMP_NUM_THREADS=1): 78.8 +- 6.0 vs
+101.8 +- 11.3 HU MAE, SSIM 0.907 vs 0.861; 98 CPU-seconds, 12 min wall at that load.
 """
 
 from __future__ import annotations

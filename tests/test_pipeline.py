@@ -122,9 +122,11 @@ def test_local_run_end_to_end(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("MEDGAN_GIT_COMMIT", "0123abcd" * 5)  # as the image sets it
     assert cli_main(["cyclegan_mr_ct", "--local", "--workdir", str(tmp_path), "--param", "subjects=6",
                      "--param", "preset=tiny", "--param", "framework=pix2pix",
-                     # 800 steps (seconds): 8 leave a model the tissue-swap gate rightly blocks;
-                     # tiny's checkpoint every 4 steps would make them minutes
-                     "--param", "steps=800", "--param", 'overrides={"log_every": 100, "checkpoint_every": 400}',
+                     # 200 steps at lr 3e-3 (seconds): 8 leave a model the tissue-swap gate rightly
+                     # blocks; at tiny's lr 1e-3 it takes 800 (200 were flagged). One checkpoint:
+                     # tiny's every 4 steps would make them minutes
+                     "--param", "steps=200", "--param",
+                     'overrides={"optim.lr": 0.003, "log_every": 50, "checkpoint_every": 200}',
                      "--param", "require_audit=false"]) == 0
     printed = capsys.readouterr()
     lines = printed.out.splitlines()

@@ -247,6 +247,11 @@ def test_a_model_evaluated_on_another_test_set_is_registered_not_promoted(models
 _BARRIER = None
 
 
+#: Rounds of the register race: each order of (better, worse) twice. Each round logs two pyfunc
+#: models, seconds each; the race itself is over in the first few hundred milliseconds.
+ROUNDS = 4
+
+
 def _init_race_worker(barrier) -> None:
     global _BARRIER
     _BARRIER = barrier
@@ -262,9 +267,10 @@ def _register_at_barrier(model: str, ev: str, name: str, server: str) -> dict:
 
 
 def test_concurrent_registers_always_leave_the_better_model_champion(models, server, monkeypatch):
-    """Two register steps in two processes, released together by a barrier, 6 rounds (fresh
-    model name each): the better model always ends as champion. (The worse one may have held the
-    alias for a moment if it finished before the better one's version existed; then it says so.)"""
+    """Two register steps in two processes, released together by a barrier, ``ROUNDS`` rounds
+    (fresh model name each, each order twice): the better model always ends as champion. (The
+    worse one may have held the alias for a moment if it finished before the better one's
+    version existed; then it says so.)"""
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
@@ -279,7 +285,7 @@ def test_concurrent_registers_always_leave_the_better_model_champion(models, ser
     both_saw_no_champion = 0
     with ProcessPoolExecutor(2, mp_context=ctx, initializer=_init_race_worker,
                              initargs=(ctx.Barrier(2),)) as pool:
-        for rnd in range(6):
+        for rnd in range(ROUNDS):
             name = f"medgan-sct-race-{rnd}"
             pair = (best, mid) if rnd % 2 == 0 else (mid, best)
             futs = [pool.submit(_register_at_barrier, m["model"], m["eval"], name, server) for m in pair]
@@ -295,7 +301,7 @@ def test_concurrent_registers_always_leave_the_better_model_champion(models, ser
             assert client.get_model_version(name, lose["version"]).tags["alias_decision"] == lose["reason"]
             both_saw_no_champion += win["previous_champion"] is None and lose["previous_champion"] is None
     # how often the naive read-compare-set would have raced (both read "no champion")
-    print(f"rounds where both registers saw no champion: {both_saw_no_champion}/6")
+    print(f"rounds where both registers saw no champion: {both_saw_no_champion}/{ROUNDS}")
 
 
 def test_no_credentials_reach_the_registry_or_the_manifest(models, server, tmp_path, capfd, monkeypatch):

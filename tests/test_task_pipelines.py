@@ -42,13 +42,16 @@ def test_the_task_and_framework_exist():
 
 def test_kspace_pipeline_runs_locally_end_to_end(tmp_path, monkeypatch):
     """An application pipeline through kfp.local: ingest -> preprocess -> train (Ray) -> evaluate,
-    with a task parameter override (8x, centre 0.04) reaching the trained model and MLflow."""
+    with a task parameter override (8x, centre 0.04) reaching the trained model and MLflow.
+    Small: 4 subjects (2/1/1), no registration of unmisaligned pairs (test_pipeline runs the
+    registering DAG)."""
     from pipelines.builder import run_local
 
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    run_local(build_app("kspace_recon"), tmp_path, subjects=6, preset="tiny", misalign_mm=0.0,
+    run_local(build_app("kspace_recon"), tmp_path, subjects=4, preset="tiny", misalign_mm=0.0,
+              register_method="none",
               overrides=json.dumps({"task.acceleration": 8, "task.center_fraction": 0.04}))
     (job,) = [p for p in (tmp_path / "runs").iterdir()
               if p.is_dir() and p.name not in ("ingest", "preprocess")]
