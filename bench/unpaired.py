@@ -94,6 +94,8 @@ VARIANTS: dict[str, tuple[str, str, dict[str, Any], str]] = {
                                   {"loss.segment_consistency": 1.0, "optim.lr": 2e-3}, "unpaired"),
     "structure+segment1+lr4e-3": ("cyclegan", "structure",
                                   {"loss.segment_consistency": 1.0, "optim.lr": 4e-3}, "unpaired"),
+    "structure+segment1+lr8e-3": ("cyclegan", "structure",
+                                  {"loss.segment_consistency": 1.0, "optim.lr": 8e-3}, "unpaired"),
     "structure+segment1+batch4": ("cyclegan", "structure",
                                   {"loss.segment_consistency": 1.0, "data.batch_size": 4},
                                   "unpaired"),
