@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -94,6 +95,8 @@ VARIANTS: dict[str, tuple[str, str, dict[str, Any], str]] = {
                                   {"loss.segment_consistency": 1.0, "optim.lr": 2e-3}, "unpaired"),
     "structure+segment1+lr4e-3": ("cyclegan", "structure",
                                   {"loss.segment_consistency": 1.0, "optim.lr": 4e-3}, "unpaired"),
+    "structure+segment1+lr8e-3": ("cyclegan", "structure",
+                                  {"loss.segment_consistency": 1.0, "optim.lr": 8e-3}, "unpaired"),
     "structure+segment1+batch4": ("cyclegan", "structure",
                                   {"loss.segment_consistency": 1.0, "data.batch_size": 4},
                                   "unpaired"),
@@ -195,6 +198,16 @@ def baseline_scores(bench: dict[str, Path]) -> dict[str, Any]:
                                  bench["paired"] / "test", task))
 
 
+def _commit() -> str:
+    """The short commit of this checkout (``""`` outside git): GAN training at a high learning
+    rate is chaotic, so a row is only reproducible on the code it ran on."""
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent,
+                              capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+
+
 def run_variant(name: str, seed: int, bench: dict[str, Path], work: Path, steps: int | None,
                 threads: int, common: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train variant ``name`` (with the ``common`` overrides first) and score it."""
@@ -219,6 +232,7 @@ def run_variant(name: str, seed: int, bench: dict[str, Path], work: Path, steps:
     task = build_task(fw.cfg.task)
     rows = score_model(lambda deg, slab: predict_volume(fw, deg.image), bench[which] / "test", task)
     return {"variant": name, "seed": seed, "framework": framework, "preset": preset_name,
+            "code": _commit(),
             "overrides": overrides, "benchmark": which, "steps": res.steps,
             "image_size": cfg.data.image_size, "batch_size": cfg.data.batch_size,
             "train_s": round(train_s, 1), "threads": threads, **summarise(rows), "per_subject": rows}
@@ -241,12 +255,17 @@ def table(rows: list[dict[str, Any]], base: dict[str, Any], order: list[str] | N
     names = order or list(dict.fromkeys(r["variant"] for r in rows))
     head = ["method", "seeds", "steps", "train s", "MAE (HU)", "SSIM"] + [TISSUE_SHORT[t] for t in REPORT_TISSUES]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    # one row per (variant, steps), in order of the variants, then of the steps
-    groups = [(name, steps) for name in names
-              for steps in sorted({r["steps"] for r in rows if r["variant"] == name})]
-    for name, steps in groups:
-        rs = [r for r in rows if r["variant"] == name and r["steps"] == steps]
-        cells = [name, str(len(rs)), str(rs[0]["steps"]), _ms([r["train_s"] for r in rs]),
+    # one row per (variant, steps, code), in order of the variants, then of the steps; rows that
+    # record the commit they ran on (``code``) are not pooled with rows of other code
+    groups = [(name, steps, code) for name in names
+              for steps in sorted({r["steps"] for r in rows if r["variant"] == name})
+              for code in dict.fromkeys(r.get("code", "") for r in rows
+                                        if r["variant"] == name and r["steps"] == steps)]
+    for name, steps, code in groups:
+        rs = [r for r in rows if r["variant"] == name and r["steps"] == steps
+              and r.get("code", "") == code]
+        label = f"{name} @{code}" if code else name
+        cells = [label, str(len(rs)), str(rs[0]["steps"]), _ms([r["train_s"] for r in rs]),
                  _ms([r["mae"] for r in rs], 1), _ms([r["ssim"] for r in rs], 3)]
         cells += [_ms([r["tissue"][t] for r in rs if t in r["tissue"]]) for t in REPORT_TISSUES]
         lines.append("| " + " | ".join(cells) + " |")

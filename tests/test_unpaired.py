@@ -148,3 +148,28 @@ def test_unpaired_study_rows_carry_the_tissue_swap_gate(cohort):
     rows = study.score_model(swapped, test, task)
     assert all(["fat", "cortical_bone"] in r["tissue_swaps"] for r in rows)
     assert study.summarise(rows)["gate"] == "flagged"
+
+
+def test_unpaired_study_table_keeps_rows_of_other_code_apart():
+    """bench/unpaired.table pools seeds of one (variant, steps) only among rows that ran on the
+    same commit (``code``): a row from other code gets its own line, labelled with the commit."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "unpaired.py"
+    spec = importlib.util.spec_from_file_location("bench_unpaired", path)
+    study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study)
+    tissue = {t: 1.0 for t in study.REPORT_TISSUES}
+
+    def row(seed, mae, code=None):
+        r = {"variant": "v", "seed": seed, "steps": 10, "train_s": 1.0, "mae": mae, "ssim": 0.5,
+             "tissue": tissue}
+        return r if code is None else {**r, "code": code}
+
+    base = {"mae": 100.0, "ssim": 0.8, "tissue": tissue}
+    lines = study.table([row(0, 130.0), row(0, 260.0, "abc1234"), row(1, 700.0, "abc1234")],
+                        base).splitlines()
+    assert lines[2].startswith("| v | 1 | 10 | 1 | 130.0 |")
+    assert lines[3].startswith("| v @abc1234 | 2 | 10 | 1 ± 0 | 480.0 ± 311.1 |")
+    assert lines[4].startswith("| baseline (paired fit) |")
