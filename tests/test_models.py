@@ -289,7 +289,7 @@ def test_bf16_autocast_forward(name: str, spatial_dims: int) -> None:
     bound = 2 * 2.0 ** -8 * depth
     for o, r in zip(out, ref):
         assert o.dtype == torch.bfloat16
-        rel = float(torch.linalg.vector_norm(o.float() - r) / torch.linalg.vector_norm(r))
+        rel = float((torch.linalg.vector_norm(o.float() - r) / torch.linalg.vector_norm(r)).detach())
         assert rel <= bound, f"{name}-{spatial_dims}: relative error {rel:.4f} > 2 u L = {bound:.4f}"
 
 
