@@ -97,6 +97,25 @@ VARIANTS: dict[str, tuple[str, str, dict[str, Any], str]] = {
                                   {"loss.segment_consistency": 1.0, "optim.lr": 4e-3}, "unpaired"),
     "structure+segment1+lr8e-3": ("cyclegan", "structure",
                                   {"loss.segment_consistency": 1.0, "optim.lr": 8e-3}, "unpaired"),
+    # the CT -> MR -> CT cycle (the only one left in `structure`) weakened / removed: a cycle
+    # through a lossy MR lets G_B hide what T1 loses in faint patterns that G_A learns to decode
+    # (Chu et al. 2017), which on a real, noisy MR would amplify its noise
+    "structure+segment1+lr2e-3+cycle_b0.1": ("cyclegan", "structure",
+                                             {"loss.segment_consistency": 1.0, "optim.lr": 2e-3,
+                                              "fw.cycle_b": 0.1}, "unpaired"),
+    "structure+segment1+lr2e-3+no_cycle": ("cyclegan", "structure",
+                                           {"loss.segment_consistency": 1.0, "optim.lr": 2e-3,
+                                            "fw.cycle_b": 0.0}, "unpaired"),
+    # the demo preset's width (32 filters in G and D, `structure` halves them): capacity
+    "structure+segment1+lr2e-3+wide": ("cyclegan", "structure",
+                                       {"loss.segment_consistency": 1.0, "optim.lr": 2e-3,
+                                        "model.g_filters": 32, "model.d_filters": 32}, "unpaired"),
+    # the CT segmentor term alone (no adversarial, cycle or structure term): G_A trained as a
+    # segmenter that paints the CT domain's tissue values; what the other terms add or cost
+    "segment_only+lr2e-3": ("cyclegan", "structure",
+                            {"loss.segment_consistency": 1.0, "optim.lr": 2e-3, "loss.gan": 0.0,
+                             "fw.cycle_b": 0.0, "loss.mind": 0.0, "loss.shape_consistency": 0.0},
+                            "unpaired"),
     "structure+segment1+batch4": ("cyclegan", "structure",
                                   {"loss.segment_consistency": 1.0, "data.batch_size": 4},
                                   "unpaired"),

@@ -173,3 +173,32 @@ def test_unpaired_study_table_keeps_rows_of_other_code_apart():
     assert lines[2].startswith("| v | 1 | 10 | 1 | 130.0 |")
     assert lines[3].startswith("| v @abc1234 | 2 | 10 | 1 ± 0 | 480.0 ± 311.1 |")
     assert lines[4].startswith("| baseline (paired fit) |")
+
+
+def test_unpaired_variance_decomposition_adds_up():
+    """bench/unpaired_variance.py splits a model's MAE into border + interior voxels and into
+    per-tissue shares; both splits add up to the MAE, and an error only on tissue borders lands
+    wholly in the border part. Its run-name patterns expand one brace group."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "unpaired_variance.py"
+    spec = importlib.util.spec_from_file_location("bench_unpaired_variance", path)
+    var = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(var)
+
+    assert var.expand("a-s{0,1}-5,b") == ["a-s0-5", "a-s1-5", "b"]
+    labels = np.full((2, 12, 12), TISSUES["soft_tissue"], np.int16)
+    labels[:, 4:8, 4:8] = TISSUES["cortical_bone"]
+    body = np.ones(labels.shape, bool)
+    gt = np.where(labels == TISSUES["cortical_bone"], 1100.0, 40.0).astype(np.float32)
+    rng = np.random.default_rng(0)
+    pred = gt + rng.normal(0, 50, gt.shape).astype(np.float32)
+    d = var.decompose(pred, gt, body, labels)
+    assert d["border"] + d["interior"] == pytest.approx(d["mae"], rel=1e-5)
+    assert sum(d["share"].values()) == pytest.approx(d["mae"], rel=1e-5)
+    edge = var.border_mask(labels)
+    only_edge = np.where(edge, gt + 300.0, gt)
+    d = var.decompose(only_edge, gt, body, labels)
+    assert d["interior"] == 0.0 and d["border"] == pytest.approx(d["mae"])
+    assert 0 < d["border_fraction"] < 1
