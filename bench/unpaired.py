@@ -218,13 +218,29 @@ def baseline_scores(bench: dict[str, Path]) -> dict[str, Any]:
 
 
 def _commit() -> str:
-    """The short commit of this checkout (``""`` outside git): GAN training at a high learning
-    rate is chaotic, so a row is only reproducible on the code it ran on."""
+    """The last commit of the training code (``gan_core/``) in this checkout, ``-dirty`` when it
+    has uncommitted changes there (``""`` outside git). GAN training at a high learning rate is
+    chaotic, so a row is only reproducible on the code it ran on; commits elsewhere (docs, this
+    script's table) do not split a study's rows."""
+    root = Path(__file__).resolve().parents[1]
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True,
+                              check=True).stdout.strip()
+
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent,
-                              capture_output=True, text=True, check=True).stdout.strip()
+        code = git("log", "-1", "--format=%h", "--", "gan_core")
+        return code + ("-dirty" if git("status", "--porcelain", "--", "gan_core") else "")
     except (OSError, subprocess.CalledProcessError):
         return ""
+
+
+def _host() -> dict[str, str]:
+    """The CPU and torch a row ran on: the same code and seed land elsewhere on another CPU kind
+    (its kernels sum in another order, and GAN training amplifies the difference)."""
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), "") if Path("/proc/cpuinfo").exists() else ""
+    return {"cpu": cpu, "isa": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__}
 
 
 def run_variant(name: str, seed: int, bench: dict[str, Path], work: Path, steps: int | None,
@@ -251,7 +267,7 @@ def run_variant(name: str, seed: int, bench: dict[str, Path], work: Path, steps:
     task = build_task(fw.cfg.task)
     rows = score_model(lambda deg, slab: predict_volume(fw, deg.image), bench[which] / "test", task)
     return {"variant": name, "seed": seed, "framework": framework, "preset": preset_name,
-            "code": _commit(),
+            "code": _commit(), "host": _host(),
             "overrides": overrides, "benchmark": which, "steps": res.steps,
             "image_size": cfg.data.image_size, "batch_size": cfg.data.batch_size,
             "train_s": round(train_s, 1), "threads": threads, **summarise(rows), "per_subject": rows}
@@ -274,16 +290,20 @@ def table(rows: list[dict[str, Any]], base: dict[str, Any], order: list[str] | N
     names = order or list(dict.fromkeys(r["variant"] for r in rows))
     head = ["method", "seeds", "steps", "train s", "MAE (HU)", "SSIM"] + [TISSUE_SHORT[t] for t in REPORT_TISSUES]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    # one row per (variant, steps, code), in order of the variants, then of the steps; rows that
-    # record the commit they ran on (``code``) are not pooled with rows of other code
-    groups = [(name, steps, code) for name in names
+    # one row per (variant, steps, code, CPU kind), in order of the variants, then of the steps;
+    # rows that record the commit (``code``) and the CPU (``host``) they ran on are pooled only
+    # with rows of the same code on the same kind of CPU
+    def where(r: dict[str, Any]) -> tuple[str, str]:
+        return r.get("code", ""), r.get("host", {}).get("isa", "")
+
+    groups = [(name, steps, at) for name in names
               for steps in sorted({r["steps"] for r in rows if r["variant"] == name})
-              for code in dict.fromkeys(r.get("code", "") for r in rows
-                                        if r["variant"] == name and r["steps"] == steps)]
-    for name, steps, code in groups:
+              for at in dict.fromkeys(where(r) for r in rows
+                                      if r["variant"] == name and r["steps"] == steps)]
+    for name, steps, (code, isa) in groups:
         rs = [r for r in rows if r["variant"] == name and r["steps"] == steps
-              and r.get("code", "") == code]
-        label = f"{name} @{code}" if code else name
+              and where(r) == (code, isa)]
+        label = name + (f" @{code}" if code else "") + (f" ({isa})" if isa else "")
         cells = [label, str(len(rs)), str(rs[0]["steps"]), _ms([r["train_s"] for r in rs]),
                  _ms([r["mae"] for r in rs], 1), _ms([r["ssim"] for r in rs], 3)]
         cells += [_ms([r["tissue"][t] for r in rs if t in r["tissue"]]) for t in REPORT_TISSUES]

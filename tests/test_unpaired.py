@@ -152,7 +152,8 @@ def test_unpaired_study_rows_carry_the_tissue_swap_gate(cohort):
 
 def test_unpaired_study_table_keeps_rows_of_other_code_apart():
     """bench/unpaired.table pools seeds of one (variant, steps) only among rows that ran on the
-    same commit (``code``): a row from other code gets its own line, labelled with the commit."""
+    same commit (``code``) and CPU kind (``host``): a row from other code or another CPU gets its
+    own line, labelled with the commit and the CPU's instruction set."""
     import importlib.util
     from pathlib import Path
 
@@ -168,11 +169,13 @@ def test_unpaired_study_table_keeps_rows_of_other_code_apart():
         return r if code is None else {**r, "code": code}
 
     base = {"mae": 100.0, "ssim": 0.8, "tissue": tissue}
-    lines = study.table([row(0, 130.0), row(0, 260.0, "abc1234"), row(1, 700.0, "abc1234")],
-                        base).splitlines()
+    other_cpu = {**row(2, 90.0, "abc1234"), "host": {"cpu": "x", "isa": "AVX2", "torch": "t"}}
+    lines = study.table([row(0, 130.0), row(0, 260.0, "abc1234"), row(1, 700.0, "abc1234"),
+                         other_cpu], base).splitlines()
     assert lines[2].startswith("| v | 1 | 10 | 1 | 130.0 |")
     assert lines[3].startswith("| v @abc1234 | 2 | 10 | 1 ± 0 | 480.0 ± 311.1 |")
-    assert lines[4].startswith("| baseline (paired fit) |")
+    assert lines[4].startswith("| v @abc1234 (AVX2) | 1 | 10 | 1 | 90.0 |")   # another CPU kind
+    assert lines[5].startswith("| baseline (paired fit) |")
 
 
 def test_unpaired_variance_decomposition_adds_up():
