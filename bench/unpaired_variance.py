@@ -14,7 +14,10 @@ on the PAIRED benchmark's training subjects, as in ``bench/unpaired.py``), on th
 - the MAE of the left-right flip test-time average (the model on the MR and on its mirror
   image, averaged; the phantom head is left-right symmetric in distribution, the baseline is a
   per-voxel map and does not change);
-- the MAE of the models' mean (a seed ensemble), with and without the flip average.
+- the MAE of the models' mean (a seed ensemble), with and without the flip average;
+- an oracle: the TRUE tissue labels painted with the CT domain's tissue means (the unpaired
+  pack's ``ct_tissue_stats.json``): what a perfect segmenter of the MR would score with the
+  values the unpaired data gives; the rest of its error is the texture within each tissue.
 
 A model whose tissue means are right but whose voxels scatter around them (a GAN draws a sample
 where the MAE-optimal estimate is the conditional median) loses most of its excess error to such
@@ -40,6 +43,7 @@ import torch  # noqa: E402
 from gan_core.data.normalize import unit_to_ct  # noqa: E402
 from gan_core.data.phantom import TISSUES  # noqa: E402
 from gan_core.data.shards import Shards  # noqa: E402
+from gan_core.data.unpaired import CT_STATS_FILE  # noqa: E402
 from gan_core.engine import load_model  # noqa: E402
 from gan_core.engine.infer import predict_volume  # noqa: E402
 from gan_core.presets import preset  # noqa: E402
@@ -93,6 +97,13 @@ def _mean(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def label_paint(labels: np.ndarray, stats: dict[str, Any]) -> np.ndarray:
+    """Each voxel's tissue mean in HU (``stats``: ``ct_tissue_stats``' labels / mean_hu)."""
+    lut = np.zeros(max(int(labels.max()), *stats["labels"]) + 1, np.float32)
+    lut[stats["labels"]] = stats["mean_hu"]
+    return lut[labels]
+
+
 def flip_average(fw, image: np.ndarray) -> np.ndarray:
     """The model's output on the image and on its left-right mirror (mirrored back), averaged."""
     a = predict_volume(fw, image)
@@ -106,6 +117,7 @@ def analyse(work: Path, runs: list[str]) -> list[dict[str, Any]]:
     task.fit_baseline(train_sh.subject_slab(i) for i in range(len(train_sh.subjects)))
     models = {r: load_model(work / "runs" / r / "model.pt", "cpu") for r in runs}
     test = Shards(work / "paired" / "test")
+    stats = json.loads((work / "unpaired" / CT_STATS_FILE).read_text())
     per: dict[str, list[dict[str, Any]]] = {}
     for i, _subject in enumerate(test.subjects):
         slab = test.subject_slab(i)
@@ -121,6 +133,8 @@ def analyse(work: Path, runs: list[str]) -> list[dict[str, Any]]:
             per.setdefault(f"{name} flip-avg", []).append(decompose(tta[name], gt, body, labels))
         base = unit_to_ct(np.asarray(task.baseline(deg, slab), np.float32))
         per.setdefault("baseline", []).append(decompose(base, gt, body, labels))
+        per.setdefault("oracle: true labels, CT-domain means", []).append(
+            decompose(label_paint(labels, stats), gt, body, labels))
         if len(models) > 1:
             per.setdefault(f"mean of {len(models)}", []).append(
                 decompose(np.mean(list(raw.values()), 0), gt, body, labels))

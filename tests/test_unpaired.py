@@ -205,3 +205,17 @@ def test_unpaired_variance_decomposition_adds_up():
     d = var.decompose(only_edge, gt, body, labels)
     assert d["interior"] == 0.0 and d["border"] == pytest.approx(d["mae"])
     assert 0 < d["border_fraction"] < 1
+
+
+def test_unpaired_variance_oracle_paints_each_label_with_its_tissue_mean():
+    """The oracle row of bench/unpaired_variance.py: every voxel gets its label's CT-domain mean."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "unpaired_variance.py"
+    spec = importlib.util.spec_from_file_location("bench_unpaired_variance", path)
+    var = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(var)
+    stats = {"labels": [0, 3, 5], "mean_hu": [-1000.0, 1130.0, 8.5]}
+    labels = np.array([[0, 3], [5, 3]], np.int16)
+    np.testing.assert_array_equal(var.label_paint(labels, stats), [[-1000.0, 1130.0], [8.5, 1130.0]])
