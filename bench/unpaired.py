@@ -54,6 +54,8 @@ SCREEN: dict[str, Any] = {"model.g_filters": 16, "model.d_filters": 16, "data.ba
 #: CycleGAN without the MR -> CT -> MR cycle and the identity term
 NO_CYCLE_A: dict[str, Any] = {"fw.cycle_a": 0.0, "fw.identity": 0.0}
 WHOLE: dict[str, Any] = {"data.image_size": 64, "data.batch_size": 2}
+#: a U-Net generator for 64 px slices (4 levels: 4 px at the bottom), instance norm
+UNET: dict[str, Any] = {"model.generator": "unet", "model.num_downs": 4, "model.norm": "instance"}
 
 
 def _cg(**changes: Any) -> tuple[str, str, dict[str, Any], str]:
@@ -116,6 +118,15 @@ VARIANTS: dict[str, tuple[str, str, dict[str, Any], str]] = {
                             {"loss.segment_consistency": 1.0, "optim.lr": 2e-3, "loss.gan": 0.0,
                              "fw.cycle_b": 0.0, "loss.mind": 0.0, "loss.shape_consistency": 0.0},
                             "unpaired"),
+    # a U-Net generator (4 stride-2 levels with skips: a 64 px slice's context at full resolution
+    # out), as Zhu et al.'s CycleGAN allows; the segmenter the oracle of unpaired_variance.py asks for
+    "segment_only+lr2e-3+unet": ("cyclegan", "structure",
+                                 {"loss.segment_consistency": 1.0, "optim.lr": 2e-3, "loss.gan": 0.0,
+                                  "fw.cycle_b": 0.0, "loss.mind": 0.0,
+                                  "loss.shape_consistency": 0.0, **UNET}, "unpaired"),
+    "structure+segment1+lr2e-3+unet": ("cyclegan", "structure",
+                                       {"loss.segment_consistency": 1.0, "optim.lr": 2e-3, **UNET},
+                                       "unpaired"),
     "structure+segment1+batch4": ("cyclegan", "structure",
                                   {"loss.segment_consistency": 1.0, "data.batch_size": 4},
                                   "unpaired"),
