@@ -49,7 +49,7 @@ from gan_core.engine.infer import predict_volume  # noqa: E402
 from gan_core.presets import preset  # noqa: E402
 from gan_core.tasks import build_task  # noqa: E402
 
-from unpaired import REPORT_TISSUES, TISSUE_SHORT  # noqa: E402
+from unpaired import REPORT_TISSUES, TISSUE_SHORT, _commit, _host  # noqa: E402
 
 
 def expand(pattern: str) -> list[str]:
@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.out:
         with open(a.out, "a") as fh:
             for r in rows:
-                fh.write(json.dumps({"runs": runs, **r}) + "\n")
+                fh.write(json.dumps({"runs": runs, "code": _commit(), "host": _host(), **r}) + "\n")
     print(table(rows))
     return 0
 
