@@ -56,6 +56,9 @@ NO_CYCLE_A: dict[str, Any] = {"fw.cycle_a": 0.0, "fw.identity": 0.0}
 WHOLE: dict[str, Any] = {"data.image_size": 64, "data.batch_size": 2}
 #: a U-Net generator for 64 px slices (4 levels: 4 px at the bottom), instance norm
 UNET: dict[str, Any] = {"model.generator": "unet", "model.num_downs": 4, "model.norm": "instance"}
+#: the CT segmentor term alone at lr 2e-3 (no adversarial, CT -> MR -> CT cycle or structure term)
+SEGMENT_ONLY: dict[str, Any] = {"loss.segment_consistency": 1.0, "optim.lr": 2e-3, "loss.gan": 0.0,
+                                "fw.cycle_b": 0.0, "loss.mind": 0.0, "loss.shape_consistency": 0.0}
 
 
 def _cg(**changes: Any) -> tuple[str, str, dict[str, Any], str]:
@@ -114,16 +117,10 @@ VARIANTS: dict[str, tuple[str, str, dict[str, Any], str]] = {
                                         "model.g_filters": 32, "model.d_filters": 32}, "unpaired"),
     # the CT segmentor term alone (no adversarial, cycle or structure term): G_A trained as a
     # segmenter that paints the CT domain's tissue values; what the other terms add or cost
-    "segment_only+lr2e-3": ("cyclegan", "structure",
-                            {"loss.segment_consistency": 1.0, "optim.lr": 2e-3, "loss.gan": 0.0,
-                             "fw.cycle_b": 0.0, "loss.mind": 0.0, "loss.shape_consistency": 0.0},
-                            "unpaired"),
+    "segment_only+lr2e-3": ("cyclegan", "structure", SEGMENT_ONLY, "unpaired"),
     # a U-Net generator (4 stride-2 levels with skips: a 64 px slice's context at full resolution
     # out), as Zhu et al.'s CycleGAN allows; the segmenter the oracle of unpaired_variance.py asks for
-    "segment_only+lr2e-3+unet": ("cyclegan", "structure",
-                                 {"loss.segment_consistency": 1.0, "optim.lr": 2e-3, "loss.gan": 0.0,
-                                  "fw.cycle_b": 0.0, "loss.mind": 0.0,
-                                  "loss.shape_consistency": 0.0, **UNET}, "unpaired"),
+    "segment_only+lr2e-3+unet": ("cyclegan", "structure", {**SEGMENT_ONLY, **UNET}, "unpaired"),
     "structure+segment1+lr2e-3+unet": ("cyclegan", "structure",
                                        {"loss.segment_consistency": 1.0, "optim.lr": 2e-3, **UNET},
                                        "unpaired"),
@@ -220,10 +217,16 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def baseline_scores(bench: dict[str, Path]) -> dict[str, Any]:
+def baseline_task(paired: Path):
+    """The mr2ct task with its non-learned baseline fitted on the PAIRED pack's training subjects."""
     task = build_task(preset("demo", "cyclegan").task)
-    train_sh = Shards(bench["paired"] / "train")
+    train_sh = Shards(paired / "train")
     task.fit_baseline(train_sh.subject_slab(i) for i in range(len(train_sh.subjects)))
+    return task
+
+
+def baseline_scores(bench: dict[str, Path]) -> dict[str, Any]:
+    task = baseline_task(bench["paired"])
     return summarise(score_model(lambda deg, slab: task.baseline(deg, slab),
                                  bench["paired"] / "test", task))
 

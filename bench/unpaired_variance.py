@@ -46,10 +46,8 @@ from gan_core.data.shards import Shards  # noqa: E402
 from gan_core.data.unpaired import CT_STATS_FILE  # noqa: E402
 from gan_core.engine import load_model  # noqa: E402
 from gan_core.engine.infer import predict_volume  # noqa: E402
-from gan_core.presets import preset  # noqa: E402
-from gan_core.tasks import build_task  # noqa: E402
 
-from unpaired import REPORT_TISSUES, TISSUE_SHORT, _commit, _host  # noqa: E402
+from unpaired import REPORT_TISSUES, TISSUE_SHORT, _commit, _host, baseline_task  # noqa: E402
 
 
 def expand(pattern: str) -> list[str]:
@@ -112,9 +110,7 @@ def flip_average(fw, image: np.ndarray) -> np.ndarray:
 
 
 def analyse(work: Path, runs: list[str]) -> list[dict[str, Any]]:
-    task = build_task(preset("demo", "cyclegan").task)
-    train_sh = Shards(work / "paired" / "train")
-    task.fit_baseline(train_sh.subject_slab(i) for i in range(len(train_sh.subjects)))
+    task = baseline_task(work / "paired")
     models = {r: load_model(work / "runs" / r / "model.pt", "cpu") for r in runs}
     test = Shards(work / "paired" / "test")
     stats = json.loads((work / "unpaired" / CT_STATS_FILE).read_text())
@@ -168,9 +164,10 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"no model.pt under {a.workdir}/runs for {missing} (train them with bench/unpaired.py)")
     rows = analyse(Path(a.workdir), runs)
     if a.out:
+        where = {"runs": runs, "code": _commit(), "host": _host()}
         with open(a.out, "a") as fh:
             for r in rows:
-                fh.write(json.dumps({"runs": runs, "code": _commit(), "host": _host(), **r}) + "\n")
+                fh.write(json.dumps({**where, **r}) + "\n")
     print(table(rows))
     return 0
 
