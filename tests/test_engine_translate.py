@@ -203,3 +203,23 @@ def test_a_simulated_input_task_refuses_an_acquired_input(models, subject, tmp_p
     assert main(["translate", "--model", str(models["kspace"]), "--input",
                  str(subject / "mr.nii.gz"), "--output", str(out), "--degraded-input"]) == 2
     assert "simulates its input" in capsys.readouterr().err and not out.exists()
+
+
+def test_a_loaded_model_builds_no_optimizer_and_a_training_one_does(models, tmp_path):
+    """Inference loads only weights: no Adam (building one imports torch._dynamo, seconds of CPU
+    in every evaluate / register / serve process); training still gets its optimizers."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "from gan_core.engine import load_model\n"
+            "import torch\n"
+            f"fw = load_model({str(models['mr2ct'])!r})\n"
+            "y = fw.generate(torch.zeros(1, 1, 16, 16))\n"
+            "print(fw._opts is None, 'torch._dynamo' in sys.modules, tuple(y.shape))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1]).stdout.split("\n")[-2]
+    assert out == "True False (1, 1, 16, 16)"
+    fw = build_framework(preset("tiny", "pix2pix"))
+    assert set(fw.opts) == {"G", "D"} and set(fw.scheds) == set(fw.opts)
+    assert fw.lr() == pytest.approx(fw.cfg.optim.lr)

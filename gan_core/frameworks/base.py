@@ -292,14 +292,11 @@ class GANFramework:
         # (a discriminator judging the generator's output during the generator update).
         self.fwd: dict[str, Callable[..., Any]] = dict(self.nets)
         self.frozen: dict[str, Callable[..., Any]] = dict(self.nets)
-        o = cfg.optim
-        self.opts = {
-            group: make_adam([p for n in names for p in self.nets[n].parameters()], self.device,
-                             lr=o.lr, betas=(o.beta1, o.beta2))
-            for group, names in self.optimizer_groups().items()
-        }
-        self.scheds = {group: ScheduledLR(opt, linear_decay(o.steps_constant, o.steps_decay))
-                       for group, opt in self.opts.items()}
+        # optimizers and schedulers are built on first use (``opts`` / ``scheds``): a model
+        # loaded for inference never needs them, and building the first Adam imports
+        # torch._dynamo (seconds of CPU per evaluate / register / serve process)
+        self._opts: dict[str, torch.optim.Optimizer] | None = None
+        self._scheds: dict[str, ScheduledLR] = {}
         if cfg.amp == "bf16" or (cfg.amp == "auto" and self.device.type == "cuda"):
             self.amp_dtype: torch.dtype | None = torch.bfloat16
         elif cfg.amp in ("auto", "off"):
@@ -312,6 +309,26 @@ class GANFramework:
         if cfg.compile:
             self.fwd = {k: self._compiled(v) for k, v in self.fwd.items()}
             self.frozen = {k: self._compiled(v) for k, v in self.frozen.items()}
+
+    @property
+    def opts(self) -> dict[str, torch.optim.Optimizer]:
+        """One Adam per ``optimizer_groups()`` group (built on first access)."""
+        if self._opts is None:
+            o = self.cfg.optim
+            self._opts = {
+                group: make_adam([p for n in names for p in self.nets[n].parameters()],
+                                 self.device, lr=o.lr, betas=(o.beta1, o.beta2))
+                for group, names in self.optimizer_groups().items()
+            }
+            self._scheds = {group: ScheduledLR(opt, linear_decay(o.steps_constant, o.steps_decay))
+                            for group, opt in self._opts.items()}
+        return self._opts
+
+    @property
+    def scheds(self) -> dict[str, ScheduledLR]:
+        """Each optimizer's learning-rate schedule (built with :attr:`opts`)."""
+        _ = self.opts
+        return self._scheds
 
     # -- to be defined by subclasses ---------------------------------------------------------
     @classmethod
