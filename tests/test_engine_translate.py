@@ -205,7 +205,7 @@ def test_a_simulated_input_task_refuses_an_acquired_input(models, subject, tmp_p
     assert "simulates its input" in capsys.readouterr().err and not out.exists()
 
 
-def test_a_loaded_model_builds_no_optimizer_and_a_training_one_does(models, tmp_path):
+def test_a_loaded_model_builds_no_optimizer_and_a_training_one_does(models):
     """Inference loads only weights: no Adam (building one imports torch._dynamo, seconds of CPU
     in every evaluate / register / serve process); training still gets its optimizers."""
     import subprocess
