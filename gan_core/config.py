@@ -51,6 +51,7 @@ class LossWeights:
     gradient_consistency: float = 0.0  # L4: 1 - local NCC^2 of the gradients of G(x) and x
     shape_consistency: float = 0.0     # L6: 1 - correlation ratio of G(x) over x's tissue labels
     segment_consistency: float = 0.0   # L6: CE of a target-domain segmentor on G(x) vs x's labels
+    tissue_value: float = 0.0          # L6: L1 of G(x) to the target domain's means of x's tissues
 
 
 @dataclass

@@ -80,7 +80,9 @@ def test_term_zero_positive_and_grad(name: str, dim: str) -> None:
 def test_terms_table_matches_weights() -> None:
     assert set(lt.TERMS) == {f.name for f in dataclasses.fields(LossWeights)}
     assert [t.row for t in lt.TERMS.values()] == [f"L{i}" for i in range(1, 13)] + ["L8", "L4", "L6",
-                                                                                    "L6"]
+                                                                                    "L6", "L6"]
+    assert [n for n, t in lt.TERMS.items() if t.needs_stats] == ["segment_consistency",
+                                                                  "tissue_value"]
     assert all(name == t.name for name, t in lt.TERMS.items())
     assert lt.TERMS["gan"].factory is adversarial.GANLoss          # re-export, not a copy
     assert lt.gradient_penalty is adversarial.gradient_penalty
@@ -115,7 +117,7 @@ def test_generator_terms_add_each_optional_term_by_its_kind(name: str) -> None:
         expect = lt.ShapeLoss("mean")(p, t, _labels(shape))
     elif kind == "feature":
         expect = lt.TERMS[name].factory(enc, freeze=False)(p, t)
-    elif name == "segment_consistency":  # a target-domain segmentor vs the input's labels
+    elif lt.TERMS[name].needs_stats:  # the target domain's tissue stats vs the input's labels
         expect = lt.TERMS[name].factory(STATS)(p, _labels(shape))
     elif kind == "source_label":  # the output against its input's tissue labels
         expect = lt.TERMS[name].factory()(p, _labels(shape))
@@ -481,9 +483,41 @@ def test_segment_consistency_low_for_true_ct_high_for_a_tissue_swap(dim: str) ->
     assert float(term(ct, torch.full_like(lab, 7))) == 0.0
 
 
+@pytest.mark.parametrize("dim", ["2d", "3d"])
+def test_tissue_value_is_the_l1_to_the_target_tissue_means(dim: str) -> None:
+    """Zero at the tissue means; the mean |offset| of the known voxels otherwise; a tissue swap
+    costs the distance between the swapped tissues' means; the gradient moves each voxel towards
+    its own tissue's mean (also inside the interval the classifier term is flat over); unknown
+    labels are ignored."""
+    shape = SHAPES[dim]
+    g = torch.Generator().manual_seed(1)
+    lab = torch.randint(0, 5, (shape[0], *shape[2:]), generator=g)
+    stats = _ct_stats()
+    mean = torch.tensor(stats.mean)
+    term = lt.TERMS["tissue_value"].factory(stats.to_json())
+    exact = mean[lab].unsqueeze(1)
+    assert float(term(exact, lab)) == 0.0
+    off = 0.01 * torch.randn(exact.shape, generator=g)
+    assert float(term(exact + off, lab)) == pytest.approx(float(off.abs().mean()), rel=1e-4)
+    swap = torch.tensor([0, 1, 3, 2, 4])[lab]                       # fat <-> bone
+    moved = (lab == 2) | (lab == 3)
+    expect = float((mean[2] - mean[3]).abs() * moved.float().mean())
+    assert float(term(mean[swap].unsqueeze(1), lab)) == pytest.approx(expect, rel=1e-4)
+    # a white-matter voxel a little off its mean, well inside its classifier interval
+    pred = (exact + 0.002 * torch.sign(torch.randn(exact.shape, generator=g))).requires_grad_(True)
+    loss = term(pred, lab)
+    _check_scalar_grad(loss, pred)
+    assert (torch.sign(pred.grad) == torch.sign(pred.detach() - exact)).all()
+    # voxels whose label the stats do not know are ignored; none known: 0 with a gradient path
+    partly = torch.where(lab == 0, 7, lab)
+    assert float(term(exact + (lab == 0).unsqueeze(1) * 5.0, partly)) == 0.0
+    assert float(term(exact, torch.full_like(lab, 7))) == 0.0
+
+
 def test_segment_consistency_bad_input() -> None:
-    with pytest.raises(ValueError, match="tissue statistics"):
-        GeneratorTerms(LossWeights(segment_consistency=1.0))
+    for name in ("segment_consistency", "tissue_value"):
+        with pytest.raises(ValueError, match=f"loss.{name} > 0 needs the target domain's tissue"):
+            GeneratorTerms(LossWeights(**{name: 1.0}))
     with pytest.raises(ValueError, match="missing"):
         lt.SegmentConsistencyLoss({"labels": [0, 1]})
     with pytest.raises(ValueError, match="sd has 1 values"):
@@ -499,3 +533,7 @@ def test_segment_consistency_bad_input() -> None:
         STATS and lt.SegmentConsistencyLoss(STATS)(torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 4, 4))
     with pytest.raises(ValueError, match="labels: expected shape"):
         lt.SegmentConsistencyLoss(STATS)(torch.zeros(1, 1, 4, 4), torch.zeros(1, 4, 5, dtype=torch.long))
+    with pytest.raises(ValueError, match="labels: expected shape"):
+        lt.TissueValueLoss(STATS)(torch.zeros(1, 1, 4, 4), torch.zeros(1, 4, 5, dtype=torch.long))
+    with pytest.raises(TypeError, match="labels"):
+        lt.TissueValueLoss(STATS)(torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 4, 4))

@@ -83,9 +83,10 @@ class GeneratorTerms:
     - ``source`` (self_reg, mind, gradient_consistency): the output (``generated``) against its
       own input (``source``): self_reg is L1 (same-modality tasks: denoising, reconstruction,
       super-resolution); mind and gradient_consistency compare structure across modalities;
-    - ``source_label`` (shape_consistency, segment_consistency): the output against its input's
-      tissue labels; segment_consistency classifies the output with the target domain's
-      ``segment_stats`` (:class:`~gan_core.losses.TissueStats` or its JSON text).
+    - ``source_label`` (shape_consistency, segment_consistency, tissue_value): the output against
+      its input's tissue labels; segment_consistency classifies the output with, and
+      tissue_value compares it with the tissue means of, the target domain's ``segment_stats``
+      (:class:`~gan_core.losses.TissueStats` or its JSON text).
 
     >>> from gan_core.config import LossWeights
     >>> terms = GeneratorTerms(LossWeights(gradient=1.0))
@@ -102,15 +103,16 @@ class GeneratorTerms:
         self.by_kind: dict[str, dict[str, tuple[float, Any]]] = {
             kind: {k: (weight[k], TERMS[k].factory) for k in optional_terms(kind) if k in weight}
             for kind in ("pair", "label", "feature", "source", "source_label")}
-        if "segment_consistency" in weight and not segment_stats:
-            raise ValueError("loss.segment_consistency > 0 needs the target domain's tissue "
-                             "statistics (fw.segment_stats: the JSON text of the pack's "
-                             "ct_tissue_stats.json, written by gan_core.data.unpaired)")
+        for k in weight:
+            if TERMS[k].needs_stats and not segment_stats:
+                raise ValueError(f"loss.{k} > 0 needs the target domain's tissue statistics "
+                                 "(fw.segment_stats: the JSON text of the pack's "
+                                 "ct_tissue_stats.json, written by gan_core.data.unpaired)")
 
         def build(k: str, f: Callable[..., Any]) -> Any:
             if k == "shape":
                 return f("mean")
-            return f(segment_stats).to(device) if k == "segment_consistency" else f()
+            return f(segment_stats).to(device) if TERMS[k].needs_stats else f()
 
         #: name -> (weight, built term) of every kind but ``feature`` (built per call)
         self.built = {k: (w, build(k, f))

@@ -24,6 +24,7 @@ from gan_core.frameworks import register
 from gan_core.frameworks.base import (GANFramework, GeneratorTerms, ImagePool, batched_calls,
                                       build_gen, per_sample_net)
 from gan_core.losses.adversarial import GANLoss, gradient_penalty
+from gan_core.losses.table import optional_terms
 from gan_core.models import build_discriminator
 
 
@@ -133,7 +134,7 @@ class CycleGAN(GANFramework):
                                     labels=b.get("labels"), prefix="cycle_A_",
                                     features=getattr(self.nets["D_B"], "features", None)),
                  **self.extra_terms(rec_B, real_B, source=real_B, generated=fake_A,
-                                    skip=("shape", "shape_consistency", "segment_consistency"),
+                                    skip=("shape", *optional_terms("source_label")),
                                     prefix="cycle_B_", features=getattr(self.nets["D_A"], "features", None))
                  } if self.extra_terms else {}
         loss_G = (loss_G_A + loss_G_B + loss_cyc_A + loss_cyc_B + loss_idt_A + loss_idt_B

@@ -50,6 +50,7 @@ from gan_core.config import FrameworkConfig
 from gan_core.frameworks import register
 from gan_core.frameworks.base import GANFramework, GeneratorTerms
 from gan_core.losses.adversarial import GANLoss, gradient_penalty
+from gan_core.losses.table import optional_terms
 from gan_core.models import build_discriminator, patchgan_output_size
 from gan_core.models.vae import SharedLatentVAE, latent_kl
 
@@ -269,7 +270,7 @@ class UNIT(GANFramework):
                                           labels=b.get("labels"), prefix="cycle_A_",
                                           features=self.nets["D_A"].features))
             terms.update(self.extra_terms(out["x_bab"], x_b, source=x_b, generated=out["x_ba"],
-                                          skip=("shape", "shape_consistency", "segment_consistency"),
+                                          skip=("shape", *optional_terms("source_label")),
                                           prefix="cycle_B_",
                                           features=self.nets["D_B"].features))
         loss_G = sum(terms.values())

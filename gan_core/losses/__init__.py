@@ -25,6 +25,8 @@ L4     gradient_c.   ``consistency``     :class:`GradientConsistencyLoss` (vs it
 L6     shape_c.      ``consistency``     :class:`ShapeConsistencyLoss` (vs source labels)
 L6     segment_c.    ``segment``         :class:`SegmentConsistencyLoss` (CT segmentor vs
                                          source labels; :class:`TissueStats`)
+L6     tissue_value  ``segment``         :class:`TissueValueLoss` (target tissue means vs
+                                         source labels; :class:`TissueStats`)
 =====  ============  ==================  ==================================================
 
 ``TERMS`` (``gan_core.losses.table``) is the one table of them, keyed exactly like the weights in
@@ -45,7 +47,7 @@ from gan_core.losses.features import (ConvEncoder, FeatureExtractor, PerceptualL
 from gan_core.losses.frequency import FrequencyLoss
 from gan_core.losses.image import (CycleLoss, GradientLoss, ImageLoss, RegulationLoss,
                                    SelfRegLoss, SharpnessLoss, cycle_loss)
-from gan_core.losses.segment import SegmentConsistencyLoss, TissueStats
+from gan_core.losses.segment import SegmentConsistencyLoss, TissueStats, TissueValueLoss
 from gan_core.losses.shape import ShapeLoss
 from gan_core.losses.structure import MS_SSIM_WEIGHTS, StructureLoss, ms_ssim, ssim
 from gan_core.losses.table import KINDS, TERMS, LossTerm, optional_terms
@@ -56,5 +58,5 @@ __all__ = [
     "PerceptualLoss", "ssim", "ms_ssim", "MS_SSIM_WEIGHTS", "StructureLoss", "gram_matrix",
     "StyleContentLoss", "SelfRegLoss", "FrequencyLoss", "RegulationLoss", "KINDS", "LossTerm",
     "TERMS", "optional_terms", "mind_descriptor", "MINDLoss", "GradientConsistencyLoss",
-    "ShapeConsistencyLoss", "SegmentConsistencyLoss", "TissueStats",
+    "ShapeConsistencyLoss", "SegmentConsistencyLoss", "TissueStats", "TissueValueLoss",
 ]

@@ -15,8 +15,10 @@ The ``mind``, ``gradient_consistency`` and ``shape_consistency`` terms are the u
 (source-referenced) forms of rows L4, L6 and L8 (:mod:`gan_core.losses.consistency`):
 cross-modality, they constrain structure, not intensity. ``segment_consistency`` is Zhang et al.'s
 L6 shape consistency (:mod:`gan_core.losses.segment`): a target-domain segmentor must recover the
-source's labels from the translation, so it constrains intensity too (its factory takes the
-target domain's :class:`~gan_core.losses.segment.TissueStats`).
+source's labels from the translation, so it constrains intensity too; ``tissue_value`` is its
+generative form, each voxel at the target domain's mean value of its source tissue (both
+factories take the target domain's :class:`~gan_core.losses.segment.TissueStats`:
+``needs_stats``).
 
 >>> TERMS["structure"].row, TERMS["structure"].kind, TERMS["structure"].search
 ('L8', 'pair', ('uniform', 0.0, 20.0))
@@ -34,7 +36,7 @@ from gan_core.losses.adversarial import GANLoss
 from gan_core.losses.consistency import GradientConsistencyLoss, MINDLoss, ShapeConsistencyLoss
 from gan_core.losses.features import PerceptualLoss, StyleContentLoss
 from gan_core.losses.frequency import FrequencyLoss
-from gan_core.losses.segment import SegmentConsistencyLoss
+from gan_core.losses.segment import SegmentConsistencyLoss, TissueValueLoss
 from gan_core.losses.image import (CycleLoss, GradientLoss, ImageLoss, RegulationLoss,
                                    SelfRegLoss, SharpnessLoss)
 from gan_core.losses.shape import ShapeLoss
@@ -59,6 +61,7 @@ class LossTerm:
     factory: Callable[..., Any]     # builds the term (an nn.Module)
     search: Range                   # default Ray Tune range of its weight
     optional: bool = True           # False: the framework's own objective applies it
+    needs_stats: bool = False       # its factory takes the target domain's TissueStats
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -84,7 +87,9 @@ TERMS: dict[str, LossTerm] = {t.name: t for t in (
     LossTerm("shape_consistency", "L6", "source_label", ShapeConsistencyLoss,
              ("loguniform", 0.1, 10.0)),
     LossTerm("segment_consistency", "L6", "source_label", SegmentConsistencyLoss,
-             ("loguniform", 0.01, 3.0)),
+             ("loguniform", 0.01, 3.0), needs_stats=True),
+    LossTerm("tissue_value", "L6", "source_label", TissueValueLoss,
+             ("loguniform", 1.0, 100.0), needs_stats=True),
 )}
 """Term name (a ``LossWeights`` field) -> :class:`LossTerm`, in Table-5 order, then the unpaired
 source-referenced forms."""
