@@ -124,6 +124,19 @@ VARIANTS: dict[str, tuple[str, str, dict[str, Any], str]] = {
     "structure+segment1+lr2e-3+unet": ("cyclegan", "structure",
                                        {"loss.segment_consistency": 1.0, "optim.lr": 2e-3, **UNET},
                                        "unpaired"),
+    # + the generative form of the segmentor term (loss.tissue_value: L1 of G(mr) to the CT
+    # domain's mean HU of the MR voxel's tissue): the classifier is flat inside each tissue's
+    # interval of values, so it never asks for the value the MAE scores
+    "structure+segment1+lr2e-3+value10": ("cyclegan", "structure",
+                                          {"loss.segment_consistency": 1.0, "optim.lr": 2e-3,
+                                           "loss.tissue_value": 10.0}, "unpaired"),
+    "structure+segment1+lr2e-3+value100": ("cyclegan", "structure",
+                                           {"loss.segment_consistency": 1.0, "optim.lr": 2e-3,
+                                            "loss.tissue_value": 100.0}, "unpaired"),
+    # the value term alone (no adversarial, cycle, structure or classifier term)
+    "value_only+lr2e-3": ("cyclegan", "structure",
+                          {**SEGMENT_ONLY, "loss.segment_consistency": 0.0,
+                           "loss.tissue_value": 100.0}, "unpaired"),
     "structure+segment1+batch4": ("cyclegan", "structure",
                                   {"loss.segment_consistency": 1.0, "data.batch_size": 4},
                                   "unpaired"),
@@ -272,7 +285,7 @@ def run_variant(name: str, seed: int, bench: dict[str, Path], work: Path, steps:
     overrides = {**(common or {}), **overrides}
     cfg = apply_overrides(preset(preset_name, framework), {**overrides, "seed": seed,
                                                            "val_every": 0})
-    if cfg.loss.segment_consistency > 0 and not cfg.fw.segment_stats:
+    if (cfg.loss.segment_consistency > 0 or cfg.loss.tissue_value > 0) and not cfg.fw.segment_stats:
         # the CT segmentor: fitted on the CT domain's own subjects at pack time
         cfg = apply_overrides(cfg, {"fw.segment_stats":
                                     (bench[which] / CT_STATS_FILE).read_text()})
