@@ -35,7 +35,7 @@ from gan_core.data.phantom import TISSUES, write_cohort  # noqa: E402
 from gan_core.data.shards import Shards  # noqa: E402
 from gan_core.data.shards import cohort_subjects  # noqa: E402
 from gan_core.data.unpaired import (CT_STATS_FILE, UNPAIRED_FILE, ct_tissue_stats,  # noqa: E402
-                                    pack_unpaired)
+                                    needs_target_stats, pack_unpaired)
 from gan_core.engine import train  # noqa: E402
 from gan_core.engine.infer import predict_volume  # noqa: E402
 from gan_core.eval.metrics import score  # noqa: E402
@@ -133,6 +133,19 @@ VARIANTS: dict[str, tuple[str, str, dict[str, Any], str]] = {
     "structure+segment1+lr2e-3+value100": ("cyclegan", "structure",
                                            {"loss.segment_consistency": 1.0, "optim.lr": 2e-3,
                                             "loss.tissue_value": 100.0}, "unpaired"),
+    "structure+lr2e-3+value100": ("cyclegan", "structure",
+                                  {"optim.lr": 2e-3, "loss.tissue_value": 100.0}, "unpaired"),
+    "structure+lr2e-3+value100+no_cycle": ("cyclegan", "structure",
+                                           {"optim.lr": 2e-3, "loss.tissue_value": 100.0,
+                                            "fw.cycle_b": 0.0}, "unpaired"),
+    "structure+lr2e-3+value100+no_mind_shape": ("cyclegan", "structure",
+                                                {"optim.lr": 2e-3, "loss.tissue_value": 100.0,
+                                                 "loss.mind": 0.0, "loss.shape_consistency": 0.0},
+                                                "unpaired"),
+    # the value term with the adversarial term only (no cycle, structure or classifier term)
+    "gan+value100+lr2e-3": ("cyclegan", "structure",
+                            {**SEGMENT_ONLY, "loss.segment_consistency": 0.0, "loss.gan": 1.0,
+                             "loss.tissue_value": 100.0}, "unpaired"),
     # the value term alone (no adversarial, cycle, structure or classifier term)
     "value_only+lr2e-3": ("cyclegan", "structure",
                           {**SEGMENT_ONLY, "loss.segment_consistency": 0.0,
@@ -149,6 +162,8 @@ VARIANTS: dict[str, tuple[str, str, dict[str, Any], str]] = {
     # UNIT with the CT segmentor term (as structure+segment1), then without the MR -> CT -> MR
     # cycle (the change that made CycleGAN's structure preset move)
     "unit_structure+segment1": ("unit", "structure", {"loss.segment_consistency": 1.0}, "unpaired"),
+    "unit_structure+lr2e-3+value100": ("unit", "structure",
+                                       {"optim.lr": 2e-3, "loss.tissue_value": 100.0}, "unpaired"),
     "unit_structure+segment1+no_cycle_a": ("unit", "structure", {"loss.segment_consistency": 1.0,
                                                                  "fw.cycle_a": 0.0}, "unpaired"),
     # the survey's paired claim: the same recipes on the paired benchmark
@@ -285,7 +300,7 @@ def run_variant(name: str, seed: int, bench: dict[str, Path], work: Path, steps:
     overrides = {**(common or {}), **overrides}
     cfg = apply_overrides(preset(preset_name, framework), {**overrides, "seed": seed,
                                                            "val_every": 0})
-    if (cfg.loss.segment_consistency > 0 or cfg.loss.tissue_value > 0) and not cfg.fw.segment_stats:
+    if needs_target_stats(cfg):
         # the CT segmentor: fitted on the CT domain's own subjects at pack time
         cfg = apply_overrides(cfg, {"fw.segment_stats":
                                     (bench[which] / CT_STATS_FILE).read_text()})

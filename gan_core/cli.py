@@ -65,7 +65,9 @@ def build_config(args: argparse.Namespace):
 def cmd_train(args: argparse.Namespace) -> int:
     from gan_core.engine import train
 
-    cfg = build_config(args)
+    from gan_core.data.unpaired import CT_STATS_FILE, with_target_stats
+
+    cfg = with_target_stats(build_config(args), Path(args.data) / CT_STATS_FILE)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     save_config(cfg, Path(args.out) / "config.yaml")
     res = train(cfg, args.data, args.out, device=args.device, progress=not args.quiet)

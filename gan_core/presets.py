@@ -26,14 +26,18 @@ from gan_core.config import DataConfig, TrainConfig, dotted, nest, update
 from gan_core.frameworks import get_framework
 from gan_core.tasks import build_task, task_config
 
-__all__ = ["PRESETS", "STRUCTURE_LOSS", "base_config", "preset", "set_task_defaults", "from_dict", "load_config",
+__all__ = ["PRESETS", "STRUCTURE_LOSS", "UNPAIRED_LOSS", "base_config", "preset", "set_task_defaults", "from_dict", "load_config",
            "apply_overrides", "with_total_steps", "config_from_yaml"]
 
-PRESETS = ("demo", "full", "tiny", "structure")
+PRESETS = ("demo", "full", "tiny", "structure", "unpaired")
 
 #: the ``structure`` preset's Table-5 terms (``gan_core.losses.consistency``): a translation vs
 #: its own input
 STRUCTURE_LOSS: dict[str, float] = {"mind": 2.0, "shape_consistency": 1.0}
+#: the ``unpaired`` preset's term on top: the CT domain's tissue values for the MR's tissues
+#: (needs ``fw.segment_stats``, which the pipeline's train step and ``medgan train`` read from an
+#: unpaired pack's ``ct_tissue_stats.json``)
+UNPAIRED_LOSS: dict[str, float] = {"tissue_value": 100.0}
 
 
 def _name(value: Any, field: str) -> str:
@@ -65,14 +69,19 @@ def preset(name: str, framework: str, task: str | None = None) -> TrainConfig:
       learn MR -> CT from unpaired data (measured in ``docs/results.md``): the structure-
       consistency terms between each translation and its own input (:data:`STRUCTURE_LOSS`) and
       the framework's own changes (its ``configure(cfg, "structure")``).
+    - ``unpaired``: ``structure`` plus the CT domain's tissue values for the source's tissues
+      (:data:`UNPAIRED_LOSS`, ``loss.tissue_value``), lr 2e-3 and 2500 iterations: the CycleGAN
+      that beats the baseline on the unpaired phantom benchmark (``docs/results.md``). Needs the
+      target domain's tissue statistics (``fw.segment_stats``, from an unpaired pack).
     """
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; expected one of {PRESETS}")
     fw_cls = get_framework(framework)
     cfg = base_config(framework, task if task is not None else "mr2ct")
-    if name == "structure" and fw_cls.paired:
-        raise ValueError(f"preset 'structure' is for unpaired frameworks (cyclegan, unit); "
+    if name in ("structure", "unpaired") and fw_cls.paired:
+        raise ValueError(f"preset {name!r} is for unpaired frameworks (cyclegan, unit); "
                          f"{framework!r} trains on pairs")
+    recipe, name = name, "structure" if name == "unpaired" else name
     if name in ("demo", "tiny", "structure"):
         # small and fast on a CPU: a full-resolution ConvNet generator (Kaiming init) learns the
         # MR -> CT intensity translation in minutes, where the published U-Net / ResNet with
@@ -101,6 +110,10 @@ def preset(name: str, framework: str, task: str | None = None) -> TrainConfig:
     set_task_defaults(cfg)
     if name == "structure":
         update(cfg.loss, dict(STRUCTURE_LOSS), "loss.")
+    if recipe == "unpaired":
+        update(cfg.loss, dict(UNPAIRED_LOSS), "loss.")
+        cfg.optim.lr = 2e-3
+        cfg.optim.steps_constant, cfg.optim.steps_decay = 1250, 1250
     return cfg
 
 

@@ -33,7 +33,7 @@ from gan_core.data.pack import pack_splits, split_cohort
 from gan_core.data.shards import SubjectFiles, cohort_subjects
 
 __all__ = ["UNPAIRED_FILE", "CT_STATS_FILE", "cross_subjects", "ct_tissue_stats",
-           "pack_unpaired", "main"]
+           "domain_halves", "needs_target_stats", "write_ct_stats", "pack_unpaired", "with_target_stats", "main"]
 
 #: written beside ``splits.json``: which subjects gave the training MR and CT domains
 UNPAIRED_FILE = "unpaired.json"
@@ -77,6 +77,49 @@ def ct_tissue_stats(subjects: Sequence[SubjectFiles], trim: float = 1.0) -> dict
     return out
 
 
+def needs_target_stats(cfg) -> bool:
+    """Whether ``cfg`` weights a term that needs the target domain's tissue statistics
+    (``loss.segment_consistency``, ``loss.tissue_value``) and has none in ``fw.segment_stats``."""
+    from gan_core.losses.table import TERMS
+
+    return (any(t.needs_stats and getattr(cfg.loss, n) > 0 for n, t in TERMS.items())
+            and not getattr(cfg.fw, "segment_stats", ""))
+
+
+def with_target_stats(cfg, stats_file: str | Path):
+    """``cfg`` with ``fw.segment_stats`` read from ``stats_file`` (an unpaired pack's
+    ``ct_tissue_stats.json``) when :func:`needs_target_stats`; otherwise ``cfg`` unchanged. A
+    missing or unreadable file is a ValueError naming it and the loss that needs it."""
+    if not needs_target_stats(cfg):
+        return cfg
+    from gan_core.losses import TissueStats
+    from gan_core.presets import apply_overrides
+
+    path = Path(stats_file)
+    if not hasattr(cfg.fw, "segment_stats"):
+        raise ValueError(f"framework {cfg.framework!r} has no fw.segment_stats for the target "
+                         "domain's tissue statistics (loss.segment_consistency / "
+                         "loss.tissue_value are for cyclegan and unit)")
+    try:
+        text = path.read_text()
+        TissueStats.parse(text)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: loss.segment_consistency / loss.tissue_value need the target "
+                         f"domain's tissue statistics (an unpaired pack's {CT_STATS_FILE}, "
+                         f"written by gan_core.data.unpaired): {e}") from None
+    return apply_overrides(cfg, {"fw.segment_stats": text})
+
+
+def domain_halves(train_ids: Sequence[str], seed: int) -> tuple[list[str], list[str]]:
+    """The training subjects shuffled (``seed``) and halved: (MR domain, CT domain), each
+    sorted; the MR half gets the odd one."""
+    train = list(train_ids)
+    order = np.random.default_rng([seed, 1]).permutation(len(train))
+    shuffled = [train[i] for i in order]
+    n_mr = (len(shuffled) + 1) // 2
+    return sorted(shuffled[:n_mr]), sorted(shuffled[n_mr:])
+
+
 def cross_subjects(mr: Sequence[SubjectFiles], ct: Sequence[SubjectFiles]) -> list[SubjectFiles]:
     """One cross subject per MR subject: its MR, mask, labels and lesion mask with the CT of a CT
     subject (cycled if the CT set is smaller); ValueError if the sets overlap or one is empty."""
@@ -89,6 +132,14 @@ def cross_subjects(mr: Sequence[SubjectFiles], ct: Sequence[SubjectFiles]) -> li
     return [SubjectFiles(f"{m.id}+{ct[i % len(ct)].id}", mr=m.mr, ct=ct[i % len(ct)].ct,
                          mask=m.mask, lesion=m.lesion, labels=m.labels)
             for i, m in enumerate(mr)]
+
+
+def write_ct_stats(ct_subjects: Sequence[SubjectFiles], path: Path) -> None:
+    """:func:`ct_tissue_stats` of ``ct_subjects`` (with their ids) to ``path``, atomically."""
+    stats = ct_tissue_stats(ct_subjects)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps({**stats, "subjects": [s.id for s in ct_subjects]}))
+    os.replace(tmp, path)
 
 
 def pack_unpaired(cohort: str | Path, out: str | Path, *,
@@ -108,18 +159,12 @@ def pack_unpaired(cohort: str | Path, out: str | Path, *,
     if len(train) < 2:
         raise ValueError(f"unpaired: {len(train)} training subject(s) under {cohort}; need >= 2 "
                          "(one per domain)")
-    order = np.random.default_rng([seed, 1]).permutation(len(train))
-    shuffled = [train[i] for i in order]
-    n_mr = (len(shuffled) + 1) // 2
-    mr_ids, ct_ids = sorted(shuffled[:n_mr]), sorted(shuffled[n_mr:])
+    mr_ids, ct_ids = domain_halves(train, seed)
     cross = cross_subjects([subs[i] for i in mr_ids], [subs[i] for i in ct_ids])
     pack_splits({"train": cross, "val": [subs[i] for i in ids["val"]],
                  "test": [subs[i] for i in ids["test"]]}, out)
     if all(subs[i].labels for i in ct_ids):
-        stats = ct_tissue_stats([subs[i] for i in ct_ids])
-        tmp = Path(out) / f".{CT_STATS_FILE}.tmp"
-        tmp.write_text(json.dumps({**stats, "subjects": ct_ids}))
-        os.replace(tmp, Path(out) / CT_STATS_FILE)
+        write_ct_stats([subs[i] for i in ct_ids], Path(out) / CT_STATS_FILE)
     doc = {"train_mr": mr_ids, "train_ct": ct_ids, "val": ids["val"], "test": ids["test"],
            "train_subjects": [s.id for s in cross], "seed": seed}
     outp = Path(out)
