@@ -146,6 +146,9 @@ VARIANTS: dict[str, tuple[str, str, dict[str, Any], str]] = {
     "gan+value100+lr2e-3": ("cyclegan", "structure",
                             {**SEGMENT_ONLY, "loss.segment_consistency": 0.0, "loss.gan": 1.0,
                              "loss.tissue_value": 100.0}, "unpaired"),
+    # the named presets (gan_core.presets: `structure` + loss.tissue_value 100, lr 2e-3, 2500 it)
+    "unpaired": ("cyclegan", "unpaired", {}, "unpaired"),
+    "unit_unpaired": ("unit", "unpaired", {}, "unpaired"),
     # the value term alone (no adversarial, cycle, structure or classifier term)
     "value_only+lr2e-3": ("cyclegan", "structure",
                           {**SEGMENT_ONLY, "loss.segment_consistency": 0.0,
