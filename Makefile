@@ -19,12 +19,13 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 # The main job: the whole KFP pipeline, run here by kfp.local on embedded defaults (phantom
-# cohort, local Ray, MLflow on sqlite). pix2pix: no CycleGAN preset beats the baseline on the
-# unpaired phantom yet (docs/results.md); the CPU model removes the small lesions, so the lesion
-# audit is reported, not required (the tissue-swap gate always is; see README).
+# cohort, local Ray, MLflow on sqlite): CycleGAN on UNPAIRED data (the training MR and CT from
+# disjoint subjects; preset `unpaired`, docs/results.md). The CPU model removes the small lesions,
+# so the lesion audit is reported, not required (the tissue-swap gate always is; see README).
 demo: $(VENV)/.installed
 	$(PY) pipelines/cyclegan_mr_ct.py --local --workdir $(DEMO_DIR) \
-		--param framework=pix2pix --param require_audit=false
+		--param framework=cyclegan --param preset=unpaired --param unpaired=true \
+		--param require_audit=false
 
 # The engine alone: phantom -> pix2pix + CycleGAN -> evaluation table (no Ray/KFP/MLflow).
 engine-demo: $(VENV)/.installed

@@ -19,6 +19,13 @@ Reads an ``ingest`` output (``<in>/manifest.json`` + ``<in>/subjects/...``) and 
     <out>/subjects/<id>/mask.nii.gz   body mask (uint8): the ingest mask, else computed from the CT
     <out>/subjects/<id>/lesion.nii.gz, labels.nii.gz   when the ingest had them (nearest neighbour)
     <out>/shards/{train,val,test}/    gan_core.data.pack.pack_splits (split by subject)
+    <out>/shards/train_unpaired/      with ``unpaired``: the training subjects halved (seeded) into
+                                      an MR and a CT domain, packed as cross subjects
+                                      ``<mr id>+<ct id>`` (gan_core.data.unpaired): no training MR
+                                      with its own CT; val/test stay paired, only to score
+    <out>/ct_tissue_stats.json        with ``unpaired``: the CT domain's per-tissue values (needs
+                                      tissue labels), for ``loss.tissue_value`` /
+                                      ``loss.segment_consistency``
     <out>/manifest.json               step "preprocess": splits, per-subject registration and
                                       sha256, shard checksums, failed subjects, counts, timings
 
@@ -36,7 +43,7 @@ Example:
     (['test', 'train', 'val'], 3, True)
 
 CLI: ``python -m components.preprocess --input-uri URI --output-uri URI [--spacing 3,3,5|none]
-[--register none|rigid|affine] [--split 0.6,0.2,0.2] [--seed 0] [--inplane 96,96]
+[--register none|rigid|affine] [--split 0.6,0.2,0.2] [--seed 0] [--inplane 96,96] [--unpaired]
 [--ray-address HOST:PORT|auto|http://HEAD:8265] [--launcher auto|local|jobs|rayjob]``.
 """
 
@@ -65,15 +72,18 @@ from components.subject_prep import (HU_CLIP, MASK_THRESHOLD_HU, ingest_files,
                                      preprocess_remote_subject, preprocess_subject)
 from gan_core.data.pack import SPLITS, lesion_strata, pack_splits
 from gan_core.data.register import REGISTER_MODES, registration_settings
-from gan_core.data.shards import SubjectFiles, split_subjects
+from gan_core.data.shards import SubjectFiles, pack_shards, split_subjects
+from gan_core.data.unpaired import CT_STATS_FILE, cross_subjects, domain_halves, write_ct_stats
 
-__all__ = ["SUBJECTS_DIR", "SHARDS_DIR", "PreprocessParams", "run_preprocess", "main"]
+__all__ = ["SUBJECTS_DIR", "SHARDS_DIR", "UNPAIRED_SPLIT", "PreprocessParams", "run_preprocess", "main"]
 
 log = logging.getLogger(__name__)
 
 #: Folders (relative to the output) of the subjects' NIfTI files and of the packed shards.
 SUBJECTS_DIR = "subjects"
 SHARDS_DIR = "shards"
+#: the shards of the unpaired training set (``--unpaired``), beside train/val/test
+UNPAIRED_SPLIT = "train_unpaired"
 
 
 # --------------------------------------------------------------------------- the step
@@ -145,6 +155,9 @@ class PreprocessParams:
         "after another in this process)", default=None)
     launcher: str = arg("auto (jobs for an http(s) ray_address, else local) | local | jobs | "
                         "rayjob (components.launch)", default="auto", choices=LAUNCHERS)
+    unpaired: bool = arg("also pack the training subjects as an unpaired set (MR and CT from "
+                         "disjoint halves: shards/train_unpaired, ct_tissue_stats.json)",
+                         default=False)
 
     def __post_init__(self) -> None:
         if self.register not in REGISTER_MODES:
@@ -238,26 +251,51 @@ def _process_cohort_ray(subjects: list[dict[str, Any]], input_uri: str, out: Pat
     return records, failed
 
 
+def _files_of(by_id: dict[str, dict[str, Any]], out: Path, sid: str) -> SubjectFiles:
+    f = by_id[sid]["files"]
+    return SubjectFiles(sid, *(str(out / f[k]) for k in ("mr", "ct", "mask")),
+                        *(str(out / f[k]) if k in f else None for k in ("lesion", "labels")))
+
+
+def _shard_record(out: Path, name: str, n_subjects: int, index: dict[str, Any]) -> dict[str, Any]:
+    shard_dir = out / SHARDS_DIR / name
+    return {"path": f"{SHARDS_DIR}/{name}", "n_subjects": n_subjects,
+            "n_slices": int(index["n_slices"]),
+            "sha256": {f.name: storage.sha256_file(f)
+                       for f in sorted(shard_dir.iterdir()) if f.is_file()}}
+
+
 def _pack(records: list[dict[str, Any]], splits: dict[str, list[str]], out: Path,
           inplane: tuple[int, int]) -> dict[str, Any]:
     """Pack every split's shards under ``out/shards``; returns ``outputs.shards``."""
     by_id = {r["id"]: r for r in records}
+    indexes = pack_splits({name: [_files_of(by_id, out, sid) for sid in splits[name]]
+                           for name in SPLITS}, out / SHARDS_DIR, inplane=inplane)
+    return {name: _shard_record(out, name, len(splits[name]), index)
+            for name, index in indexes.items()}
 
-    def files_of(sid: str) -> SubjectFiles:
-        f = by_id[sid]["files"]
-        return SubjectFiles(sid, *(str(out / f[k]) for k in ("mr", "ct", "mask")),
-                            *(str(out / f[k]) if k in f else None for k in ("lesion", "labels")))
 
-    indexes = pack_splits({name: [files_of(sid) for sid in splits[name]] for name in SPLITS},
-                          out / SHARDS_DIR, inplane=inplane)
-    shards: dict[str, Any] = {}
-    for name, index in indexes.items():
-        shard_dir = out / SHARDS_DIR / name
-        shards[name] = {"path": f"{SHARDS_DIR}/{name}", "n_subjects": len(splits[name]),
-                        "n_slices": int(index["n_slices"]),
-                        "sha256": {f.name: storage.sha256_file(f)
-                                   for f in sorted(shard_dir.iterdir()) if f.is_file()}}
-    return shards
+def _pack_unpaired(records: list[dict[str, Any]], train: list[str], out: Path,
+                   inplane: tuple[int, int], seed: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The training subjects as an unpaired set (:data:`UNPAIRED_SPLIT`) and, when the CT half
+    has tissue labels, its tissue statistics (:data:`~gan_core.data.unpaired.CT_STATS_FILE`).
+    Returns ``(outputs.shards entry, outputs.unpaired)``."""
+    by_id = {r["id"]: r for r in records}
+    mr_ids, ct_ids = domain_halves(train, seed)
+    try:
+        cross = cross_subjects([_files_of(by_id, out, i) for i in mr_ids],
+                               [_files_of(by_id, out, i) for i in ct_ids])
+        index = pack_shards(cross, out / SHARDS_DIR / UNPAIRED_SPLIT, inplane=inplane)
+    except ValueError as exc:
+        raise StepInputError(f"preprocess --unpaired: cannot pack the training subjects "
+                             f"{train} as MR domain {mr_ids} and CT domain {ct_ids} (each cross "
+                             f"subject's MR and CT must share one grid): {exc}") from None
+    stats = None
+    if all("labels" in by_id[i]["files"] for i in ct_ids):
+        write_ct_stats([_files_of(by_id, out, i) for i in ct_ids], out / CT_STATS_FILE)
+        stats = CT_STATS_FILE
+    return (_shard_record(out, UNPAIRED_SPLIT, len(cross), index),
+            {"mr_subjects": mr_ids, "ct_subjects": ct_ids, "ct_tissue_stats": stats})
 
 
 def run_preprocess(input_uri: str, output_uri: str, **params: Any) -> dict[str, Any]:
@@ -307,6 +345,10 @@ def run_preprocess(input_uri: str, output_uri: str, **params: Any) -> dict[str, 
                              max(r["shape"][1] for r in records))
         t_pack = time.monotonic()
         shards = _pack(records, splits, out, tuple(size))
+        unpaired = None
+        if p.unpaired:
+            shards[UNPAIRED_SPLIT], unpaired = _pack_unpaired(records, splits["train"], out,
+                                                              tuple(size), p.seed)
         t_pack = time.monotonic() - t_pack
         reg_ok = [r for r in records if p.register != "none" and r["registration"]["accepted"]]
         manifest = json_safe(step_manifest(
@@ -318,9 +360,11 @@ def run_preprocess(input_uri: str, output_uri: str, **params: Any) -> dict[str, 
             params={"spacing": list(p.spacing) if p.spacing else None, "register": p.register,
                     "split": list(p.split), "seed": int(p.seed),
                     "inplane": list(p.inplane) if p.inplane else None, "hu_clip": list(HU_CLIP),
+                    "unpaired": bool(p.unpaired),
                     "mask_threshold_hu": MASK_THRESHOLD_HU,
                     "registration": registration_settings()},
-            outputs={"subjects_dir": SUBJECTS_DIR, "shards": shards, "inplane": list(size)},
+            outputs={"subjects_dir": SUBJECTS_DIR, "shards": shards, "inplane": list(size),
+                     "unpaired": unpaired},
             timings={"subjects_s": round(t_sub, 3), "pack_s": round(t_pack, 3),
                      "total_s": round(time.monotonic() - t0, 3)},
             splits=splits,

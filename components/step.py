@@ -345,6 +345,42 @@ def shard_uris(prep: Manifest, splits: Sequence[str] = ("train", "val"),
     return out
 
 
+def training_data(prep: Manifest, cfg: "TrainConfig", unpaired: bool = False
+                  ) -> tuple[dict[str, str | None], "TrainConfig"]:
+    """The shards a train / tune step trains on (``{"train": URI, "val": URI|None}``) and its
+    config. ``unpaired``: the preprocess output's unpaired training set
+    (``outputs.shards.train_unpaired``, written by ``preprocess --unpaired``) instead of the
+    paired one. A config whose loss needs the target domain's tissue statistics
+    (``loss.tissue_value``, ``loss.segment_consistency``) and has none gets them from the
+    output's ``outputs.unpaired.ct_tissue_stats`` file. Errors name the field that is missing."""
+    from gan_core.data.unpaired import needs_target_stats, with_target_stats
+    from gan_core.frameworks import get_framework
+
+    shards = shard_uris(prep)
+    if unpaired and get_framework(cfg.framework).paired:
+        raise StepInputError(f"unpaired: framework {cfg.framework!r} trains on MR/CT pairs, and "
+                             "the unpaired set pairs the MR of one subject with the CT of another; "
+                             "use cyclegan or unit")
+    if unpaired:
+        if not isinstance(prep.data.get("outputs", {}).get("shards", {}).get("train_unpaired"), dict):
+            raise StepInputError(f"{prep.path}: unpaired training needs "
+                                 "'outputs.shards.train_unpaired': run preprocess with --unpaired")
+        shards["train"] = prep.output_uri("outputs.shards.train_unpaired.path")
+    if needs_target_stats(cfg):
+        stats = (prep.data.get("outputs", {}).get("unpaired") or {}).get("ct_tissue_stats")
+        if not stats:
+            raise StepInputError(f"{prep.path}: the loss needs the CT domain's tissue statistics "
+                                 "(loss.tissue_value / loss.segment_consistency) and "
+                                 "'outputs.unpaired.ct_tissue_stats' is missing: run preprocess "
+                                 "with --unpaired on subjects with tissue labels")
+        with local_file(prep.output_uri("outputs.unpaired.ct_tissue_stats")) as f:
+            try:
+                cfg = with_target_stats(cfg, f)
+            except ValueError as e:
+                raise StepInputError(str(e)) from None
+    return shards, cfg
+
+
 # --------------------------------------------------------------------------- local copies
 
 

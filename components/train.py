@@ -57,8 +57,8 @@ from components.launch import RayParams, is_remote, launch
 from components.raytrain import (RAY_DIR, fault_from_env, fit, ray_run_name, ray_session,
                                  ray_storage, ray_uri, worker_config)
 from components.step import (StepInputError, arg, build_config, local_file, params_from_args,
-                             params_parser, read_manifest, run_cli, shard_uris, staged,
-                             step_manifest, write_manifest)
+                             params_parser, read_manifest, run_cli, staged, step_manifest,
+                             training_data, write_manifest)
 from gan_core.config import parse_set, save_config
 from gan_core.engine import MODEL
 
@@ -85,6 +85,8 @@ class TrainParams(RayParams):
     steps: int | None = arg("total training iterations (keeps the constant/decay LR ratio)",
                             default=None)
     max_failures: int = arg("worker failures retried from the latest checkpoint", default=2)
+    unpaired: bool = arg("train on the preprocess output's unpaired set (preprocess --unpaired: "
+                         "MR and CT from disjoint subjects)", default=False)
     tracking_uri: str | None = arg(f"MLflow tracking URI (default ${mlu.TRACKING_ENV})",
                                    default=None)
     experiment: str = arg("MLflow experiment", default="medgan")
@@ -114,11 +116,11 @@ def run_train(data_uri: str, output_uri: str, **params: Any) -> dict[str, Any]:
         return launch("components.train", "train", p)
     t0 = time.perf_counter()
     prep = read_manifest(p.data_uri, "preprocess", required=("splits.train",))
-    shards = shard_uris(prep)
+    shards, cfg = training_data(prep, build_config(p.framework, p.preset, p.config_uri,
+                                                   p.overrides, p.steps, p.task), p.unpaired)
     if not storage.exists(str(shards["train"])):
-        raise StepInputError(f"{prep.path}: field 'outputs.shards.train.path' points to "
-                             f"{shards['train']}, which is missing")
-    cfg = build_config(p.framework, p.preset, p.config_uri, p.overrides, p.steps, p.task)
+        raise StepInputError(f"{prep.path}: the training shards point to {shards['train']}, "
+                             "which is missing")
     name = ray_run_name(p.output_uri, p.run_name)
     rays = storage.join(p.output_uri, RAY_DIR)
     export = storage.join(p.output_uri, EXPORT_DIR, name)
@@ -159,6 +161,9 @@ def run_train(data_uri: str, output_uri: str, **params: Any) -> dict[str, Any]:
                      "last_attempt_train_s": ret.get("seconds")},
             counts={"steps": ret["steps"], "world_size": p.num_workers,
                     "train_subjects": len(splits.get("train") or []),
+                    **({f"unpaired_{k}": len(v) for k, v in
+                        (prep.field("outputs.unpaired") or {}).items() if k.endswith("_subjects")}
+                       if p.unpaired else {}),
                     "val_subjects": len(splits.get("val") or [])},
             mlflow_run_id=run_id, mlflow_tracking_uri=mlu.redact_uri(tracking),
             mlflow_experiment=p.experiment if run_id else None,

@@ -57,7 +57,7 @@ from components.launch import RayParams, is_remote, launch
 from components.search_space import parse_space, resolve_space, to_domain
 from components.raytrain import RAY_DIR, fit, ray_run_name, ray_session, ray_storage, worker_config
 from components.step import (StepInputError, arg, build_config, params_from_args, params_parser,
-                             read_manifest, run_cli, shard_uris, staged, step_manifest,
+                             read_manifest, run_cli, staged, step_manifest, training_data,
                              write_manifest)
 from gan_core.config import parse_set, save_config
 from gan_core.presets import apply_overrides, with_total_steps
@@ -214,6 +214,8 @@ class TuneParams(RayParams):
     seed: int = arg("Optuna seed", default=0)
     name: str | None = arg("Ray Tune experiment name (default: derived from --output-uri)",
                            default=None)
+    unpaired: bool = arg("tune on the preprocess output's unpaired set (preprocess --unpaired)",
+                         default=False)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -241,8 +243,9 @@ def run_tune(data_uri: str, output_uri: str, **params: Any) -> dict[str, Any]:
         return launch("components.tune", "tune", p)
     t0 = time.perf_counter()
     prep = read_manifest(p.data_uri, "preprocess", required=("splits.train",))
-    shards = shard_uris(prep)
-    base = build_config(p.framework, p.preset, None, p.overrides, None, p.task)  # best_config's start
+    # best_config's start
+    shards, base = training_data(prep, build_config(p.framework, p.preset, None, p.overrides,
+                                                    None, p.task), p.unpaired)
     steps = int(p.max_steps_per_trial or base.total_steps)
     every = max(1, base.log_every)
     steps = max(every, math.ceil(steps / every) * every)

@@ -147,6 +147,7 @@ def build_pipeline(name: str, *, framework: str, task: str, register: bool, desc
         lesion_prevalence: float = 0.4,
         misalign_mm: float = 4.0,
         register_method: str = "rigid",
+        unpaired: bool = False,
         preset: str = "demo",
         steps: int = 0,
         run_tune: bool = False,
@@ -181,22 +182,25 @@ def build_pipeline(name: str, *, framework: str, task: str, register: bool, desc
             collection=collection)))
         prep = place(_secrets(ops.preprocess_op(root=storage_root, input_uri=ingest.output,
                                                 register=register_method, seed=seed,
-                                                ray_address=ray_address)))
+                                                ray_address=ray_address, unpaired=unpaired)))
         with dsl.If(run_tune == True, name="tune-loss-weights"):  # noqa: E712 - KFP condition syntax
             tune = place(_secrets(ops.tune_op(
                 root=storage_root, job=job, data_uri=prep.output, framework=framework,
                 preset=preset, task=task, overrides=overrides, num_samples=tune_samples,
                 max_steps_per_trial=tune_steps, tracking_uri=tracking_uri, experiment=experiment,
-                seed=seed, max_concurrent_trials=max_concurrent_trials, **ray), mlflow=True))
+                seed=seed, max_concurrent_trials=max_concurrent_trials, unpaired=unpaired, **ray),
+                mlflow=True))
             tuned = place(_secrets(ops.train_op(
                 root=storage_root, job=job, data_uri=prep.output, framework=framework,
                 preset=preset, task=task, overrides=overrides, config_uri=tune.output, steps=steps,
-                tracking_uri=tracking_uri, experiment=experiment, **ray), mlflow=True))
+                tracking_uri=tracking_uri, experiment=experiment, unpaired=unpaired, **ray),
+                mlflow=True))
         with dsl.Else(name="preset-loss-weights"):
             plain = place(_secrets(ops.train_op(
                 root=storage_root, job=job, data_uri=prep.output, framework=framework,
                 preset=preset, task=task, overrides=overrides, config_uri="", steps=steps,
-                tracking_uri=tracking_uri, experiment=experiment, **ray), mlflow=True))
+                tracking_uri=tracking_uri, experiment=experiment, unpaired=unpaired, **ray),
+                mlflow=True))
         model_uri = dsl.OneOf(tuned.output, plain.output)
         ev = place(_secrets(ops.evaluate_op(root=storage_root, job=job, data_uri=prep.output,
                                             model_uri=model_uri, tracking_uri=tracking_uri,

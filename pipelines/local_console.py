@@ -202,8 +202,10 @@ def step_summary(res: StepResult) -> str:
                 f"{c.get('outside_fov_voxels', 0)} body voxels outside the MR field of view "
                 "left out")
     if res.step == "train":
-        return (f"{m.get('steps')} steps, {c.get('train_subjects')} train subjects, "
-                f"val MAE {_num(m.get('val_mae'))}")
+        mr, ct = c.get("unpaired_mr_subjects"), c.get("unpaired_ct_subjects")
+        subjects = (f"unpaired: MR of {mr} and CT of {ct} other train subjects" if mr
+                    else f"{c.get('train_subjects')} train subjects")
+        return f"{m.get('steps')} steps, {subjects}, val MAE {_num(m.get('val_mae'))}"
     if res.step == "evaluate":
         out = m.get("outputs") or {}
         agg, unit = out.get("aggregate") or {}, out.get("unit") or ""

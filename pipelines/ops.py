@@ -38,13 +38,16 @@ def ingest_op(root: str, source: str, subjects: int, seed: int, lesion_prevalenc
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
-def preprocess_op(root: str, input_uri: str, register: str, seed: int, ray_address: str) -> str:
+def preprocess_op(root: str, input_uri: str, register: str, seed: int, ray_address: str,
+                  unpaired: bool) -> str:
     from components.preprocess import run_preprocess
     from pipelines.runtime import content_uri
 
     # ray_address is not in the content key: the output is the same with or without Ray
-    out = content_uri(root, "preprocess", {"input_uri": input_uri, "register": register, "seed": seed})
-    run_preprocess(input_uri, out, register=register, seed=seed, ray_address=ray_address or None)
+    key = {"input_uri": input_uri, "register": register, "seed": seed}
+    out = content_uri(root, "preprocess", {**key, "unpaired": True} if unpaired else key)
+    run_preprocess(input_uri, out, register=register, seed=seed, ray_address=ray_address or None,
+                   unpaired=unpaired)
     return out
 
 
@@ -53,7 +56,7 @@ def tune_op(root: str, job: str, data_uri: str, framework: str, preset: str, tas
             overrides: str, num_samples: int, max_steps_per_trial: int, tracking_uri: str,
             experiment: str, seed: int, ray_address: str, launcher: str, num_workers: int,
             use_gpu: bool, gpus_per_worker: float, resources_per_worker: str,
-            max_concurrent_trials: int) -> str:
+            max_concurrent_trials: int, unpaired: bool) -> str:
     from pipelines.runtime import ray_args, run_step, set_args
 
     out = f"{root.rstrip('/')}/{job}/tune"
@@ -67,6 +70,8 @@ def tune_op(root: str, job: str, data_uri: str, framework: str, preset: str, tas
         argv += ["--max-steps-per-trial", str(max_steps_per_trial)]
     if max_concurrent_trials:
         argv += ["--max-concurrent-trials", str(max_concurrent_trials)]
+    if unpaired:
+        argv += ["--unpaired"]
     if tracking_uri:
         argv += ["--tracking-uri", tracking_uri]
     run_step("tune", argv)
@@ -77,7 +82,7 @@ def tune_op(root: str, job: str, data_uri: str, framework: str, preset: str, tas
 def train_op(root: str, job: str, data_uri: str, framework: str, preset: str, task: str,
              overrides: str, config_uri: str, steps: int, tracking_uri: str, experiment: str,
              ray_address: str, launcher: str, num_workers: int, use_gpu: bool,
-             gpus_per_worker: float, resources_per_worker: str) -> str:
+             gpus_per_worker: float, resources_per_worker: str, unpaired: bool) -> str:
     from pipelines.runtime import ray_args, run_step, set_args
 
     out = f"{root.rstrip('/')}/{job}/train"
@@ -89,6 +94,8 @@ def train_op(root: str, job: str, data_uri: str, framework: str, preset: str, ta
     argv += ["--config-uri", config_uri] if config_uri else set_args(overrides)
     if steps:
         argv += ["--steps", str(steps)]
+    if unpaired:
+        argv += ["--unpaired"]
     if tracking_uri:
         argv += ["--tracking-uri", tracking_uri]
     run_step("train", argv)

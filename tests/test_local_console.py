@@ -91,3 +91,20 @@ def test_the_summary_names_model_metrics_figures_and_a_working_mlflow_command(tm
     command = text.split("browse:", 1)[1].split()
     assert Path(command[0]).is_file() and command[1:3] == ["ui", "--backend-store-uri"]
     assert command[3] == f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+def test_the_train_line_says_when_the_training_data_was_unpaired(tmp_path: Path) -> None:
+    import json
+
+    from pipelines.local_console import step_summary
+
+    def line(counts: dict) -> str:
+        d = tmp_path / str(len(counts))
+        d.mkdir()
+        (d / "manifest.json").write_text(json.dumps({"step": "train", "steps": 2500,
+                                                     "val_mae": 142.04, "counts": counts}))
+        return step_summary(StepResult("train-op", "train", "SUCCESS", output=str(d)))
+
+    assert line({"train_subjects": 8}) == "2500 steps, 8 train subjects, val MAE 142.0"
+    assert line({"train_subjects": 8, "unpaired_mr_subjects": 4, "unpaired_ct_subjects": 4}) == \
+        "2500 steps, unpaired: MR of 4 and CT of 4 other train subjects, val MAE 142.0"

@@ -40,12 +40,19 @@ def test_compile_loads_back_with_secrets_and_no_pod_gpus(tmp_path):
     params = set(comp.component_spec.inputs)
     assert {"storage_root", "framework", "run_tune", "tracking_uri", "require_audit", "ray_address",
             "launcher", "num_workers", "use_gpu", "gpus_per_worker", "resources_per_worker",
-            "max_concurrent_trials", "node_selector", "tolerations"} <= params
+            "max_concurrent_trials", "node_selector", "tolerations", "unpaired"} <= params
     assert not {p for p in params if "password" in p.lower() or "secret" in p.lower()}
     spec, platform = _compiled(tmp_path)
     tasks = json.dumps(spec)  # tune and train sit inside the If/Else sub-DAGs
     for step in ("ingest-op", "preprocess-op", "train-op", "evaluate-op", "register-op", "tune-op"):
         assert step in tasks, step
+    # `unpaired` reaches the steps that pack and train on the unpaired set (the demo's CycleGAN)
+    fed = sorted(name for dag in spec["components"].values() if "dag" in dag
+                 for name, t in dag["dag"]["tasks"].items()
+                 if "unpaired" in t.get("inputs", {}).get("parameters", {}))
+    fed += sorted(name for name, t in spec["root"]["dag"]["tasks"].items()
+                  if "unpaired" in t.get("inputs", {}).get("parameters", {}))
+    assert sorted(fed) == ["preprocess-op", "train-op", "train-op-2", "tune-op"], fed
     execs = spec["deploymentSpec"]["executors"]
     assert len(execs) == 7  # ingest, preprocess, tune, train x2, evaluate, register
     for name, e in execs.items():

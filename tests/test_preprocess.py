@@ -426,3 +426,55 @@ def test_ray_tasks_on_two_nodes_give_the_same_output(raw: Path, tmp_path: Path,
     # a Jobs API URL runs the step as a Ray job (tests/test_multinode.py); as a driver: refused
     with pytest.raises(StepInputError, match="ray_address 'http://h:8265' is a Jobs API URL"):
         run_preprocess(str(src), str(tmp_path / "x"), ray_address="http://h:8265", launcher="local")
+
+
+def test_unpaired_training_set_from_disjoint_halves(raw: Path, rigid: tuple[Path, dict],
+                                                    tmp_path: Path) -> None:
+    """--unpaired packs the training subjects as cross subjects (MR of one half, CT of the
+    other), writes the CT half's tissue statistics, and leaves the paired splits as they are;
+    the train/tune steps' training_data picks that set and fills fw.segment_stats from it."""
+    from components.step import Manifest, training_data
+    from gan_core.losses import TissueStats
+    from gan_core.presets import preset
+
+    paired_out, paired = rigid
+    out = tmp_path / "unpaired"
+    m = run_preprocess(str(raw), str(out), spacing=None, register="none", seed=0, unpaired=True)
+    assert m["splits"] == paired["splits"] and m["params"]["unpaired"] is True
+    u = m["outputs"]["unpaired"]
+    mr, ct = u["mr_subjects"], u["ct_subjects"]
+    assert mr and ct and not set(mr) & set(ct) and sorted(mr + ct) == sorted(m["splits"]["train"])
+    info = m["outputs"]["shards"]["train_unpaired"]
+    cross = Shards(out / info["path"])
+    train = Shards(out / m["outputs"]["shards"]["train"]["path"])
+    rows = {s["id"]: s for s in train.subjects}
+    assert [s["id"].split("+")[0] for s in cross.subjects] == mr
+    for s in cross.subjects:
+        m_id, c_id = s["id"].split("+")
+        assert c_id in ct
+        a, b = s["offset"], s["offset"] + s["depth"]
+        ra, rc = rows[m_id], rows[c_id]
+        # the MR (and its labels) of an MR-domain subject, the CT of a CT-domain subject
+        assert np.array_equal(cross.arrays["mr"][a:b], train.arrays["mr"][ra["offset"]:ra["offset"] + ra["depth"]])
+        assert np.array_equal(cross.arrays["ct"][a:b], train.arrays["ct"][rc["offset"]:rc["offset"] + rc["depth"]])
+        assert not np.array_equal(cross.arrays["ct"][a:b],
+                                  train.arrays["ct"][ra["offset"]:ra["offset"] + ra["depth"]])
+    for f, digest in info["sha256"].items():
+        assert storage.sha256_file(out / info["path"] / f) == digest
+    stats_text = (out / u["ct_tissue_stats"]).read_text()
+    assert json.loads(stats_text)["subjects"] == ct and len(TissueStats.parse(stats_text).labels) > 3
+
+    cfg = preset("unpaired", "cyclegan")
+    assert cfg.loss.tissue_value > 0 and not cfg.fw.segment_stats
+    shards, filled = training_data(Manifest(str(out), "preprocess", m, ""), cfg, unpaired=True)
+    assert shards["train"] == f"{out}/{info['path']}" and filled.fw.segment_stats == stats_text
+    # the paired output has neither the unpaired set nor the statistics: both named
+    prep = Manifest(str(paired_out), "preprocess", paired, "")
+    with pytest.raises(StepInputError, match="train_unpaired.*--unpaired"):
+        training_data(prep, preset("structure", "cyclegan"), unpaired=True)
+    with pytest.raises(StepInputError, match="ct_tissue_stats.*--unpaired"):
+        training_data(prep, cfg)
+    assert training_data(prep, preset("demo", "pix2pix"))[0]["train"].endswith("shards/train")
+    with pytest.raises(StepInputError, match="'pix2pix' trains on MR/CT pairs"):
+        training_data(Manifest(str(out), "preprocess", m, ""), preset("demo", "pix2pix"),
+                      unpaired=True)
