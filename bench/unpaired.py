@@ -133,6 +133,7 @@ VARIANTS: dict[str, tuple[str, str, dict[str, Any], str]] = {
     "structure+segment1+lr2e-3+value100": ("cyclegan", "structure",
                                            {"loss.segment_consistency": 1.0, "optim.lr": 2e-3,
                                             "loss.tissue_value": 100.0}, "unpaired"),
+    "structure+lr2e-3": ("cyclegan", "structure", {"optim.lr": 2e-3}, "unpaired"),
     "structure+lr2e-3+value100": ("cyclegan", "structure",
                                   {"optim.lr": 2e-3, "loss.tissue_value": 100.0}, "unpaired"),
     "structure+lr2e-3+value100+no_cycle": ("cyclegan", "structure",
