@@ -119,8 +119,9 @@ def run_train(data_uri: str, output_uri: str, **params: Any) -> dict[str, Any]:
     shards, cfg = training_data(prep, build_config(p.framework, p.preset, p.config_uri,
                                                    p.overrides, p.steps, p.task), p.unpaired)
     if not storage.exists(str(shards["train"])):
-        raise StepInputError(f"{prep.path}: the training shards point to {shards['train']}, "
-                             "which is missing")
+        field = "train_unpaired" if p.unpaired else "train"
+        raise StepInputError(f"{prep.path}: field 'outputs.shards.{field}.path' points to "
+                             f"{shards['train']}, which is missing")
     name = ray_run_name(p.output_uri, p.run_name)
     rays = storage.join(p.output_uri, RAY_DIR)
     export = storage.join(p.output_uri, EXPORT_DIR, name)
