@@ -219,3 +219,33 @@ def test_unpaired_variance_oracle_paints_each_label_with_its_tissue_mean():
     stats = {"labels": [0, 3, 5], "mean_hu": [-1000.0, 1130.0, 8.5]}
     labels = np.array([[0, 3], [5, 3]], np.int16)
     np.testing.assert_array_equal(var.label_paint(labels, stats), [[-1000.0, 1130.0], [8.5, 1130.0]])
+
+
+def test_medgan_train_reads_the_packs_ct_statistics_for_the_unpaired_preset(cohort, tmp_path,
+                                                                           capsys):
+    """``medgan train --preset unpaired`` on an unpaired pack: fw.segment_stats comes from the
+    pack's ct_tissue_stats.json (in config.yaml and the model); a pack without it is named."""
+    import shutil
+
+    import torch
+
+    from gan_core.cli import main as cli
+    from gan_core.engine import load_model
+    from gan_core.presets import load_config
+
+    pack_unpaired(cohort / "cohort", cohort / "cli", seed=0)
+    stats = (cohort / "cli" / CT_STATS_FILE).read_text()
+    torch.set_num_threads(1)
+    common = ["train", "--framework", "cyclegan", "--preset", "unpaired", "--steps", "2", "--quiet",
+              "--set", "model.g_filters=4", "--set", "model.d_filters=4", "--set", "val_every=0",
+              "--set", "data.image_size=32"]
+    assert cli([*common, "--data", str(cohort / "cli"), "--out", str(tmp_path / "run")]) == 0
+    assert load_config(tmp_path / "run" / "config.yaml").fw.segment_stats == stats
+    fw = load_model(tmp_path / "run" / "model.pt", "cpu")
+    assert fw.cfg.loss.tissue_value == 100.0 and fw.cfg.fw.segment_stats == stats
+    bare = tmp_path / "bare"
+    shutil.copytree(cohort / "cli", bare)
+    (bare / CT_STATS_FILE).unlink()
+    assert cli([*common, "--data", str(bare), "--out", str(tmp_path / "r2")]) != 0
+    err = capsys.readouterr().err
+    assert f"{bare / CT_STATS_FILE}: loss.segment_consistency / loss.tissue_value need" in err
