@@ -190,7 +190,7 @@ for _name, _dil in CONTEXT_GENERATORS.items():
 
 #: the rows of docs/results.md, in order
 MEASURED = ["plain", "+shape_c", "published+terms", "no_cycle_a+terms", "published+terms+whole",
-            "no_cycle_a+terms+whole", "structure"]
+            "no_cycle_a+terms+whole", "structure", "unpaired"]
 
 
 #: phantom grids (shape, spacing in mm): the same field of view, two in-plane resolutions
