@@ -233,18 +233,20 @@ def test_medgan_train_reads_the_packs_ct_statistics_for_the_unpaired_preset(coho
     from gan_core.engine import load_model
     from gan_core.presets import load_config
 
-    pack_unpaired(cohort / "cohort", cohort / "cli", seed=0)
-    stats = (cohort / "cli" / CT_STATS_FILE).read_text()
+    pack_unpaired(cohort / "cohort", cohort / "cli_train", seed=1)
+    pack_unpaired(cohort / "cohort", cohort / "cli_train", seed=0)  # a rerun replaces the pack
+    assert json.loads((cohort / "cli_train" / "unpaired.json").read_text())["seed"] == 0
+    stats = (cohort / "cli_train" / CT_STATS_FILE).read_text()
     torch.set_num_threads(1)
     common = ["train", "--framework", "cyclegan", "--preset", "unpaired", "--steps", "2", "--quiet",
               "--set", "model.g_filters=4", "--set", "model.d_filters=4", "--set", "val_every=0",
               "--set", "data.image_size=32"]
-    assert cli([*common, "--data", str(cohort / "cli"), "--out", str(tmp_path / "run")]) == 0
+    assert cli([*common, "--data", str(cohort / "cli_train"), "--out", str(tmp_path / "run")]) == 0
     assert load_config(tmp_path / "run" / "config.yaml").fw.segment_stats == stats
     fw = load_model(tmp_path / "run" / "model.pt", "cpu")
     assert fw.cfg.loss.tissue_value == 100.0 and fw.cfg.fw.segment_stats == stats
     bare = tmp_path / "bare"
-    shutil.copytree(cohort / "cli", bare)
+    shutil.copytree(cohort / "cli_train", bare)
     (bare / CT_STATS_FILE).unlink()
     assert cli([*common, "--data", str(bare), "--out", str(tmp_path / "r2")]) != 0
     err = capsys.readouterr().err

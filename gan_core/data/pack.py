@@ -27,15 +27,17 @@ SPLITS = ("train", "val", "test")
 SPLITS_FILE = "splits.json"
 
 
-def _check_replaceable(out: Path) -> None:
-    """Refuse to replace a folder that holds anything but a pack (the swap deletes it whole)."""
+def _check_replaceable(out: Path, keep: Sequence[str] = ()) -> None:
+    """Refuse to replace a folder that holds anything but a pack (the swap deletes it whole);
+    ``keep``: more file names a pack of this kind writes beside its splits."""
     if not out.exists():
         return
     if not out.is_dir():
         raise ValueError(f"pack output {out} is a file, expected a folder (or nothing)")
     legacy_tmp = tuple(f".{name}." for name in SPLITS)  # temp folders of older packs
     foreign = sorted(p.name for p in out.iterdir()
-                     if p.name not in (*SPLITS, SPLITS_FILE) and not p.name.startswith(legacy_tmp))
+                     if p.name not in (*SPLITS, SPLITS_FILE, *keep)
+                     and not p.name.startswith(legacy_tmp))
     if foreign:
         raise ValueError(f"pack output {out} holds files that are not part of a shard pack "
                          f"({', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''}); "
@@ -43,13 +45,15 @@ def _check_replaceable(out: Path) -> None:
 
 
 def pack_splits(splits: Mapping[str, Sequence[SubjectFiles]], out: str | Path, *,
-                inplane: tuple[int, int] | None = None) -> dict[str, dict]:
+                inplane: tuple[int, int] | None = None, keep: Sequence[str] = ()) -> dict[str, dict]:
     """Pack ``splits`` (``{"train": [...], "val": [...], "test": [...]}``) into ``out``.
 
     All splits are built in a staging folder beside ``out`` and published with one swap; on any
     error nothing changes under ``out``. Empty splits get no folder. Leftover temp folders of an
     interrupted pack are removed first. ``inplane`` as in :func:`pack_shards` (default: each
-    split's largest subject). Returns the index of each packed split.
+    split's largest subject). ``keep``: file names beside the splits that an earlier pack of
+    this kind wrote (e.g. the unpaired pack's), so that pack can be replaced; the swap removes
+    them. Returns the index of each packed split.
 
     >>> # pack_splits({"train": subjects[:4], "val": subjects[4:5], "test": subjects[5:]}, "shards")
     """
@@ -65,7 +69,7 @@ def pack_splits(splits: Mapping[str, Sequence[SubjectFiles]], out: str | Path, *
             seen[s.id] = name
     if not seen:
         raise ValueError(f"pack {out}: no subjects given")
-    _check_replaceable(out)
+    _check_replaceable(out, keep)
     remove_leftovers(out)
     stage = staging_dir(out, "staging")
     try:

@@ -162,7 +162,7 @@ def pack_unpaired(cohort: str | Path, out: str | Path, *,
     mr_ids, ct_ids = domain_halves(train, seed)
     cross = cross_subjects([subs[i] for i in mr_ids], [subs[i] for i in ct_ids])
     pack_splits({"train": cross, "val": [subs[i] for i in ids["val"]],
-                 "test": [subs[i] for i in ids["test"]]}, out)
+                 "test": [subs[i] for i in ids["test"]]}, out, keep=(UNPAIRED_FILE, CT_STATS_FILE))
     if all(subs[i].labels for i in ct_ids):
         write_ct_stats([subs[i] for i in ct_ids], Path(out) / CT_STATS_FILE)
     doc = {"train_mr": mr_ids, "train_ct": ct_ids, "val": ids["val"], "test": ids["test"],
