@@ -104,6 +104,14 @@ class TissueStats:
     def to_json(self) -> str:
         return json.dumps(asdict(self))
 
+    @classmethod
+    def of(cls, stats: "TissueStats | str | Mapping[str, Any]") -> "TissueStats":
+        """``stats`` itself, or parsed from JSON text (:meth:`parse`) or a mapping
+        (:meth:`from_mapping`)."""
+        if isinstance(stats, TissueStats):
+            return stats
+        return cls.parse(stats) if isinstance(stats, str) else cls.from_mapping(stats)
+
 
 class SegmentConsistencyLoss(nn.Module):
     """``CE(S(generated), labels)``, averaged over voxels whose label the stats know (others are
@@ -124,11 +132,7 @@ class SegmentConsistencyLoss(nn.Module):
     def __init__(self, stats: TissueStats | str | Mapping[str, Any], min_sd: float = 0.01,
                  shared_sd: bool = True) -> None:
         super().__init__()
-        if isinstance(stats, str):
-            stats = TissueStats.parse(stats)
-        elif not isinstance(stats, TissueStats):
-            stats = TissueStats.from_mapping(stats)
-        self.stats = stats
+        self.stats = stats = TissueStats.of(stats)
         sd = torch.tensor(stats.sd, dtype=torch.float32)
         prior = torch.tensor(stats.prior, dtype=torch.float32)
         if shared_sd:
@@ -183,11 +187,7 @@ class TissueValueLoss(nn.Module):
 
     def __init__(self, stats: TissueStats | str | Mapping[str, Any]) -> None:
         super().__init__()
-        if isinstance(stats, str):
-            stats = TissueStats.parse(stats)
-        elif not isinstance(stats, TissueStats):
-            stats = TissueStats.from_mapping(stats)
-        self.stats = stats
+        self.stats = stats = TissueStats.of(stats)
         self.register_buffer("mean", torch.tensor(stats.mean, dtype=torch.float32), persistent=False)
 
     def forward(self, generated: Tensor, labels: Tensor) -> Tensor:
