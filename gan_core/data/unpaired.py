@@ -33,7 +33,8 @@ from gan_core.data.pack import pack_splits, split_cohort
 from gan_core.data.shards import SubjectFiles, cohort_subjects
 
 __all__ = ["UNPAIRED_FILE", "CT_STATS_FILE", "cross_subjects", "ct_tissue_stats",
-           "domain_halves", "needs_target_stats", "write_ct_stats", "pack_unpaired", "with_target_stats", "main"]
+           "domain_halves", "needs_target_stats", "write_ct_stats", "pack_unpaired",
+           "with_target_stats", "main"]
 
 #: written beside ``splits.json``: which subjects gave the training MR and CT domains
 UNPAIRED_FILE = "unpaired.json"
