@@ -133,6 +133,7 @@ class SegmentConsistencyLoss(nn.Module):
                  shared_sd: bool = True) -> None:
         super().__init__()
         self.stats = stats = TissueStats.of(stats)
+        self.register_buffer("lut", _tissue_lut(stats), persistent=False)
         sd = torch.tensor(stats.sd, dtype=torch.float32)
         prior = torch.tensor(stats.prior, dtype=torch.float32)
         if shared_sd:
@@ -149,15 +150,23 @@ class SegmentConsistencyLoss(nn.Module):
         return self.bias.view(shape) - 0.5 * z * z
 
     def forward(self, generated: Tensor, labels: Tensor) -> Tensor:
-        target = _tissue_index(self.stats, generated, labels)
+        target = _tissue_index(self.lut, generated, labels)
         target = target.masked_fill(target < 0, -100)
         if not (target >= 0).any():
             return generated.sum() * 0.0
         return F.cross_entropy(self.logits(generated), target, ignore_index=-100)
 
 
-def _tissue_index(stats: TissueStats, generated: Tensor, labels: Tensor) -> Tensor:
-    """Checked label map ``(N, *sp)`` as indices into ``stats`` (-1 where the label is unknown)."""
+def _tissue_lut(stats: TissueStats) -> Tensor:
+    """Label value -> index into ``stats`` (-1 for a label the stats do not know)."""
+    lut = torch.full((max(stats.labels) + 1,), -1, dtype=torch.long)
+    lut[torch.tensor(stats.labels)] = torch.arange(len(stats.labels))
+    return lut
+
+
+def _tissue_index(lut: Tensor, generated: Tensor, labels: Tensor) -> Tensor:
+    """Checked label map ``(N, *sp)`` as indices through ``lut`` (:func:`_tissue_lut`; -1 where
+    the label is unknown)."""
     _spatial(generated, "generated")
     if generated.shape[1] != 1:
         raise ValueError(f"generated: expected one channel, got {generated.shape[1]}")
@@ -168,9 +177,7 @@ def _tissue_index(stats: TissueStats, generated: Tensor, labels: Tensor) -> Tens
     if labels.shape != (generated.shape[0], *generated.shape[2:]):
         raise ValueError(f"labels: expected shape {(generated.shape[0], *generated.shape[2:])}"
                          f" (or with a channel of 1), got {tuple(labels.shape)}")
-    lut = torch.full((max(stats.labels) + 1,), -1, dtype=torch.long, device=labels.device)
-    lut[torch.tensor(stats.labels, device=labels.device)] = torch.arange(len(stats.labels),
-                                                                          device=labels.device)
+    lut = lut.to(labels.device)  # a no-op for a module buffer moved with the module
     lab = labels.long()
     return torch.where((lab >= 0) & (lab < len(lut)), lut[lab.clamp(0, len(lut) - 1)], -1)
 
@@ -188,10 +195,11 @@ class TissueValueLoss(nn.Module):
     def __init__(self, stats: TissueStats | str | Mapping[str, Any]) -> None:
         super().__init__()
         self.stats = stats = TissueStats.of(stats)
+        self.register_buffer("lut", _tissue_lut(stats), persistent=False)
         self.register_buffer("mean", torch.tensor(stats.mean, dtype=torch.float32), persistent=False)
 
     def forward(self, generated: Tensor, labels: Tensor) -> Tensor:
-        idx = _tissue_index(self.stats, generated, labels)
+        idx = _tissue_index(self.lut, generated, labels)
         known = idx >= 0
         if not known.any():
             return generated.sum() * 0.0
