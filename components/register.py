@@ -12,7 +12,9 @@ output (``manifest.json``: aggregate MAE, ``audit_passed``, the evaluated model'
    test MAE/PSNR/SSIM and the baseline's, audit verdict, framework, ``intended_use``.
 3. The alias (default ``champion``) goes to the best *eligible* version: not flagged by the
    tissue-swap gate (never, whatever its MAE or ``require_audit``), audit passed (or the
-   version registered with ``require_audit=False``), a finite test MAE, measured on the same test
+   version registered with ``require_audit=False``), a finite test MAE strictly below the
+   non-learned baseline's on the same subjects (or the version registered with
+   ``require_baseline=False``), measured on the same test
    set as the champion's (data manifest sha256 + split; a model evaluated elsewhere is registered
    but not promoted, and the reason says so), strictly lower MAE than the champion's.
    :func:`components.registry_policy.decide_promotion` gives this version's verdict and
@@ -48,8 +50,8 @@ from components import storage
 from components.mlflow_utils import redact_uri, resolve_tracking_uri
 from components.model_registry import (champion, champion_mae, existing_version, fluent_target,
                                        logged_model_uri, settle_alias)
-from components.registry_policy import (AUDIT_REQUIRED_TAG, DECISION_TAG, INTENDED_USE, SHA_TAG,
-                                        TISSUE_TAG, VersionFacts,
+from components.registry_policy import (AUDIT_REQUIRED_TAG, BASELINE_REQUIRED_TAG, BASELINE_TAG,
+                                        DECISION_TAG, INTENDED_USE, SHA_TAG, TISSUE_TAG, VersionFacts,
                                         decide_promotion, model_card, model_description,
                                         test_set_id)
 from components.step import (MANIFEST, Manifest, StepInputError, arg, finite_or_none,
@@ -81,7 +83,8 @@ def _final_reason(verdict: str, decided: bool, promoted: bool, final: VersionFac
         return (f"{verdict}; but it holds alias '{alias}' after concurrent registrations settled: "
                 "best eligible test MAE on the champion's test set")
     if final is None:
-        return f"{verdict}; but its version tags make it ineligible (audit / test MAE / test set)"
+        return (f"{verdict}; but its version tags make it ineligible (audit / baseline / test MAE / "
+                "test set)")
     return (f"{verdict}; but v{final.version} (test MAE {final.mae} HU, registered concurrently) "
             f"is better and holds alias '{alias}'")
 
@@ -105,6 +108,9 @@ class RegisterParams:
         "preprocess output (or its manifest.json) to hash; default: the evaluation's", default=None)
     require_audit: bool = arg("let a model whose lesion audit failed take the alias (research "
                               "phantoms only)", default=True, flag="--no-require-audit")
+    require_baseline: bool = arg("let a model whose test MAE does not beat the non-learned "
+                                 "baseline's take the alias (tests and research only)", default=True,
+                                 flag="--no-require-baseline")
     output_uri: str | None = arg("also write the manifest here (manifest.json)", default=None)
 
     def __post_init__(self) -> None:
@@ -118,7 +124,8 @@ def run_register(model_uri: str, eval_uri: str, **params: Any) -> dict[str, Any]
 
     ``params``: the other fields of :class:`RegisterParams`. ``require_audit=False`` lets a
     model whose lesion audit failed take the alias (research phantoms only; recorded in the
-    manifest and the version tags). ``output_uri``: also write the manifest there
+    manifest and the version tags); ``require_baseline=False`` likewise one whose test MAE does
+    not beat the non-learned baseline's. ``output_uri``: also write the manifest there
     (``manifest.json``, published atomically).
 
     >>> m = run_register("work/train", "work/eval", tracking_uri="sqlite:///mlflow.db")  # doctest: +SKIP
@@ -142,6 +149,7 @@ def run_register(model_uri: str, eval_uri: str, **params: Any) -> dict[str, Any]
         "inputs.model_sha256", "outputs.aggregate.model.mae", "outputs.audit_passed"))
     eval_manifest = eval_m.data
     candidate_mae = eval_manifest["outputs"]["aggregate"]["model"]["mae"]
+    baseline_mae = (eval_manifest["outputs"]["aggregate"].get("baseline") or {}).get("mae")
     audit_passed = eval_manifest["outputs"]["audit_passed"]
     if not isinstance(audit_passed, bool):
         raise StepInputError(f"{eval_m.path}: field 'outputs.audit_passed' must be true/false, "
@@ -177,6 +185,7 @@ def run_register(model_uri: str, eval_uri: str, **params: Any) -> dict[str, Any]
                               eval_sha=eval_m.sha256, model_cfg=model_cfg,
                               model_uri=str(redact_uri(p.model_uri)), eval_uri=str(redact_uri(p.eval_uri)))
             card[AUDIT_REQUIRED_TAG] = str(p.require_audit).lower()
+            card[BASELINE_REQUIRED_TAG] = str(p.require_baseline).lower()
 
             mv = existing_version(client, p.model_name, run_id, sha, eval_m.sha256)
             created = mv is None
@@ -206,8 +215,10 @@ def run_register(model_uri: str, eval_uri: str, **params: Any) -> dict[str, Any]
                     f"medgan synthetic CT generators; alias '{p.alias}' = best test MAE on the "
                     "champion's test set among eligible versions: never one the tissue-swap gate "
                     "flagged; the lesion audit passed unless the version was registered with "
-                    "require_audit=false (its tags audit_required, audit_summary and "
-                    f"alias_decision say which). {INTENDED_USE}."))
+                    "require_audit=false; a test MAE below the non-learned baseline's unless it "
+                    "was registered with require_baseline=false (its tags audit_required, "
+                    "audit_summary, beats_baseline, baseline_required and alias_decision say "
+                    f"which). {INTENDED_USE}."))
 
         test_set = test_set_id(data_sha, card.get("eval_split"))
         champ = champion(client, p.model_name, p.alias)
@@ -222,7 +233,9 @@ def run_register(model_uri: str, eval_uri: str, **params: Any) -> dict[str, Any]
             decided, verdict = decide_promotion(candidate_mae, audit_passed, previous,
                                                 require_audit=p.require_audit, test_set=test_set,
                                                 tissue_swap=card[TISSUE_TAG],
-                                                tissue_reason=card["tissue_swap_summary"])
+                                                tissue_reason=card["tissue_swap_summary"],
+                                                baseline_mae=baseline_mae,
+                                                require_baseline=p.require_baseline)
         settled = settle_alias(client, p.model_name, p.alias, test_set=test_set)
         final = settled.champion
         promoted = final is not None and final.version == str(mv.version)
@@ -238,13 +251,14 @@ def run_register(model_uri: str, eval_uri: str, **params: Any) -> dict[str, Any]
                 "train_manifest_sha256": train_m.sha256, "evaluate_manifest_sha256": eval_m.sha256,
                 "data_manifest_sha256": data_sha},
         params={"model_name": p.model_name, "alias": p.alias, "experiment": p.experiment,
-                "tracking_uri": redact_uri(tracking), "require_audit": p.require_audit},
+                "tracking_uri": redact_uri(tracking), "require_audit": p.require_audit,
+                "require_baseline": p.require_baseline},
         outputs={"model_name": p.model_name, "version": str(mv.version),
                  "model_version_uri": f"models:/{p.model_name}/{mv.version}",
                  "alias_uri": f"models:/{p.model_name}@{p.alias}", "mlflow_run_id": run_id,
                  "created": created, "promoted": promoted, "alias_moved": moved, "reason": reason,
                  "test_mae_hu": finite_or_none(candidate_mae), "audit_passed": audit_passed,
-                 "tissue_swap": card[TISSUE_TAG],
+                 "tissue_swap": card[TISSUE_TAG], "beats_baseline": card[BASELINE_TAG],
                  "previous_champion": previous, "test_set": test_set,
                  "champion": None if final is None else {"version": final.version, "mae": final.mae},
                  "model_card": card},

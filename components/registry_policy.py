@@ -2,8 +2,9 @@
 
 Pure functions (no MLflow): :func:`model_card` (the version's tags: provenance, metrics, audit,
 intended use), :func:`model_description`, :func:`decide_promotion` (the verdict for one candidate:
-strictly lower test MAE on the same test set and a passed audit take the alias; a model the
-tissue-swap gate flagged never does, whatever its MAE and ``require_audit``) and
+strictly lower test MAE on the same test set, a passed audit and a test MAE below the
+non-learned baseline's take the alias; a model the tissue-swap gate flagged never does, whatever
+its MAE and ``require_audit``) and
 :func:`alias_target` (which version should hold the alias, given every version's tags: what
 :func:`components.model_registry.settle_alias` converges to). :mod:`components.register` applies
 them.
@@ -28,6 +29,7 @@ from typing import Any
 from components.step import code_info, finite_or_none
 
 __all__ = ["INTENDED_USE", "SHA_TAG", "MAE_TAG", "EVAL_TAG", "DATA_TAG", "SPLIT_TAG", "AUDIT_REQUIRED_TAG",
+           "BASELINE_TAG", "BASELINE_REQUIRED_TAG", "beats_baseline",
            "DECISION_TAG", "TISSUE_TAG", "VersionFacts", "alias_target", "decide_promotion", "model_card",
            "model_description", "test_set_id"]
 
@@ -45,6 +47,11 @@ DATA_TAG = "data_manifest_sha256"
 SPLIT_TAG = "eval_split"
 #: Version tag: "false" when the version was registered with ``require_audit=False``.
 AUDIT_REQUIRED_TAG = "audit_required"
+#: Version tag: "true" when the test MAE is below the non-learned baseline's on the same subjects,
+#: "false" when it is not, "unknown" when either is missing (see :func:`beats_baseline`).
+BASELINE_TAG = "beats_baseline"
+#: Version tag: "false" when the version was registered with ``require_baseline=False``.
+BASELINE_REQUIRED_TAG = "baseline_required"
 #: Version tag: the register step's alias verdict for this version (why it was or was not promoted).
 DECISION_TAG = "alias_decision"
 #: Version tag: the tissue-swap gate's status ("passed", "flagged", "not evaluable" without tissue
@@ -79,8 +86,10 @@ def _short(test_set: str | None) -> str:
 class VersionFacts:
     """What the alias rule needs to know about one model version (read from its tags).
 
-    ``eligible``: the tissue-swap gate did not flag it, and the audit passed or the version was
-    registered with ``require_audit=False``.
+    ``eligible``: the tissue-swap gate did not flag it, the audit passed or the version was
+    registered with ``require_audit=False``, and its test MAE is below the baseline's (tag
+    ``beats_baseline`` not "false") or it was registered with ``require_baseline=False``.
+    Versions registered before the baseline tag existed have no such tag and are not held back.
     """
 
     version: str
@@ -98,9 +107,12 @@ class VersionFacts:
         VersionFacts(version='3', mae=88.5, test_set='ab:test', eligible=True)
         >>> VersionFacts.from_tags("4", {"audit_passed": "true", "tissue_swap": "flagged"}).eligible
         False
+        >>> VersionFacts.from_tags("5", {"audit_passed": "true", "beats_baseline": "false"}).eligible
+        False
         """
         audit_ok = ((tags.get("audit_passed") == "true" or tags.get(AUDIT_REQUIRED_TAG) == "false")
-                    and tags.get(TISSUE_TAG) != "flagged")
+                    and tags.get(TISSUE_TAG) != "flagged"
+                    and (tags.get(BASELINE_TAG) != "false" or tags.get(BASELINE_REQUIRED_TAG) == "false"))
         try:
             mae = finite_or_none(float(tags[MAE_TAG])) if MAE_TAG in tags else None
         except ValueError:
@@ -149,15 +161,32 @@ def alias_target(champion: VersionFacts | None, versions: Sequence[VersionFacts]
 # --------------------------------------------------------------------------- the promotion rule
 
 
+def beats_baseline(mae: float | None, baseline_mae: float | None) -> str:
+    """The :data:`BASELINE_TAG` value: "true" when ``mae`` is strictly below ``baseline_mae``
+    (the non-learned MR -> HU regression on the same test subjects), "false" when not, "unknown"
+    when either is missing or not finite.
+
+    >>> beats_baseline(90.0, 110.0), beats_baseline(110.0, 110.0), beats_baseline(90.0, None)
+    ('true', 'false', 'unknown')
+    """
+    m, b = finite_or_none(mae), finite_or_none(baseline_mae)
+    if m is None or b is None:
+        return "unknown"
+    return str(m < b).lower()
+
+
 def decide_promotion(candidate_mae: float | None, audit_passed: bool, champion: dict[str, Any] | None,
                      *, require_audit: bool = True, test_set: str | None = None,
-                     tissue_swap: str | None = None, tissue_reason: str = "") -> tuple[bool, str]:
+                     tissue_swap: str | None = None, tissue_reason: str = "",
+                     baseline_mae: float | None = None, require_baseline: bool = True) -> tuple[bool, str]:
     """Should the candidate take the alias? Returns ``(promote, reason)``.
 
     ``champion``: ``{"version": str, "mae": float | None}`` or None when there is none; with a
     ``"test_set"`` key (:func:`test_set_id`) the candidate's ``test_set`` must be the same, else
     the MAEs are not compared and the candidate is not promoted.
     Lower MAE wins, strictly; a failed audit blocks promotion (unless ``require_audit=False``);
+    so does a test MAE that is not strictly below ``baseline_mae``, the non-learned baseline's on
+    the same subjects (unless ``require_baseline=False``; no gate when the baseline is unknown);
     ``tissue_swap="flagged"`` (the tissue-swap gate's status, :data:`TISSUE_TAG`) blocks it
     always, whatever the MAE and ``require_audit`` (``tissue_reason`` says which tissues); a
     champion without a recorded MAE is never replaced automatically.
@@ -171,6 +200,8 @@ def decide_promotion(candidate_mae: float | None, audit_passed: bool, champion: 
     'not compared with champion v1: its test MAE is on the test split of data manifest ab… and this one on the test split of data manifest cd… (a different test set): registered, not promoted'
     >>> decide_promotion(1.0, True, None, require_audit=False, tissue_swap="flagged")[0]
     False
+    >>> decide_promotion(240.0, True, None, baseline_mae=158.0)
+    (False, 'test MAE 240.00 HU does not beat the non-learned baseline (158.00 HU on the same subjects): registered, not promoted')
     """
     if tissue_swap == "flagged":
         return False, ("tissue-swap gate flagged the model" + (f" ({tissue_reason})" if tissue_reason else "")
@@ -181,6 +212,12 @@ def decide_promotion(candidate_mae: float | None, audit_passed: bool, champion: 
         return False, "lesion hallucination audit failed: not promoted"
     if mae is None:
         return False, f"candidate has no finite test MAE ({candidate_mae!r}): not promoted"
+    base = finite_or_none(baseline_mae)
+    if require_baseline and beats_baseline(mae, base) == "false":
+        return False, (f"test MAE {mae:.2f} HU does not beat the non-learned baseline ({base:.2f} HU "
+                       "on the same subjects): registered, not promoted")
+    if base is not None and mae >= base:
+        audit_note += f", and it does not beat the baseline ({base:.2f} HU; not required)"
     if champion is None:
         return True, f"no champion yet; test MAE {mae:.2f} HU and {audit_note}"
     if "test_set" in champion and (champion["test_set"] is None or champion["test_set"] != test_set):
@@ -239,6 +276,7 @@ def model_card(*, model_sha: str, data_sha: str | None, eval_manifest: dict[str,
         "baseline_mae_hu": _fmt(base_m.get("mae")),
         "baseline_psnr": _fmt(base_m.get("psnr")),
         "baseline_ssim": _fmt(base_m.get("ssim")),
+        BASELINE_TAG: beats_baseline(model_m.get("mae"), base_m.get("mae")),
         "audit_passed": str(bool(out.get("audit_passed"))).lower(),
         "audit_summary": str(audit.get("reason", ""))[:1000],
         TISSUE_TAG: str(audit.get("tissue_swap_status", "not run")),
@@ -266,6 +304,8 @@ def model_description(card: dict[str, str]) -> str:
     (True, True)
     """
     required = card.get(AUDIT_REQUIRED_TAG, "true") != "false"
+    base_required = card.get(BASELINE_REQUIRED_TAG, "true") != "false"
+    beats = {"true": "beats", "false": "does NOT beat"}.get(card.get(BASELINE_TAG, ""), "was not compared with")
     return (
         "medgan MR -> synthetic CT generator (MLflow pyfunc: NIfTI MR paths in, synthetic CT NIfTI "
         "in HU out).\n\n"
@@ -276,6 +316,9 @@ def model_description(card: dict[str, str]) -> str:
         f"Data manifest sha256: {card['data_manifest_sha256']}.\n"
         f"Test ({card['eval_split']}, {card['eval_subjects']} subjects): MAE {card[MAE_TAG]} HU, "
         f"PSNR {card['test_psnr']} dB, SSIM {card['test_ssim']}; baseline MAE {card['baseline_mae_hu']} HU.\n"
+        f"Against the non-learned baseline: the model {beats} it; beating it is "
+        f"{'required' if base_required else 'not required (registered with require_baseline=false)'} "
+        "for promotion.\n"
         f"Audit: {'passed' if card['audit_passed'] == 'true' else 'FAILED'} ({card['audit_summary']}); "
         f"{'required' if required else 'not required'} for promotion"
         f"{'' if required else ' (registered with require_audit=false)'}.\n"

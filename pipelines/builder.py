@@ -166,6 +166,7 @@ def build_pipeline(name: str, *, framework: str, task: str, register: bool, desc
         experiment: str = "medgan",
         model_name: str = "medgan-sct",
         require_audit: bool = True,
+        require_baseline: bool = True,
         seed: int = 0,
     ) -> str:
         job = dsl.PIPELINE_JOB_ID_PLACEHOLDER
@@ -214,7 +215,8 @@ def build_pipeline(name: str, *, framework: str, task: str, register: bool, desc
         reg = place(_secrets(ops.register_op(model_uri=model_uri, eval_uri=ev.outputs["Output"],
                                              data_uri=prep.output, model_name=model_name,
                                              tracking_uri=tracking_uri, experiment=experiment,
-                                             require_audit=require_audit), mlflow=True))
+                                             require_audit=require_audit,
+                                             require_baseline=require_baseline), mlflow=True))
         reg.set_caching_options(False)
         return reg.output
 

@@ -117,12 +117,12 @@ def evaluate_op(root: str, job: str, data_uri: str, model_uri: str, tracking_uri
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def register_op(model_uri: str, eval_uri: str, data_uri: str, model_name: str, tracking_uri: str,
-                experiment: str, require_audit: bool) -> str:
+                experiment: str, require_audit: bool, require_baseline: bool) -> str:
     import json
 
     from components.register import run_register
 
     manifest = run_register(model_uri, eval_uri, model_name=model_name, tracking_uri=tracking_uri or None,
                             experiment=experiment, data_manifest_uri=f"{data_uri.rstrip('/')}/manifest.json",
-                            require_audit=require_audit)
+                            require_audit=require_audit, require_baseline=require_baseline)
     return json.dumps({k: manifest.get(k) for k in ("model_name", "version", "promoted", "reason")})

@@ -40,7 +40,7 @@ def test_compile_loads_back_with_secrets_and_no_pod_gpus(tmp_path):
     params = set(comp.component_spec.inputs)
     assert {"storage_root", "framework", "run_tune", "tracking_uri", "require_audit", "ray_address",
             "launcher", "num_workers", "use_gpu", "gpus_per_worker", "resources_per_worker",
-            "max_concurrent_trials", "node_selector", "tolerations", "unpaired"} <= params
+            "max_concurrent_trials", "node_selector", "tolerations", "unpaired", "require_baseline"} <= params
     assert not {p for p in params if "password" in p.lower() or "secret" in p.lower()}
     spec, platform = _compiled(tmp_path)
     tasks = json.dumps(spec)  # tune and train sit inside the If/Else sub-DAGs
@@ -53,6 +53,9 @@ def test_compile_loads_back_with_secrets_and_no_pod_gpus(tmp_path):
     fed += sorted(name for name, t in spec["root"]["dag"]["tasks"].items()
                   if "unpaired" in t.get("inputs", {}).get("parameters", {}))
     assert sorted(fed) == ["preprocess-op", "train-op", "train-op-2", "tune-op"], fed
+    register = spec["root"]["dag"]["tasks"]["register-op"]["inputs"]["parameters"]
+    assert register["require_baseline"]["componentInputParameter"] == "require_baseline"
+    assert comp.component_spec.inputs["require_baseline"].default is True  # the gate is on by default
     execs = spec["deploymentSpec"]["executors"]
     assert len(execs) == 7  # ingest, preprocess, tune, train x2, evaluate, register
     for name, e in execs.items():
@@ -129,9 +132,9 @@ def test_local_run_end_to_end(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("MEDGAN_GIT_COMMIT", "0123abcd" * 5)  # as the image sets it
     # the demo's path: CycleGAN on the unpaired set (MR and CT halves of the training subjects)
     # with the CT domain's tissue values (the `unpaired` preset's term) at tiny size. This tiny
-    # model does not beat the baseline (about 240 HU against 158 here) and need not: the register
-    # step compares a candidate with the previous champion, and there is none
-    # (docs/results.md has the demo-size model against the baseline)
+    # model does not beat the non-learned baseline (about 240 HU against 158 here), so the
+    # register step registers it and does not promote it: the gate as `make demo` runs it
+    # (docs/results.md has the demo-size model, which beats the baseline)
     assert cli_main(["cyclegan_mr_ct", "--local", "--workdir", str(tmp_path), "--param", "subjects=6",
                      "--param", "preset=tiny", "--param", "framework=cyclegan",
                      "--param", "unpaired=true",
@@ -149,7 +152,9 @@ def test_local_run_end_to_end(tmp_path, monkeypatch, capsys):
     summary = dict(line.strip().split(":", 1) for line in lines[6:] if ":" in line)
     for key in ("model", "metrics", "figures", "logs"):
         assert Path(summary[key].strip()).exists(), (key, summary[key])
-    assert "medgan-sct version 1, promoted to champion" in summary["registry"]
+    registry = summary["registry"]
+    assert "medgan-sct version 1, not promoted (test MAE" in registry, registry
+    assert "does not beat the non-learned baseline" in registry, registry
     assert summary["browse"].split()[1:] == ["ui", "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
     logs = sorted(p.name for p in Path(summary["logs"].strip()).glob("0[1-9]-*.log"))
     assert logs == ["01-ingest.log", "02-preprocess.log", "03-train.log", "04-evaluate.log", "05-register.log"]
@@ -167,12 +172,14 @@ def test_local_run_end_to_end(tmp_path, monkeypatch, capsys):
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
-    champion = client.get_model_version_by_alias("medgan-sct", "champion")
-    assert str(champion.version) == "1"
+    version = client.get_model_version("medgan-sct", "1")
+    assert version.tags["beats_baseline"] == "false" and version.tags["alias_decision"] in registry
+    with pytest.raises(mlflow.exceptions.MlflowException):
+        client.get_model_version_by_alias("medgan-sct", "champion")
     from components.mlflow_utils import COMMIT_TAG
 
     commit = "0123abcd" * 5
-    assert champion.tags["git_commit"] == commit  # the model version's card
+    assert version.tags["git_commit"] == commit  # the model version's card
     train_run = client.get_run(json.loads((job / "train" / "manifest.json").read_text())["mlflow_run_id"])
     assert train_run.data.tags[COMMIT_TAG] == commit  # every run
     assert os.environ.get("MLFLOW_TRACKING_URI") in (None, res["tracking_uri"])

@@ -58,14 +58,25 @@ def test_promotion_rule():
     assert decide_promotion(10.0, False, {"version": "2", "mae": 100.0}, require_audit=False)[0] is True
     assert decide_promotion(float("nan"), True, None)[0] is False
     assert decide_promotion(10.0, True, {"version": "2", "mae": None})[0] is False
+    # the non-learned baseline on the same subjects: strictly below it, or not promoted
+    assert decide_promotion(90.0, True, None, baseline_mae=100.0)[0] is True
+    at = decide_promotion(100.0, True, None, baseline_mae=100.0)
+    assert at[0] is False and "does not beat the non-learned baseline (100.00 HU" in at[1]
+    assert decide_promotion(90.0, True, {"version": "2", "mae": 95.0}, baseline_mae=80.0)[0] is False
+    waived = decide_promotion(90.0, True, {"version": "2", "mae": 95.0}, baseline_mae=80.0,
+                              require_baseline=False)
+    assert waived[0] is True and "does not beat the baseline (80.00 HU; not required)" in waived[1]
+    assert decide_promotion(90.0, True, None, baseline_mae=None)[0] is True  # no baseline: no gate
+    assert decide_promotion(90.0, True, None, baseline_mae=float("nan"))[0] is True
 
 
 def test_register_is_idempotent_and_the_alias_follows_the_best_mae(models, data, server):
     best, mid, worst = models
     client = MlflowClient(tracking_uri=server)
     name = "medgan-sct-mae"
-    # phantom-trained tiny models do not pass the lesion audit: MAE ordering alone decides here
-    kw = dict(model_name=name, tracking_uri=server, require_audit=False)
+    # phantom-trained tiny models neither pass the lesion audit nor beat the baseline: MAE
+    # ordering alone decides here
+    kw = dict(model_name=name, tracking_uri=server, require_audit=False, require_baseline=False)
 
     first = run_register(mid["model"], mid["eval"], data_manifest_uri=str(data), **kw)["outputs"]
     assert first["created"] and first["promoted"] and first["version"] == "1"
@@ -109,11 +120,38 @@ def test_failed_audit_is_never_promoted(models, server):
     with pytest.raises(MlflowException):
         client.get_model_version_by_alias(name, "champion")
     # a champion exists (set without the audit), a lower-MAE candidate that fails the audit stays out
-    run_register(worst["model"], worst["eval"], model_name=name, tracking_uri=server, require_audit=False)
+    run_register(worst["model"], worst["eval"], model_name=name, tracking_uri=server, require_audit=False,
+                 require_baseline=False)
     assert client.get_model_version_by_alias(name, "champion").version == "2"
     again = run_register(best["model"], best["eval"], model_name=name, tracking_uri=server)["outputs"]
     assert (again["version"], again["created"], again["promoted"]) == ("1", False, False)
     assert client.get_model_version_by_alias(name, "champion").version == "2"
+
+
+def test_a_model_worse_than_the_baseline_is_registered_not_promoted(models, server):
+    """A real tiny model whose test MAE is above the non-learned baseline's: registered with its
+    card (beats_baseline=false), never champion by default, and the description says so;
+    ``require_baseline=False`` (a research choice, recorded) lets it take the alias."""
+    best = models[0]
+    ev = json.loads((Path(best["eval"]) / "manifest.json").read_text())
+    baseline = ev["outputs"]["aggregate"]["baseline"]["mae"]
+    assert best["mae"] > baseline, "precondition: a 12-step phantom model is worse than the baseline"
+    client = MlflowClient(tracking_uri=server)
+    name = "medgan-sct-baseline"
+    out = run_register(best["model"], best["eval"], model_name=name, tracking_uri=server,
+                       require_audit=False)["outputs"]
+    assert out["created"] and not out["promoted"] and out["beats_baseline"] == "false"
+    assert out["reason"] == (f"test MAE {best['mae']:.2f} HU does not beat the non-learned baseline "
+                             f"({baseline:.2f} HU on the same subjects): registered, not promoted")
+    mv = client.get_model_version(name, out["version"])
+    assert (mv.tags["beats_baseline"], mv.tags["baseline_required"]) == ("false", "true")
+    assert "the model does NOT beat it; beating it is required for promotion" in mv.description
+    with pytest.raises(MlflowException):
+        client.get_model_version_by_alias(name, "champion")
+    waived = run_register(best["model"], best["eval"], model_name=f"{name}-waived", tracking_uri=server,
+                          require_audit=False, require_baseline=False)["outputs"]
+    assert waived["promoted"] and "does not beat the baseline" in waived["reason"]
+    assert client.get_model_version(f"{name}-waived", "1").tags["baseline_required"] == "false"
 
 
 def test_champion_loads_and_writes_a_synthetic_ct(models, data, server, tmp_path, monkeypatch):
@@ -122,7 +160,8 @@ def test_champion_loads_and_writes_a_synthetic_ct(models, data, server, tmp_path
 
     best = models[0]
     name = "medgan-sct-serve"
-    reg = run_register(best["model"], best["eval"], model_name=name, tracking_uri=server, require_audit=False)
+    reg = run_register(best["model"], best["eval"], model_name=name, tracking_uri=server, require_audit=False,
+                       require_baseline=False)
     assert reg["outputs"]["promoted"]
     monkeypatch.setenv("MLFLOW_TRACKING_URI", server)
     model = mlflow.pyfunc.load_model(f"models:/{name}@champion")
@@ -193,7 +232,7 @@ def test_register_rejects_mismatched_inputs(models, server, tmp_path, monkeypatc
     # CLI: the manifest goes to --output-uri; a repeated call reuses the version
     out = tmp_path / "reg"
     args = ["--model-uri", mid["model"], "--eval-uri", mid["eval"], "--tracking-uri", server,
-            "--model-name", "medgan-sct-cli", "--no-require-audit", "--output-uri", str(out)]
+            "--model-name", "medgan-sct-cli", "--no-require-audit", "--no-require-baseline", "--output-uri", str(out)]
     assert main(args) == 0 and main(args) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines() if line.startswith("{")]
     assert [(x["version"], x["created"], x["promoted"]) for x in lines[-2:]] == [("1", True, True), ("1", False, True)]
@@ -230,7 +269,7 @@ def test_a_model_evaluated_on_another_test_set_is_registered_not_promoted(models
 
     client = MlflowClient(tracking_uri=server)
     name = "medgan-sct-testset"
-    kw = dict(model_name=name, tracking_uri=server, require_audit=False)
+    kw = dict(model_name=name, tracking_uri=server, require_audit=False, require_baseline=False)
     assert run_register(mid["model"], mid["eval"], **kw)["outputs"]["promoted"]
     out = run_register(best["model"], str(tmp_path / "eval-other"), **kw)["outputs"]
     assert out["created"] and not out["promoted"] and out["version"] == "2"
@@ -263,7 +302,8 @@ def _init_race_worker(barrier) -> None:
 
 def _register_at_barrier(model: str, ev: str, name: str, server: str) -> dict:
     _BARRIER.wait(timeout=300)
-    return run_register(model, ev, model_name=name, tracking_uri=server, require_audit=False)["outputs"]
+    return run_register(model, ev, model_name=name, tracking_uri=server, require_audit=False,
+                        require_baseline=False)["outputs"]
 
 
 def test_concurrent_registers_always_leave_the_better_model_champion(models, server, monkeypatch):
