@@ -201,7 +201,7 @@ def decide_promotion(candidate_mae: float | None, audit_passed: bool, champion: 
     >>> decide_promotion(1.0, True, None, require_audit=False, tissue_swap="flagged")[0]
     False
     >>> decide_promotion(240.0, True, None, baseline_mae=158.0)
-    (False, 'test MAE 240.00 HU does not beat the non-learned baseline (158.00 HU on the same subjects): registered, not promoted')
+    (False, 'test MAE 240.00 HU does not beat the non-learned baseline (158.00 HU on the same subjects)')
     """
     if tissue_swap == "flagged":
         return False, ("tissue-swap gate flagged the model" + (f" ({tissue_reason})" if tissue_reason else "")
@@ -215,7 +215,7 @@ def decide_promotion(candidate_mae: float | None, audit_passed: bool, champion: 
     base = finite_or_none(baseline_mae)
     if require_baseline and beats_baseline(mae, base) == "false":
         return False, (f"test MAE {mae:.2f} HU does not beat the non-learned baseline ({base:.2f} HU "
-                       "on the same subjects): registered, not promoted")
+                       "on the same subjects)")
     if base is not None and mae >= base:
         audit_note += f", and it does not beat the baseline ({base:.2f} HU; not required)"
     if champion is None:
