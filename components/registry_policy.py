@@ -212,12 +212,11 @@ def decide_promotion(candidate_mae: float | None, audit_passed: bool, champion: 
         return False, "lesion hallucination audit failed: not promoted"
     if mae is None:
         return False, f"candidate has no finite test MAE ({candidate_mae!r}): not promoted"
-    base = finite_or_none(baseline_mae)
-    if require_baseline and beats_baseline(mae, base) == "false":
-        return False, (f"test MAE {mae:.2f} HU does not beat the non-learned baseline ({base:.2f} HU "
-                       "on the same subjects)")
-    if base is not None and mae >= base:
-        audit_note += f", and it does not beat the baseline ({base:.2f} HU; not required)"
+    if beats_baseline(mae, baseline_mae) == "false":
+        if require_baseline:
+            return False, (f"test MAE {mae:.2f} HU does not beat the non-learned baseline "
+                           f"({baseline_mae:.2f} HU on the same subjects)")
+        audit_note += f", and it does not beat the baseline ({baseline_mae:.2f} HU; not required)"
     if champion is None:
         return True, f"no champion yet; test MAE {mae:.2f} HU and {audit_note}"
     if "test_set" in champion and (champion["test_set"] is None or champion["test_set"] != test_set):
