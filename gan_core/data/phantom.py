@@ -10,9 +10,8 @@ The phantom is built to make MR -> CT synthesis genuinely hard rather than a loo
   air-filled frontal/ethmoid/sphenoid/maxillary sinuses and nasal cavity walled by bone.
 * subject variability from the seed: head size/shape, skull thickness (varying over the skull),
   ventricle size, pose (rotation about all axes + translation), a smooth random deformation,
-  tissue value jitter, noise levels; optional lesions (haemorrhage-like hyperdense with a T1
-  brighter or darker; infarct-like: parenchyma partly replaced by fluid, hypodense on CT and
-  darker on T1 by the same fluid fraction) and an optional rigid MR-vs-CT misalignment.
+  tissue value jitter, noise levels; optional lesions (haemorrhage-like hyperdense or
+  infarct-like hypodense, with T1 contrast) and an optional rigid MR-vs-CT misalignment.
 * acquisition: CT gets partial-volume blur and Gaussian noise; MR gets partial-volume blur,
   a smooth multiplicative bias field and Rician noise.
 
@@ -424,13 +423,8 @@ def _render(p: dict[str, Any], shape: tuple[int, int, int],
 
 def _place_lesions(rng: np.random.Generator, labels: np.ndarray, hu: np.ndarray, t1: np.ndarray,
                    spacing: tuple[float, float, float], affine: np.ndarray,
-                   prevalence: float, csf: tuple[float, float]) -> tuple[np.ndarray, list[dict[str, Any]]]:
-    """Maybe add 1-2 lesions in brain parenchyma (in place on hu/t1); returns mask and list.
-
-    A haemorrhage adds blood: +30..60 HU, T1 brighter (subacute) or darker (acute) by 25-45 %.
-    An infarct is parenchyma replaced by fluid (encephalomalacia): its CT drop of 15-25 HU is a
-    fluid fraction ``f = drop / (tissue HU - CSF HU)`` (at most 1) of each voxel, and its T1 moves
-    towards the subject's CSF T1 by the same ``f``. ``csf``: the subject's CSF ``(HU, T1)``."""
+                   prevalence: float) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """Maybe add 1-2 lesions in brain parenchyma (in place on hu/t1); returns mask and list."""
     lesion = np.zeros(labels.shape, np.uint8)
     if not rng.random() < prevalence:
         return lesion, []
@@ -450,8 +444,7 @@ def _place_lesions(rng: np.random.Generator, labels: np.ndarray, hu: np.ndarray,
             t1f = float(rng.uniform(0.25, 0.45)) * (1.0 if rng.random() < 0.6 else -1.0)
         else:
             delta = float(-rng.uniform(15.0, 25.0))
-            rng.uniform(0.25, 0.40)  # drawn as before the fluid model: the stream stays aligned
-            t1f = None  # from the fluid fraction, per voxel, below
+            t1f = float(-rng.uniform(0.25, 0.40))
         # centre: a parenchyma voxel whose surroundings (0.8 radius along each axis) are too
         picks = rng.choice(cand, size=min(400, cand.size), replace=False)
         ext = np.maximum(np.round(0.8 * radii / sp).astype(int), 1)
@@ -482,14 +475,8 @@ def _place_lesions(rng: np.random.Generator, labels: np.ndarray, hu: np.ndarray,
         q = np.sqrt(d[0][:, None, None] ** 2 + d[1][None, :, None] ** 2 + d[2][None, None, :] ** 2)
         inside = (q <= 1.0) & par[box]
         w = inside.astype(np.float32)  # sharp here; the partial-volume blur softens the edge
-        if t1f is None:  # infarct: the same fluid fraction in both modalities
-            fluid = np.clip(delta / np.minimum(csf[0] - hu[box], -1.0), 0.0, 1.0) * w
-            before = t1[box][inside]
-            t1[box] += fluid * (np.float32(csf[1]) - t1[box])
-            t1f = float(np.mean(t1[box][inside] / before - 1.0))
-        else:
-            t1[box] *= 1.0 + t1f * w
         hu[box] += delta * w
+        t1[box] *= 1.0 + t1f * w
         lesion[box] |= inside.astype(np.uint8)
         world = affine @ np.array([*centre, 1.0])
         out.append({
@@ -529,8 +516,7 @@ def generate_subject(subject_seed: int, *, shape: Sequence[int] = (128, 128, 48)
     p = _draw_subject(r_anat)
     affine = _grid_affine(shape_, spacing_)
     labels, hu, t1 = _render(p, shape_, spacing_)
-    lesion, lesions = _place_lesions(r_les, labels, hu, t1, spacing_, affine, prevalence,
-                                     csf=(p["tissue_hu"]["csf"], p["tissue_t1"]["csf"]))
+    lesion, lesions = _place_lesions(r_les, labels, hu, t1, spacing_, affine, prevalence)
     mask = (labels != _L["air"]).astype(np.uint8)
 
     # CT: partial volume, noise, integer HU
