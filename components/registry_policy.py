@@ -200,6 +200,8 @@ def decide_promotion(candidate_mae: float | None, audit_passed: bool, champion: 
     'not compared with champion v1: its test MAE is on the test split of data manifest ab… and this one on the test split of data manifest cd… (a different test set): registered, not promoted'
     >>> decide_promotion(1.0, True, None, require_audit=False, tissue_swap="flagged")[0]
     False
+    >>> decide_promotion(150.0, False, None, require_audit=False, baseline_mae=158.0)[1]
+    'no champion yet; test MAE 150.00 HU and beats the baseline (158.00 HU), the audit failed (not required)'
     >>> decide_promotion(240.0, True, None, baseline_mae=158.0)
     (False, 'test MAE 240.00 HU does not beat the non-learned baseline (158.00 HU on the same subjects)')
     """
@@ -212,11 +214,14 @@ def decide_promotion(candidate_mae: float | None, audit_passed: bool, champion: 
         return False, "lesion hallucination audit failed: not promoted"
     if mae is None:
         return False, f"candidate has no finite test MAE ({candidate_mae!r}): not promoted"
-    if beats_baseline(mae, baseline_mae) == "false":
+    beaten = beats_baseline(mae, baseline_mae)
+    if beaten == "false":
         if require_baseline:
             return False, (f"test MAE {mae:.2f} HU does not beat the non-learned baseline "
                            f"({baseline_mae:.2f} HU on the same subjects)")
         audit_note += f", and it does not beat the baseline ({baseline_mae:.2f} HU; not required)"
+    elif beaten == "true":
+        audit_note = f"beats the baseline ({baseline_mae:.2f} HU), {audit_note}"
     if champion is None:
         return True, f"no champion yet; test MAE {mae:.2f} HU and {audit_note}"
     if "test_set" in champion and (champion["test_set"] is None or champion["test_set"] != test_set):

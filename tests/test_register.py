@@ -59,7 +59,8 @@ def test_promotion_rule():
     assert decide_promotion(float("nan"), True, None)[0] is False
     assert decide_promotion(10.0, True, {"version": "2", "mae": None})[0] is False
     # the non-learned baseline on the same subjects: strictly below it, or not promoted
-    assert decide_promotion(90.0, True, None, baseline_mae=100.0)[0] is True
+    assert decide_promotion(90.0, True, None, baseline_mae=100.0) == (
+        True, "no champion yet; test MAE 90.00 HU and beats the baseline (100.00 HU), the audit passed")
     at = decide_promotion(100.0, True, None, baseline_mae=100.0)
     assert at[0] is False and "does not beat the non-learned baseline (100.00 HU" in at[1]
     assert decide_promotion(90.0, True, {"version": "2", "mae": 95.0}, baseline_mae=80.0)[0] is False
